@@ -1,0 +1,116 @@
+"""Finding and killing every process a run started, including escapees.
+
+A process group is not enough: agent CLIs start tool commands with ``setsid``,
+``nohup ... &`` or a double fork, which leave the group and get re-parented to
+init. Every run therefore carries a marker variable in its environment
+(inherited by all descendants unless one deliberately clears its environment),
+and the tree is found by scanning ``/proc`` for the marker as well as for
+plain descendants by parent pid. Linux only, which is where the handler runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+
+MARKER_VAR = "CCX_RUN_ID"
+_PROC = "/proc"
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError:  # the process ended, or is not ours to read
+        return b""
+
+
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state, parent pid) of a process, or None once it is gone."""
+    raw = _read(f"{_PROC}/{pid}/stat")
+    if not raw:
+        return None
+    # The command name may contain spaces and parentheses: split after the last ')'.
+    fields = raw[raw.rfind(b")") + 2 :].split()
+    return fields[0].decode(), int(fields[1])
+
+
+def find_run_processes(run_token: str, root_pid: int | None = None) -> set[int]:
+    """Pids of live processes marked with ``run_token`` or descending from ``root_pid``."""
+    marker = f"{MARKER_VAR}={run_token}\0".encode()
+    me = os.getpid()
+    found: set[int] = set()
+    children: dict[int, list[int]] = {}
+    for name in os.listdir(_PROC):
+        if not name.isdigit():
+            continue
+        pid = int(name)
+        if pid == me:
+            continue
+        stat = _stat(pid)
+        if stat is None or stat[0] in ("Z", "X"):
+            continue
+        children.setdefault(stat[1], []).append(pid)
+        environ = _read(f"{_PROC}/{pid}/environ")
+        if environ.startswith(marker) or b"\0" + marker in environ:
+            found.add(pid)
+    if root_pid is not None:
+        stack = [root_pid]
+        while stack:
+            for child in children.get(stack.pop(), ()):
+                if child not in found:
+                    found.add(child)
+                    stack.append(child)
+    return found
+
+
+def _signal_all(pids: set[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+        except PermissionError:  # pid reused by another user's process since the scan
+            pass
+
+
+def _alive(pid: int) -> bool:
+    stat = _stat(pid)
+    return stat is not None and stat[0] not in ("Z", "X")
+
+
+async def kill_run(run_token: str, pgid: int | None, grace: float) -> int:
+    """SIGTERM the whole tree, wait up to ``grace`` seconds, then SIGKILL what is left.
+
+    Returns how many processes were signalled. Survivors of SIGTERM are looked
+    up again before SIGKILL, so processes forked during the grace period die too.
+    """
+    if pgid is not None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGTERM)
+    pids = find_run_processes(run_token, pgid)
+    _signal_all(pids, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    delay = 0.005
+    while time.monotonic() < deadline:
+        pids = {pid for pid in pids if _alive(pid)}
+        if not pids and (pgid is None or not _alive(pgid)):
+            break
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.1)
+    signalled = len(pids)
+    # Final sweep: anything still marked (including children forked meanwhile) is killed outright.
+    for _ in range(3):
+        if pgid is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGKILL)
+        survivors = find_run_processes(run_token, pgid)
+        if not survivors:
+            break
+        signalled += len(survivors)
+        _signal_all(survivors, signal.SIGKILL)
+        await asyncio.sleep(0.01)
+    return signalled

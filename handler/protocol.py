@@ -1,0 +1,187 @@
+"""JSON-RPC 2.0 messages spoken between the worker and the handler.
+
+Pure functions and dataclasses, no sockets: the server and the worker's client
+both build and parse their messages here, so every name on the wire is defined
+once. See docs/protocol.md for the prose version.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import orjson
+
+JSONRPC_VERSION = "2.0"
+
+# Methods a client may call.
+EXECUTE = "execute"
+CANCEL = "cancel"
+
+# Notifications the server sends while a run is alive.
+PROCESS_QUEUED = "process.queued"
+PROCESS_STARTED = "process.started"
+PROCESS_OUTPUT = "process.output"
+
+STDOUT = "stdout"
+STDERR = "stderr"
+
+# Standard JSON-RPC error codes.
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+# Project error codes (the -32000..-32099 range is reserved for servers).
+EXECUTABLE_NOT_ALLOWED = -32001
+EXECUTABLE_NOT_FOUND = -32002
+SPAWN_FAILED = -32003
+UNKNOWN_RUN = -32004
+DUPLICATE_ID = -32005
+
+
+class ProtocolError(Exception):
+    """A message that must be answered with a JSON-RPC error object."""
+
+    def __init__(self, code: int, message: str, request_id: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+@dataclass(frozen=True)
+class Request:
+    """A parsed JSON-RPC request. ``id`` is None for notifications."""
+
+    method: str
+    params: dict[str, Any]
+    id: Any = None
+
+
+@dataclass(frozen=True)
+class ExecuteParams:
+    """What to run: ``argv`` only ever reaches ``exec``, never a shell."""
+
+    argv: list[str]
+    cwd: str | None = None
+    env: dict[str, str | None] | None = None
+    timeout: float | None = None
+    stdin: str | None = None
+
+    def to_params(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
+class ExecuteResult:
+    """The response to ``execute``, sent once the process has ended."""
+
+    exit_code: int | None
+    signal: int | None
+    timed_out: bool
+    cancelled: bool
+    duration_ms: float
+    stdout_bytes: int
+    stderr_bytes: int
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExecuteResult:
+        return cls(**{name: data.get(name) for name in cls.__dataclass_fields__})
+
+
+def parse_request(message: str | bytes) -> Request:
+    """Parse one frame into a request, or raise :class:`ProtocolError`."""
+    try:
+        data = orjson.loads(message)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(PARSE_ERROR, f"Parse error: the message is not valid JSON ({exc}).") from None
+    if not isinstance(data, dict):
+        raise ProtocolError(INVALID_REQUEST, "Invalid request: a JSON-RPC request must be a JSON object.")
+    request_id = data.get("id")
+    if request_id is not None and (isinstance(request_id, bool) or not isinstance(request_id, (str, int))):
+        raise ProtocolError(INVALID_REQUEST, "Invalid request: 'id' must be a string or an integer.")
+    if data.get("jsonrpc") != JSONRPC_VERSION:
+        raise ProtocolError(INVALID_REQUEST, "Invalid request: 'jsonrpc' must be \"2.0\".", request_id)
+    method = data.get("method")
+    if not isinstance(method, str):
+        raise ProtocolError(INVALID_REQUEST, "Invalid request: 'method' must be a string.", request_id)
+    params = data.get("params", {})
+    if not isinstance(params, dict):
+        raise ProtocolError(INVALID_PARAMS, "Invalid params: 'params' must be an object.", request_id)
+    return Request(method=method, params=params, id=request_id)
+
+
+def _invalid(message: str, request_id: Any) -> ProtocolError:
+    return ProtocolError(INVALID_PARAMS, f"Invalid params: {message}", request_id)
+
+
+def parse_execute_params(params: dict[str, Any], request_id: Any = None) -> ExecuteParams:
+    """Validate ``execute`` params; every rejection names the offending field."""
+    unknown = set(params) - set(ExecuteParams.__dataclass_fields__)
+    if unknown:
+        raise _invalid(f"unknown field(s) {sorted(unknown)}.", request_id)
+    argv = params.get("argv")
+    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+        raise _invalid("'argv' must be a non-empty list of strings.", request_id)
+    if not argv[0]:
+        raise _invalid("'argv[0]' must name an executable.", request_id)
+    if any("\0" in a for a in argv):
+        raise _invalid("'argv' must not contain NUL characters.", request_id)
+    cwd = params.get("cwd")
+    if cwd is not None and not isinstance(cwd, str):
+        raise _invalid("'cwd' must be a string.", request_id)
+    env = params.get("env")
+    if env is not None and (
+        not isinstance(env, dict)
+        or not all(
+            isinstance(k, str) and k and "=" not in k and (v is None or isinstance(v, str)) for k, v in env.items()
+        )
+    ):
+        raise _invalid("'env' must map variable names to strings (or null to remove one).", request_id)
+    timeout = params.get("timeout")
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout):
+            raise _invalid("'timeout' must be a number of seconds.", request_id)
+        if timeout <= 0:
+            raise _invalid("'timeout' must be greater than zero.", request_id)
+    stdin = params.get("stdin")
+    if stdin is not None and not isinstance(stdin, str):
+        raise _invalid("'stdin' must be a string.", request_id)
+    return ExecuteParams(argv=list(argv), cwd=cwd, env=env, timeout=timeout, stdin=stdin)
+
+
+def parse_cancel_params(params: dict[str, Any], request_id: Any = None) -> str | int:
+    """Return the id of the ``execute`` request to cancel."""
+    target = params.get("id")
+    if isinstance(target, bool) or not isinstance(target, (str, int)):
+        raise _invalid("'id' must be the id of a running execute request.", request_id)
+    return target
+
+
+def request(method: str, params: dict[str, Any], request_id: str | int) -> bytes:
+    return orjson.dumps({"jsonrpc": JSONRPC_VERSION, "id": request_id, "method": method, "params": params})
+
+
+def notification(method: str, params: dict[str, Any]) -> bytes:
+    return orjson.dumps({"jsonrpc": JSONRPC_VERSION, "method": method, "params": params})
+
+
+def output_notification(run_id: str | int, stream: str, seq: int, data: str) -> bytes:
+    """The hot-path frame: one per coalesced chunk, never one per line."""
+    return orjson.dumps(
+        {
+            "jsonrpc": JSONRPC_VERSION,
+            "method": PROCESS_OUTPUT,
+            "params": {"id": run_id, "stream": stream, "seq": seq, "data": data},
+        }
+    )
+
+
+def response(request_id: Any, result: dict[str, Any]) -> bytes:
+    return orjson.dumps({"jsonrpc": JSONRPC_VERSION, "id": request_id, "result": result})
+
+
+def error_response(request_id: Any, code: int, message: str) -> bytes:
+    return orjson.dumps({"jsonrpc": JSONRPC_VERSION, "id": request_id, "error": {"code": code, "message": message}})

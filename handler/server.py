@@ -1,0 +1,250 @@
+"""The WebSocket server: auth, ``/healthz``, one session per connection, the FIFO slot.
+
+Protocol parsing lives in :mod:`handler.protocol`, process control in
+:mod:`handler.process`; this module only wires them to sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import time
+from dataclasses import asdict
+from typing import Any
+
+import orjson
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from handler import __version__, protocol
+from handler.config import HEALTH_PATH, WS_PATH, HandlerConfig
+from handler.process import ProcessRun, RunLimits
+from handler.protocol import ProtocolError
+from handler.slots import FifoSlots
+
+log = logging.getLogger("ccx.handler")
+
+
+def _json_response(status: int, reason: str, body: dict[str, Any], extra: dict[str, str] | None = None) -> Response:
+    headers = Headers({"Content-Type": "application/json", **(extra or {})})
+    payload = orjson.dumps(body)
+    headers["Content-Length"] = str(len(payload))
+    return Response(status, reason, headers, payload)
+
+
+class Handler:
+    """Shared state of one handler process: its settings, the slots and every live session."""
+
+    def __init__(self, config: HandlerConfig) -> None:
+        self.config = config
+        self.slots = FifoSlots(config.max_concurrent)
+        self.limits = RunLimits(grace=config.grace)
+        self.sessions: set[Session] = set()
+        self.started = time.monotonic()
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "running": self.slots.running,
+            "queued": self.slots.queued,
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - self.started, 3),
+        }
+
+    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        """Answer health checks and reject unauthenticated clients before the upgrade."""
+        path = request.path.split("?", 1)[0]
+        if path == HEALTH_PATH:
+            return _json_response(200, "OK", self.health())
+        if path != WS_PATH:
+            return _json_response(404, "Not Found", {"error": f"Not found: the WebSocket endpoint is {WS_PATH}."})
+        if self.config.token:
+            supplied = request.headers.get("Authorization", "")
+            expected = f"Bearer {self.config.token}"
+            if not hmac.compare_digest(supplied.encode(), expected.encode()):
+                log.warning("rejected a client without a valid token from %s", connection.remote_address)
+                return _json_response(
+                    401,
+                    "Unauthorized",
+                    {"error": "Unauthorized: send 'Authorization: Bearer <token>' with the handler's token."},
+                    {"WWW-Authenticate": "Bearer"},
+                )
+        return None
+
+    async def handle(self, connection: ServerConnection) -> None:
+        session = Session(self, connection)
+        self.sessions.add(session)
+        try:
+            await session.serve()
+        finally:
+            self.sessions.discard(session)
+
+    async def stop_all(self) -> None:
+        """Stop every run of every session (on shutdown): no process outlives the handler."""
+        await asyncio.gather(*(session.stop_runs() for session in list(self.sessions)), return_exceptions=True)
+
+
+class Session:
+    """One client connection; its runs die with it."""
+
+    def __init__(self, handler: Handler, connection: ServerConnection) -> None:
+        self.handler = handler
+        self.connection = connection
+        self.runs: dict[Any, ProcessRun] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def send(self, message: bytes) -> bool:
+        """Send a text frame; False when the client has gone (its runs are being stopped)."""
+        try:
+            await self.connection.send(message, text=True)
+        except ConnectionClosed:
+            return False
+        return True
+
+    async def serve(self) -> None:
+        try:
+            async for message in self.connection:
+                await self.dispatch(message)
+        except ConnectionClosed:
+            pass
+        finally:
+            await self.stop_runs()
+
+    async def stop_runs(self) -> None:
+        for run in self.runs.values():
+            run.cancel()
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    async def dispatch(self, message: str | bytes) -> None:
+        request_id = None
+        try:
+            if isinstance(message, bytes):
+                raise ProtocolError(
+                    protocol.INVALID_REQUEST, "Invalid request: binary frames are not accepted; send JSON text frames."
+                )
+            req = protocol.parse_request(message)
+            request_id = req.id
+            if req.method == protocol.EXECUTE:
+                self.start_execute(req)
+            elif req.method == protocol.CANCEL:
+                target = protocol.parse_cancel_params(req.params, req.id)
+                run = self.runs.get(target)
+                if run is None:
+                    raise ProtocolError(protocol.UNKNOWN_RUN, f"No running execute request has id {target!r}.", req.id)
+                run.cancel()
+                if req.id is not None:
+                    await self.send(protocol.response(req.id, {"cancelling": True}))
+            else:
+                raise ProtocolError(protocol.METHOD_NOT_FOUND, f"Method not found: {req.method!r}.", req.id)
+        except ProtocolError as exc:
+            await self.send(
+                protocol.error_response(
+                    exc.request_id if exc.request_id is not None else request_id, exc.code, exc.message
+                )
+            )
+
+    def start_execute(self, req: protocol.Request) -> None:
+        if req.id is None:
+            raise ProtocolError(protocol.INVALID_REQUEST, "Invalid request: 'execute' needs an 'id' to answer to.")
+        if req.id in self.runs:
+            raise ProtocolError(
+                protocol.DUPLICATE_ID, f"A run with id {req.id!r} is already in progress on this connection.", req.id
+            )
+        params = protocol.parse_execute_params(req.params, req.id)
+        if not self.handler.config.allow.permits(params.argv[0]):
+            raise ProtocolError(
+                protocol.EXECUTABLE_NOT_ALLOWED,
+                f"Executable not allowed: '{params.argv[0]}' is not in the handler's allowlist; "
+                "the operator can add it with --allow / CCX_ALLOWED_COMMANDS.",
+                req.id,
+            )
+
+        async def emit(stream: str, seq: int, data: str) -> None:
+            await self.connection.send(protocol.output_notification(req.id, stream, seq, data), text=True)
+
+        run = ProcessRun(params, emit, self.handler.limits)
+        self.runs[req.id] = run
+        task = asyncio.create_task(self.execute(req.id, run))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def execute(self, request_id: Any, run: ProcessRun) -> None:
+        slots = self.handler.slots
+        try:
+            if not slots.try_acquire():
+                await self.send(
+                    protocol.notification(protocol.PROCESS_QUEUED, {"id": request_id, "position": slots.queued + 1})
+                )
+                if not await slots.acquire(run.cancel_requested):
+                    await self.send(protocol.response(request_id, asdict(run.not_started_result())))
+                    return
+            try:
+                try:
+                    pid = await run.start()
+                except ProtocolError as exc:
+                    await self.send(protocol.error_response(request_id, exc.code, exc.message))
+                    return
+                await self.send(protocol.notification(protocol.PROCESS_STARTED, {"id": request_id, "pid": pid}))
+                result = await run.wait()
+                await self.send(protocol.response(request_id, asdict(result)))
+            finally:
+                slots.release()
+        except Exception:
+            log.exception("execute %r failed inside the handler", request_id)
+            await self.send(
+                protocol.error_response(
+                    request_id, protocol.INTERNAL_ERROR, "Internal error in the handler; see its log."
+                )
+            )
+        finally:
+            self.runs.pop(request_id, None)
+
+
+async def start_server(config: HandlerConfig) -> tuple[Handler, Server]:
+    """Check the settings and start listening; the caller owns the returned server."""
+    config.check()
+    handler = Handler(config)
+    server = await serve(
+        handler.handle,
+        config.host,
+        config.port,
+        process_request=handler.process_request,
+        compression=None,  # output is streamed at hundreds of MB/s; deflate would cap it
+        max_size=config.max_message_bytes,
+        ping_interval=config.ping_interval,
+        ping_timeout=config.ping_timeout,
+        write_limit=1 << 20,
+    )
+    return handler, server
+
+
+def bound_port(server: Server) -> int:
+    return next(iter(server.sockets)).getsockname()[1]
+
+
+async def run_forever(config: HandlerConfig, ready: asyncio.Event | None = None) -> None:
+    """Serve until SIGINT/SIGTERM, then stop every run before returning."""
+    import signal
+
+    handler, server = await start_server(config)
+    port = bound_port(server)
+    print(f"ccx handler listening on ws://{config.host}:{port}{WS_PATH} (allow: {config.allow.describe()})", flush=True)
+    log.info("handler %s listening on %s:%d max_concurrent=%d", __version__, config.host, port, config.max_concurrent)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready.set()
+    await stop.wait()
+    log.info("handler stopping: ending %d session(s)", len(handler.sessions))
+    server.close(close_connections=False)
+    await handler.stop_all()
+    server.close()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(server.wait_closed(), 5)

@@ -1,0 +1,146 @@
+"""What every agent provides: an argv for a spec, and an understanding of its output.
+
+The runner knows agents, not processes: an :class:`Agent` turns a
+:class:`~runner.spec.TaskSpec` into an argv list and environment changes, and
+its :class:`OutputParser` reads the run's output frames and decides what the
+task produced. Parsers see whole frames; the ones that need lines split them
+themselves with :class:`LineSplitter`, so plain commands pay no per-line cost.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from handler.protocol import STDOUT, ExecuteResult
+
+if TYPE_CHECKING:
+    from runner.spec import TaskSpec
+
+
+@dataclass
+class Outcome:
+    """What an agent concluded from a finished run."""
+
+    success: bool
+    output: str
+    error: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class TextTail:
+    """The last ``limit`` characters of a stream, kept without copying on every append."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.total = 0
+        self._parts: deque[str] = deque()
+        self._kept = 0
+
+    def add(self, text: str) -> None:
+        self.total += len(text)
+        self._parts.append(text)
+        self._kept += len(text)
+        while self._parts and self._kept - len(self._parts[0]) >= self.limit:
+            self._kept -= len(self._parts.popleft())
+
+    @property
+    def truncated(self) -> bool:
+        return self.total > self.limit
+
+    def text(self) -> str:
+        joined = "".join(self._parts)
+        return joined[-self.limit :] if len(joined) > self.limit else joined
+
+
+class LineSplitter:
+    """Splits streamed text into complete lines; a line may span any number of frames."""
+
+    def __init__(self) -> None:
+        self._partial: list[str] = []
+
+    def feed(self, text: str) -> list[str]:
+        if "\n" not in text:
+            self._partial.append(text)
+            return []
+        lines = text.split("\n")
+        if self._partial:
+            lines[0] = "".join(self._partial) + lines[0]
+            self._partial = []
+        last = lines.pop()
+        if last:
+            self._partial.append(last)
+        return lines
+
+    def flush(self) -> list[str]:
+        rest = "".join(self._partial)
+        self._partial = []
+        return [rest] if rest else []
+
+
+class OutputParser:
+    """Default understanding of a run: stdout is the output, exit code 0 is success."""
+
+    def __init__(self, output_limit: int) -> None:
+        self.stdout = TextTail(output_limit)
+        self.stderr = TextTail(min(output_limit, 64 * 1024))
+
+    def feed(self, stream: str, text: str) -> None:
+        (self.stdout if stream == STDOUT else self.stderr).add(text)
+
+    def finish(self, result: ExecuteResult) -> Outcome:
+        success = result.exit_code == 0 and not result.timed_out and not result.cancelled
+        return Outcome(
+            success=success,
+            output=self.stdout.text(),
+            error=None if success else exit_error(result, self.stderr.text()),
+        )
+
+
+def exit_error(result: ExecuteResult, stderr: str, what: str = "The command") -> str:
+    """One sentence for a run that did not exit 0, ending with its last stderr line when there is one."""
+    last = next((line.strip() for line in reversed(stderr.splitlines()) if line.strip()), "")
+    detail = f" Last error output: {last[:300]}" if last else ""
+    if result.signal is not None:
+        return f"{what} was killed by signal {result.signal}.{detail}"
+    return f"{what} exited with code {result.exit_code}.{detail}"
+
+
+class Agent(abc.ABC):
+    """An agent CLI (or plain command) the runner can drive. Subclasses set the class attributes."""
+
+    name: str = ""
+    binary: str = ""
+    """The executable's default name, looked up on the handler's PATH."""
+    binary_env: str | None = None
+    """The variable that overrides :attr:`binary`, e.g. ``CCX_CLAUDE_BIN``."""
+    install_hint: str = ""
+    display_name: str = ""
+
+    def check(self, spec: TaskSpec) -> None:
+        """Raise :class:`~runner.spec.SpecError` when the spec cannot run with this agent."""
+        from runner.spec import SpecError
+
+        if not spec.task.strip():
+            raise SpecError(f"The {self.name} agent needs a non-empty 'task' (the prompt).")
+
+    def executable(self) -> str:
+        return (os.environ.get(self.binary_env) if self.binary_env else None) or self.binary
+
+    @abc.abstractmethod
+    def argv(self, spec: TaskSpec) -> list[str]:
+        """The command line for ``spec``; never a shell string."""
+
+    def env(self, spec: TaskSpec) -> dict[str, str | None]:
+        """Environment changes for the child: the spec's own, merged last."""
+        return dict(spec.env or {})
+
+    def parser(self, output_limit: int) -> OutputParser:
+        return OutputParser(output_limit)
+
+    def not_found_message(self, argv0: str) -> str:
+        override = f" or set {self.binary_env} to its path" if self.binary_env else ""
+        return f"{self.display_name or self.name} CLI not found ('{argv0}') on the handler's machine: {self.install_hint}{override}."

@@ -1,0 +1,129 @@
+"""Claude Code: ``claude -p <task> --output-format stream-json --verbose``.
+
+Its stdout is one JSON object per line: ``system/init`` (session id, model,
+tools), ``assistant`` and ``user`` turns, and a final ``result`` with the
+answer, cost and usage. A line may be several MB and split across frames, so
+lines are reassembled before parsing; non-JSON lines are kept as output.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from handler.protocol import STDOUT, ExecuteResult
+from runner.agents.base import Agent, LineSplitter, Outcome, OutputParser, exit_error
+
+if TYPE_CHECKING:
+    from runner.spec import TaskSpec
+
+RESULT_FIELDS = (
+    "subtype",
+    "is_error",
+    "result",
+    "num_turns",
+    "total_cost_usd",
+    "duration_ms",
+    "duration_api_ms",
+    "usage",
+    "permission_denials",
+    "session_id",
+)
+
+
+def parse_json_line(line: str) -> dict[str, Any] | None:
+    """The JSON object on ``line``, or None for any other text."""
+    if not line.startswith("{"):
+        return None
+    try:
+        value = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+class ClaudeParser(OutputParser):
+    def __init__(self, output_limit: int) -> None:
+        super().__init__(output_limit)
+        self._lines = LineSplitter()
+        self.init: dict[str, Any] = {}
+        self.result: dict[str, Any] | None = None
+
+    def feed(self, stream: str, text: str) -> None:
+        super().feed(stream, text)
+        if stream == STDOUT:
+            for line in self._lines.feed(text):
+                self._line(line)
+
+    def _line(self, line: str) -> None:
+        event = parse_json_line(line)
+        if event is None:
+            return
+        kind = event.get("type")
+        if kind == "system" and event.get("subtype") == "init":
+            self.init = {key: event.get(key) for key in ("session_id", "model", "tools", "cwd", "permissionMode")}
+        elif kind == "result":
+            self.result = event
+
+    def finish(self, result: ExecuteResult) -> Outcome:
+        for line in self._lines.flush():
+            self._line(line)
+        info: dict[str, Any] = {"name": "claude", **{k: v for k, v in self.init.items() if v is not None}}
+        if self.result is None:
+            if result.timed_out or result.cancelled:
+                return Outcome(False, self.stdout.text(), None, info)
+            return Outcome(
+                False,
+                self.stdout.text(),
+                "Claude Code ended without a result event ("
+                + exit_error(result, self.stderr.text(), "it").rstrip(".")
+                + "); see the task log.",
+                info,
+            )
+        info.update({key: self.result.get(key) for key in RESULT_FIELDS if key in self.result})
+        text = self.result.get("result")
+        output = text if isinstance(text, str) else self.stdout.text()
+        is_error = bool(self.result.get("is_error")) or self.result.get("subtype") not in (None, "success")
+        if is_error:
+            detail = text if isinstance(text, str) and text else self.result.get("subtype", "error")
+            return Outcome(False, output, f"Claude Code reported an error: {detail}", info)
+        if result.exit_code != 0:
+            return Outcome(False, output, exit_error(result, self.stderr.text(), "Claude Code"), info)
+        return Outcome(True, output, None, info)
+
+
+class ClaudeAgent(Agent):
+    name = "claude"
+    display_name = "Claude Code"
+    binary = "claude"
+    binary_env = "CCX_CLAUDE_BIN"
+    install_hint = "install it with `npm install -g @anthropic-ai/claude-code`"
+
+    def argv(self, spec: TaskSpec) -> list[str]:
+        argv = [self.executable(), "-p", "--output-format", "stream-json", "--verbose"]
+        if spec.tools:
+            argv += ["--allowedTools", ",".join(spec.tools)]
+        if spec.disallowed_tools:
+            argv += ["--disallowedTools", ",".join(spec.disallowed_tools)]
+        for flag, value in (
+            ("--permission-mode", spec.permission_mode),
+            ("--model", spec.model),
+            ("--max-turns", str(spec.max_turns) if spec.max_turns else None),
+            ("--append-system-prompt", spec.append_system_prompt),
+            ("--mcp-config", spec.mcp_config),
+            ("--resume", spec.resume),
+        ):
+            if value:
+                argv += [flag, value]
+        # The prompt goes last, after `--`: options such as --allowedTools take several
+        # values, and a prompt starting with `-` must not be read as an option. Being
+        # its own argv element, quotes, `$` and newlines reach the CLI unchanged.
+        return [*argv, "--", spec.task]
+
+    def env(self, spec: TaskSpec) -> dict[str, str | None]:
+        # The CLI refuses to start inside another Claude Code session when CLAUDECODE is set.
+        return {"CLAUDECODE": None, **(spec.env or {})}
+
+    def parser(self, output_limit: int) -> OutputParser:
+        return ClaudeParser(output_limit)

@@ -1,0 +1,55 @@
+"""OpenAI Codex CLI: ``codex exec --json <task>`` prints JSONL events.
+
+The final answer is the text of the last ``item.completed`` event whose item is
+an ``agent_message``; ``turn.failed`` and ``error`` events mark a failure.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from runner.agents.base import Agent, OutputParser
+from runner.agents.jsonl import JsonlParser
+
+if TYPE_CHECKING:
+    from runner.spec import TaskSpec
+
+
+class CodexParser(JsonlParser):
+    display_name = "Codex"
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "thread.started":
+            self.info["session_id"] = event.get("thread_id")
+        elif kind == "item.completed":
+            item = event.get("item") or {}
+            if item.get("type") == "agent_message" and isinstance(item.get("text"), str):
+                self.final_text = item["text"]
+        elif kind == "turn.completed":
+            self.info["usage"] = event.get("usage")
+        elif kind == "turn.failed":
+            self.failure = str((event.get("error") or {}).get("message") or "turn failed")
+        elif kind == "error":
+            self.failure = str(event.get("message") or "error")
+
+
+class CodexAgent(Agent):
+    name = "codex"
+    display_name = "Codex"
+    binary = "codex"
+    binary_env = "CCX_CODEX_BIN"
+    install_hint = "install it with `npm install -g @openai/codex`"
+
+    def argv(self, spec: TaskSpec) -> list[str]:
+        argv = [self.executable(), "exec", "--json", "--skip-git-repo-check"]
+        if spec.model:
+            argv += ["--model", spec.model]
+        if spec.resume:
+            argv += ["resume", spec.resume]
+        return [*argv, "--", spec.task]
+
+    def parser(self, output_limit: int) -> OutputParser:
+        parser = CodexParser(output_limit)
+        parser.info["name"] = self.name
+        return parser

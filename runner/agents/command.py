@@ -1,0 +1,28 @@
+"""Plain commands: run ``argv`` exactly as given; stdout is the output, exit 0 is success."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from runner.agents.base import Agent
+
+if TYPE_CHECKING:
+    from runner.spec import TaskSpec
+
+
+class CommandAgent(Agent):
+    name = "command"
+    display_name = "Command"
+    install_hint = "install it on the handler's machine or give its full path"
+
+    def check(self, spec: TaskSpec) -> None:
+        from runner.spec import SpecError
+
+        if not spec.argv:
+            raise SpecError("The command agent needs 'argv', a non-empty list of strings (e.g. ['echo', 'hello']).")
+
+    def argv(self, spec: TaskSpec) -> list[str]:
+        return list(spec.argv or [])
+
+    def not_found_message(self, argv0: str) -> str:
+        return f"Command not found: '{argv0}' is not on the handler's PATH; {self.install_hint}."

@@ -1,0 +1,178 @@
+"""The orchestrator's API: submit tasks, follow their events, wait for results, cancel.
+
+>>> runner = Runner.from_env()
+>>> handle = runner.submit("Create a FastAPI app with a health endpoint", tools=["Write", "Edit"])
+>>> for event in handle.events(): ...
+>>> handle.result().success
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+from rq import Queue
+from rq.job import Dependency
+from rq.serializers import JSONSerializer
+
+from runner import events
+from runner.cancel import cancel_task, fetch_job
+from runner.config import Settings, redact_url, redis_client
+from runner.spec import TaskResult, TaskSpec
+from runner.store import TaskRecord, TaskStore
+
+JOB_FUNCTION = "runner.job.run_task"
+JOB_TIMEOUT_MARGIN = 120
+"""Seconds RQ allows beyond the task's own timeout: the handler's kill grace and result writing fit in it."""
+
+
+class RedisUnavailable(ConnectionError):
+    """Redis cannot be reached; the message names the URL and what to do."""
+
+
+class TaskHandle:
+    """A submitted task: its id, its events, its result."""
+
+    def __init__(self, runner: Runner, task_id: str) -> None:
+        self.runner = runner
+        self.id = task_id
+
+    def __repr__(self) -> str:
+        return f"TaskHandle({self.id!r})"
+
+    def events(self, timeout: float | None = None) -> Iterator[dict[str, Any]]:
+        """Every event from the task's first byte (replay, then live), ending with the result event."""
+        return events.read_events(self.runner.redis, self.id, timeout=timeout)
+
+    def result(self, timeout: float | None = None) -> TaskResult:
+        """Wait for the task to end (at most ``timeout`` seconds, else ``TimeoutError``)."""
+        return TaskResult.from_dict(events.wait_for_result(self.runner.redis, self.id, timeout=timeout))
+
+    def cancel(self) -> str:
+        """Cancel: a queued task never runs, a running one is stopped. Returns what happened."""
+        return self.runner.cancel(self.id)
+
+    def status(self) -> str:
+        record = self.runner.get(self.id)
+        return record.status if record else "unknown"
+
+
+class Runner:
+    """A connection to one queue in one Redis."""
+
+    def __init__(
+        self, redis_url: str | None = None, queue: str | None = None, settings: Settings | None = None
+    ) -> None:
+        base = settings or Settings.from_env()
+        self.settings = Settings(
+            **{
+                **base.__dict__,
+                **({"redis_url": redis_url} if redis_url else {}),
+                **({"queue": queue} if queue else {}),
+            }
+        )
+        self.redis = redis_client(self.settings.redis_url)
+        self.queue = Queue(self.settings.queue, connection=self.redis, serializer=JSONSerializer)
+        self.store = TaskStore(self.redis, self.settings.log_maxlen, self.settings.log_ttl)
+
+    @classmethod
+    def from_env(cls) -> Runner:
+        """Settings from REDIS_URL / CCX_REDIS_URL, CCX_QUEUE and the other CCX_* variables."""
+        return cls()
+
+    def ping(self) -> None:
+        """Raise :class:`RedisUnavailable` with a clear sentence when Redis cannot be reached."""
+        try:
+            self.redis.ping()
+        except redis.RedisError as exc:
+            raise RedisUnavailable(
+                f"Redis is unreachable at {redact_url(self.settings.redis_url)} ({exc}): start it (e.g. `ccx up`) or set REDIS_URL."
+            ) from None
+
+    def submit(
+        self,
+        task: str | TaskSpec | dict[str, Any] = "",
+        *,
+        after: str | None = None,
+        after_any: bool = False,
+        **options: Any,
+    ) -> TaskHandle:
+        """Queue a task and return its handle; a bad spec raises :class:`~runner.spec.SpecError` at once.
+
+        ``after`` runs this task only once that task has ended: by default only if it
+        succeeded (else this one is cancelled), with ``after_any=True`` in any case.
+        """
+        if isinstance(task, TaskSpec):
+            spec = TaskSpec.from_dict({**task.to_dict(), **options})
+        elif isinstance(task, dict):
+            spec = TaskSpec.from_dict({**task, **options})
+        else:
+            spec = TaskSpec.from_dict({"task": task, **options})
+        self.ping()
+        task_id = str(uuid.uuid4())
+        depends_on = None
+        if after:
+            if self.store.get(after) is None:
+                raise ValueError(f"Cannot run after task {after}: no such task in this Redis.")
+            depends_on = Dependency(jobs=[after], allow_failure=after_any)
+        submitted_at = events.now_iso()
+        with self.redis.pipeline() as pipe:
+            # The record is written before the job can be dequeued, so the worker always finds it.
+            self.store.create(
+                pipe, task_id, self.settings.queue, spec, events.DEFERRED if after else events.QUEUED, submitted_at
+            )
+            pipe.execute()
+        self.queue.enqueue_call(
+            JOB_FUNCTION,
+            args=(spec.to_dict(),),
+            job_id=task_id,
+            timeout=int(spec.timeout) + JOB_TIMEOUT_MARGIN,
+            result_ttl=self.settings.log_ttl,
+            failure_ttl=self.settings.log_ttl,
+            depends_on=depends_on,
+            description=_describe(spec),
+            meta={"ccx": True},
+        )
+        return TaskHandle(self, task_id)
+
+    def handle(self, task_id: str) -> TaskHandle:
+        return TaskHandle(self, task_id)
+
+    def get(self, task_id: str) -> TaskRecord | None:
+        return self.store.get(task_id)
+
+    def list(self, limit: int = 50) -> list[TaskRecord]:
+        """The newest tasks of this queue, newest first, with their status."""
+        return self.store.list(self.settings.queue, limit)
+
+    def cancel(self, task_id: str, reason: str | None = None) -> str:
+        return cancel_task(self.store, task_id, reason)
+
+    def job(self, task_id: str) -> Any:
+        """The RQ job behind a task (for RQ tooling), or None."""
+        return fetch_job(self.redis, task_id)
+
+
+def _describe(spec: TaskSpec) -> str:
+    what = " ".join(spec.argv or []) if spec.agent == "command" else spec.task
+    what = what.replace("\n", " ")
+    return f"{spec.agent}: {what[:80]}{'…' if len(what) > 80 else ''}"
+
+
+def execute_task_via_websocket(
+    task: str, timeout: float = 120, tools: list[str] | None = None, **options: Any
+) -> dict[str, Any]:
+    """Submit ``task``, wait for it, return the result as a dict (``success``, ``output``, ``exit_code``, …).
+
+    The blocking call of the original cc_execute design. Connection settings come
+    from the environment (REDIS_URL, CCX_QUEUE); pass ``redis_url=`` or ``queue=``
+    to override. Waits for the task's own timeout plus the time it spends queued.
+    """
+    redis_url = options.pop("redis_url", None)
+    queue = options.pop("queue", None)
+    wait = options.pop("wait", None)
+    runner = Runner(redis_url=redis_url, queue=queue)
+    handle = runner.submit(task, timeout=timeout, tools=tools, **options)
+    return handle.result(timeout=wait).to_dict()

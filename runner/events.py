@@ -1,0 +1,265 @@
+"""Task events in Redis: their names, how they are written in batches, how they are read.
+
+Every event is one JSON object. Each goes to the task's log, a Redis Stream
+(durable, replayable), and to its pub/sub channel (live); lifecycle changes of
+all tasks also go to :data:`LIFECYCLE_CHANNEL`. docs/events.md is the reference.
+
+The writer batches: output frames that arrive while a write is in flight go
+out together in one Lua call, so a chatty task costs one round trip per batch,
+not per line, while a quiet task's frame is written at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import redis
+import redis.asyncio
+
+PREFIX = "ccx"
+LIFECYCLE_CHANNEL = f"{PREFIX}:events"
+
+# Event types in a task's log and channel.
+STARTED = "started"
+OUTPUT = "output"
+RESULT = "result"
+# Lifecycle types on LIFECYCLE_CHANNEL (and the task statuses they set).
+QUEUED = "queued"
+DEFERRED = "deferred"
+RUNNING = "running"
+FINISHED = "finished"
+FAILED = "failed"
+CANCELLED = "cancelled"
+END_STATUSES = (FINISHED, FAILED, CANCELLED)
+
+DEFAULT_LOG_MAXLEN = 100_000
+"""Entries kept in a task's log (approximate trimming). At up to 512 KiB per frame this bounds a log."""
+DEFAULT_LOG_TTL = 7 * 24 * 3600
+"""Seconds a task's log and record are kept after it ends."""
+
+
+def log_key(task_id: str) -> str:
+    return f"{PREFIX}:task:{task_id}:log"
+
+
+def task_channel(task_id: str) -> str:
+    return f"{PREFIX}:task:{task_id}"
+
+
+def info_key(task_id: str) -> str:
+    return f"{PREFIX}:task:{task_id}:info"
+
+
+def cancel_key(task_id: str) -> str:
+    """A flag key and, with the same name, the pub/sub channel a running task listens on."""
+    return f"{PREFIX}:task:{task_id}:cancel"
+
+
+def index_key(queue: str) -> str:
+    return f"{PREFIX}:tasks:{queue}"
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def encode(event: dict[str, Any]) -> bytes:
+    return orjson.dumps(event)
+
+
+# ARGV[1] = maxlen, ARGV[2..] = events. One call appends a whole batch to the log and the channel.
+APPEND_SCRIPT = """
+for i = 2, #ARGV do
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[i])
+  redis.call('PUBLISH', KEYS[2], ARGV[i])
+end
+return #ARGV - 1
+"""
+
+
+class EventWriter:
+    """Appends a task's events to its log and channel, batching whatever queues up meanwhile.
+
+    ``add`` waits when more than ``max_pending`` bytes are waiting, which is how a
+    slow Redis slows the handler (and the child) down instead of growing memory.
+    """
+
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        task_id: str,
+        maxlen: int = DEFAULT_LOG_MAXLEN,
+        max_pending: int = 8 * 1024 * 1024,
+        job_key: str | None = None,
+    ) -> None:
+        self.client = client
+        self.task_id = task_id
+        self.maxlen = maxlen
+        self.max_pending = max_pending
+        self.job_key = job_key
+        self._keys = [log_key(task_id), task_channel(task_id)]
+        self._script = client.register_script(APPEND_SCRIPT)
+        self._batch: list[bytes] = []
+        self._pending = 0
+        self._wake = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self.progress = {"bytes": 0, "lines": 0, "frames": 0, "last_activity": None}
+        self._progress_written = 0.0
+        self.error: BaseException | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def add(self, event: bytes) -> None:
+        if self.error is not None:
+            raise self.error
+        self._batch.append(event)
+        self._pending += len(event)
+        self._wake.set()
+        if self._pending >= self.max_pending:
+            self._room.clear()
+            await self._room.wait()
+
+    async def output(self, stream: str, seq: int, data: str) -> None:
+        progress = self.progress
+        progress["bytes"] += len(data)
+        progress["lines"] += data.count("\n")
+        progress["frames"] += 1
+        await self.add(encode({"type": OUTPUT, "task_id": self.task_id, "seq": seq, "stream": stream, "data": data}))
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                if not self._batch:
+                    if self._closing:
+                        return
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                batch, self._batch, self._pending = self._batch, [], 0
+                self._room.set()
+                async with self.client.pipeline(transaction=False) as pipe:
+                    await self._script(keys=self._keys, args=[self.maxlen, *batch], client=pipe)
+                    self._add_progress(pipe)
+                    await pipe.execute()
+        except BaseException as exc:  # surfaced to the relay on its next add() or at close()
+            self.error = exc
+            self._room.set()
+            raise
+
+    def _add_progress(self, pipe: Any) -> None:
+        """Keep RQ's job meta current (for rq-dashboard and `rq info`), at most twice a second."""
+        if self.job_key is None or self.progress["frames"] == 0:
+            return
+        now = time.monotonic()
+        if now - self._progress_written < 0.5:
+            return
+        self._progress_written = now
+        self.progress["last_activity"] = now_iso()
+        pipe.hset(self.job_key, "meta", orjson.dumps({"ccx_progress": self.progress}))
+
+    async def close(self) -> None:
+        """Write everything still queued, then stop; re-raise a write failure."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            try:
+                await self._task
+            except BaseException:
+                pass
+        if self.error is not None:
+            raise self.error
+        self._progress_written = 0.0
+        if self.job_key is not None and self.progress["frames"]:
+            self.progress["last_activity"] = now_iso()
+            await self.client.hset(self.job_key, "meta", orjson.dumps({"ccx_progress": self.progress}))
+
+
+def read_events(
+    client: redis.Redis,
+    task_id: str,
+    *,
+    timeout: float | None = None,
+    block_ms: int = 1000,
+    after: str = "0-0",
+) -> Iterator[dict[str, Any]]:
+    """Every event of a task from ``after`` on: the replay first, then live, until the result event.
+
+    One loop serves both: XREAD from the last id seen returns what is already in
+    the log at once and blocks for what comes next, so a reader that joins
+    before, during or after the run sees the same sequence. Raises
+    ``TimeoutError`` when ``timeout`` seconds pass without reaching the result.
+    """
+    key = log_key(task_id)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    last = after
+    while True:
+        wait = block_ms
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"Task {task_id} did not finish within {timeout:g} s.")
+            wait = max(1, min(block_ms, int(left * 1000)))
+        response = client.xread({key: last}, count=2000, block=wait)
+        if not response:
+            if last == "0-0" and not client.exists(key):
+                ended = _stored_result_event(client, task_id)
+                if ended is not None:  # the log expired or was never written: the record still has the result
+                    yield ended
+                    return
+            continue
+        for entry_id, fields in response[0][1]:
+            last = entry_id
+            event = orjson.loads(fields[b"e"])
+            yield event
+            if event.get("type") == RESULT:
+                return
+
+
+def _stored_result_event(client: redis.Redis, task_id: str) -> dict[str, Any] | None:
+    raw = client.hget(info_key(task_id), "result")
+    if raw is None:
+        return None
+    return {"type": RESULT, "task_id": task_id, "result": orjson.loads(raw)}
+
+
+def wait_for_result(
+    client: redis.Redis, task_id: str, timeout: float | None = None, block_ms: int = 1000
+) -> dict[str, Any]:
+    """The task's result dict, waiting for it if needed, without decoding its output events."""
+    key = log_key(task_id)
+    # Take the log's position first, then look at the record: a result written in
+    # between is after that position, so the XREAD below cannot miss it.
+    newest = client.xrevrange(key, count=1)
+    last = newest[0][0] if newest else "0-0"
+    raw = client.hget(info_key(task_id), "result")
+    if raw is not None:
+        return orjson.loads(raw)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    marker = b'{"type":"result"'
+    while True:
+        wait = block_ms
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"Task {task_id} did not finish within {timeout:g} s.")
+            wait = max(1, min(block_ms, int(left * 1000)))
+        response = client.xread({key: last}, count=5000, block=wait)
+        if not response:
+            raw = client.hget(info_key(task_id), "result")  # e.g. the log was trimmed away or expired
+            if raw is not None:
+                return orjson.loads(raw)
+            continue
+        for entry_id, fields in response[0][1]:
+            last = entry_id
+            payload = fields[b"e"]
+            if payload.startswith(marker):
+                return orjson.loads(payload)["result"]

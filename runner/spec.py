@@ -1,0 +1,144 @@
+"""The task spec an orchestrator submits and the result it gets back.
+
+Both are plain dataclasses that round-trip through JSON: Redis never holds
+anything but JSON, so any language can submit tasks and read results.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+DEFAULT_TIMEOUT = 3600.0
+"""Seconds a task may run when the submitter gives no timeout: long enough for an agent, never forever."""
+
+
+class SpecError(ValueError):
+    """A task spec that cannot run; the message names the field and what it must be."""
+
+
+def _check_str_list(name: str, value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [item.strip() for item in value.split(",") if item.strip()]
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise SpecError(f"'{name}' must be a list of strings.")
+    return list(value)
+
+
+@dataclass
+class TaskSpec:
+    """What to run. ``task`` is the prompt; ``argv`` is for the ``command`` agent."""
+
+    task: str = ""
+    agent: str = "claude"
+    tools: list[str] | None = None
+    disallowed_tools: list[str] | None = None
+    timeout: float = DEFAULT_TIMEOUT
+    cwd: str | None = None
+    env: dict[str, str | None] | None = None
+    model: str | None = None
+    max_turns: int | None = None
+    permission_mode: str | None = None
+    append_system_prompt: str | None = None
+    mcp_config: str | None = None
+    resume: str | None = None
+    argv: list[str] | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TaskSpec:
+        """Build and validate a spec; unknown fields and wrong types raise :class:`SpecError`."""
+        if not isinstance(data, dict):
+            raise SpecError("A task spec must be a JSON object.")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SpecError(f"Unknown task field(s): {', '.join(unknown)}. Known fields: {', '.join(sorted(known))}.")
+        spec = cls(**{k: v for k, v in data.items() if v is not None or k == "timeout"})
+        if data.get("timeout") is None:
+            spec.timeout = DEFAULT_TIMEOUT
+        spec.validate()
+        return spec
+
+    def validate(self) -> None:
+        from runner.agents import get_agent
+
+        if not isinstance(self.task, str):
+            raise SpecError("'task' must be a string (the prompt).")
+        if not isinstance(self.agent, str) or not self.agent:
+            raise SpecError("'agent' must name an agent.")
+        self.tools = _check_str_list("tools", self.tools)
+        self.disallowed_tools = _check_str_list("disallowed_tools", self.disallowed_tools)
+        if self.argv is not None and (
+            not isinstance(self.argv, list) or not all(isinstance(a, str) for a in self.argv)
+        ):
+            raise SpecError("'argv' must be a list of strings.")
+        if (
+            isinstance(self.timeout, bool)
+            or not isinstance(self.timeout, (int, float))
+            or not math.isfinite(self.timeout)
+            or self.timeout <= 0
+        ):
+            raise SpecError("'timeout' must be a positive number of seconds.")
+        self.timeout = float(self.timeout)
+        for name in ("cwd", "model", "permission_mode", "append_system_prompt", "mcp_config", "resume"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise SpecError(f"'{name}' must be a string.")
+        if self.max_turns is not None and (
+            isinstance(self.max_turns, bool) or not isinstance(self.max_turns, int) or self.max_turns < 1
+        ):
+            raise SpecError("'max_turns' must be a positive integer.")
+        if self.env is not None and (
+            not isinstance(self.env, dict)
+            or not all(
+                isinstance(k, str) and k and "=" not in k and (v is None or isinstance(v, str))
+                for k, v in self.env.items()
+            )
+        ):
+            raise SpecError("'env' must map variable names to strings (or null to remove one).")
+        if not isinstance(self.metadata, dict):
+            raise SpecError("'metadata' must be an object.")
+        get_agent(self.agent).check(self)
+
+
+@dataclass
+class TaskResult:
+    """The outcome of one task, as stored in Redis and returned to orchestrators."""
+
+    id: str
+    success: bool = False
+    exit_code: int | None = None
+    signal: int | None = None
+    output: str = ""
+    output_truncated: bool = False
+    stderr: str = ""
+    timed_out: bool = False
+    cancelled: bool = False
+    error: str | None = None
+    duration_ms: float | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    agent: dict[str, Any] = field(default_factory=dict)
+    log_key: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        if self.success:
+            return "finished"
+        return "cancelled" if self.cancelled else "failed"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TaskResult:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

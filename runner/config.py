@@ -52,16 +52,17 @@ class Settings:
         )
 
 
-def _retry() -> Retry:
-    # Rides out a Redis restart (a few seconds) instead of failing the task on the first dropped connection.
-    return Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=12)
+PATIENT_RETRIES = 12
+"""Retries (backoff capped at 2 s, about 15 s in all) for the worker side: it rides out a Redis restart."""
+QUICK_RETRIES = 2
+"""Retries for orchestrator calls: a Redis that is down is reported at once, not after a long wait."""
 
 
-def redis_client(url: str) -> redis.Redis:
+def redis_client(url: str, retries: int = QUICK_RETRIES) -> redis.Redis:
     """A bytes-returning client that retries through short outages."""
     return redis.Redis.from_url(
         url,
-        retry=_retry(),
+        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=retries),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         socket_connect_timeout=5,
         health_check_interval=30,
@@ -73,7 +74,7 @@ def async_redis_client(url: str) -> redis.asyncio.Redis:
 
     return redis.asyncio.Redis.from_url(
         url,
-        retry=AsyncRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=12),
+        retry=AsyncRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=PATIENT_RETRIES),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         socket_connect_timeout=5,
     )

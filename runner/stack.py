@@ -114,8 +114,14 @@ class RedisServer:
             except StackError:
                 self.stop()
                 if self.port or attempt == 4:
-                    log = (self.data_dir / "redis.log").read_text(errors="replace")[-500:] if (self.data_dir / "redis.log").exists() else ""
-                    raise StackError(f"The Redis server ({self.binary}) could not start on port {port}: {log.strip()}") from None
+                    log = (
+                        (self.data_dir / "redis.log").read_text(errors="replace")[-500:]
+                        if (self.data_dir / "redis.log").exists()
+                        else ""
+                    )
+                    raise StackError(
+                        f"The Redis server ({self.binary}) could not start on port {port}: {log.strip()}"
+                    ) from None
                 continue  # the free port was taken meanwhile: try another
             finally:
                 client.close()

@@ -20,6 +20,7 @@ import uuid
 
 import redis
 from rq import Queue, Worker
+from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.job_lifecycle import record_job_failure
 from rq.registry import StartedJobRegistry
@@ -131,29 +132,30 @@ def _log_failure(job: Job, exc_type: type, exc_value: BaseException, traceback: 
 
 
 def recover_abandoned(client: redis.Redis, queue_name: str, store: TaskStore) -> list[str]:
-    """End tasks a dead predecessor left 'started': failed, with an error that says so."""
+    """End tasks a dead predecessor left 'started': failed, with an error that says so.
+
+    Called while holding the queue's lock, so nothing else can be running them.
+    """
     queue = Queue(queue_name, connection=client, serializer=JSONSerializer)
     registry = StartedJobRegistry(queue=queue)
     recovered = []
-    for job_id in registry.get_job_ids():
+    for entry in client.zrange(registry.key, 0, -1):
+        job_id = registry.parse_job_id(entry)
         try:
             job = Job.fetch(job_id, connection=client, serializer=JSONSerializer)
-        except Exception:
-            registry.remove(job_id)
-            continue
-        if job.get_status(refresh=True) == JobStatus.STARTED:
+        except NoSuchJobError:
+            job = None
+        if job is not None and job.get_status(refresh=True) == JobStatus.STARTED:
             with client.pipeline() as pipe:
                 record_job_failure(job, WORKER_DIED, pipe)
                 pipe.execute()
-            store.finalize(
-                TaskResult(id=job_id, error=WORKER_DIED, ended_at=events.now_iso(), log_key=events.log_key(job_id)),
-                queue_name,
-            )
+            result = TaskResult(id=job_id, error=WORKER_DIED, ended_at=events.now_iso(), log_key=events.log_key(job_id))
+            store.finalize(result, queue_name)
             queue.enqueue_dependents(job)
             cancel_dependents(store, job, "failed", include_after_any=False)
             recovered.append(job_id)
             log.warning("task %s was running when the previous worker died; marked failed", job_id)
-        registry.remove(job_id)
+        client.zrem(registry.key, entry)
     return recovered
 
 

@@ -52,7 +52,9 @@ def queue_name() -> str:
 def stack(redis_url: str, queue_name: str, tmp_path: Path) -> Iterator[LocalStack]:
     """A real handler and a real worker serving ``queue_name`` on the session's Redis."""
     log = (tmp_path / "worker.log").open("wb")
-    stack = LocalStack(redis_url=redis_url, queue=queue_name, worker_output=log.fileno(), env={"CCX_WORKER_LOCK_TTL": "3"})
+    stack = LocalStack(
+        redis_url=redis_url, queue=queue_name, worker_output=log.fileno(), env={"CCX_WORKER_LOCK_TTL": "3"}
+    )
     stack.start()
     try:
         yield stack

@@ -1,0 +1,153 @@
+"""``ccx`` through its real entry point, as a subprocess, the way people use it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from runner.stack import free_port
+from tests.support.processes import wait_until
+
+CCX = [sys.executable, "-m", "runner.cli"]
+
+
+def marked_processes(marker: str) -> list[int]:
+    """Live processes whose environment carries ``marker`` (everything a ccx command started inherits it)."""
+    needle = f"CCX_TEST_MARKER={marker}".encode()
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as handle:
+                environ = handle.read()
+            with open(f"/proc/{name}/stat", "rb") as handle:
+                state = handle.read().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if needle in environ and state != b"Z":
+            found.append(int(name))
+    return found
+
+
+def default_redis_reachable() -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", 6379)) == 0
+
+
+def ccx(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CCX, *args], capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL
+    )
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CCX_") and k != "REDIS_URL"}
+    env.update(extra)
+    return env
+
+
+def test_run_on_a_machine_with_no_redis_uses_an_embedded_stack_and_leaves_nothing(tmp_path: Path) -> None:
+    """`ccx run --agent command -- echo hello` with nothing running: prints hello, exits 0, leaves no process."""
+    assert not default_redis_reachable(), "this test needs nothing listening on 127.0.0.1:6379"
+    marker = uuid.uuid4().hex
+    env = clean_env(CCX_TEST_MARKER=marker, HOME=str(tmp_path))
+    proc = ccx("run", "--agent", "command", "--", "echo", "hello", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "hello\n"
+    assert "✓ finished" in proc.stderr
+    wait_until(lambda: not marked_processes(marker), 15, what="every process ccx started to be gone")
+
+
+def test_run_exit_status_follows_the_task(tmp_path: Path) -> None:
+    """A failing task makes `ccx run` exit 1 and say why."""
+    assert not default_redis_reachable(), "this test needs nothing listening on 127.0.0.1:6379"
+    env = clean_env(HOME=str(tmp_path))
+    proc = ccx("run", "--agent", "command", "--", sys.executable, "-c", "import sys; sys.exit(4)", env=env)
+    assert proc.returncode == 1
+    assert "exited with code 4" in proc.stderr
+
+
+def test_errors_are_one_sentence_with_a_non_zero_status(redis_url: str) -> None:
+    """Unreachable Redis, unknown task id, bad options: one line on stderr, no traceback."""
+    down = ccx("status", "abc", "--redis-url", f"redis://127.0.0.1:{free_port()}/0", env=clean_env())
+    assert down.returncode == 3 and "Redis is unreachable" in down.stderr and "Traceback" not in down.stderr
+    unknown = ccx("status", "no-such-id", "--redis-url", redis_url, env=clean_env())
+    assert unknown.returncode == 2 and "No task with id no-such-id" in unknown.stderr
+    bad = ccx("submit", "--agent", "command", "--redis-url", redis_url, env=clean_env())
+    assert bad.returncode == 2 and "argv" in bad.stderr and "Traceback" not in bad.stderr
+    assert len(down.stderr.strip().splitlines()) == 1
+
+
+@pytest.fixture
+def ccx_up(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """`ccx up` in the foreground on free ports; yields the Redis URL and an env for other ccx commands."""
+    marker = uuid.uuid4().hex
+    port = free_port()
+    env = clean_env(CCX_TEST_MARKER=marker, HOME=str(tmp_path), CCX_QUEUE="cli-" + marker[:8])
+    proc = subprocess.Popen(
+        [*CCX, "up", "--redis-port", str(port), "--handler-port", "0", "--data-dir", str(tmp_path / "data")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first.startswith("redis"), proc.stderr.read() if proc.poll() is not None else first  # type: ignore[union-attr]
+        yield f"redis://127.0.0.1:{port}/0", {**env, "REDIS_URL": f"redis://127.0.0.1:{port}/0"}
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+    wait_until(lambda: not marked_processes(marker), 15, what="`ccx up` to stop everything it started")
+
+
+def test_up_then_submit_follow_result_list_cancel_from_other_processes(ccx_up: tuple[str, dict[str, str]]) -> None:
+    """The stack from `ccx up` serves submit/follow/result/status/list/cancel run as separate commands."""
+    _, env = ccx_up
+    submitted = ccx("submit", "--agent", "command", "--", sys.executable, "-c", "print('from-cli')", env=env)
+    assert submitted.returncode == 0, submitted.stderr
+    task_id = submitted.stdout.strip()
+    followed = ccx("follow", task_id, "--json", env=env)
+    assert followed.returncode == 0, followed.stderr
+    lines = [orjson.loads(line) for line in followed.stdout.splitlines()]
+    assert lines[0]["type"] == "started" and lines[-1]["type"] == "result"
+    assert "".join(e["data"] for e in lines if e["type"] == "output") == "from-cli\n"
+    result = ccx("result", task_id, "--json", env=env)
+    assert result.returncode == 0 and orjson.loads(result.stdout)["output"] == "from-cli\n"
+    assert ccx("status", task_id, env=env).stdout.strip() == "finished"
+
+    long = ccx(
+        "submit", "--agent", "command", "--json", "--", sys.executable, "-c", "import time; time.sleep(600)", env=env
+    )
+    long_id = orjson.loads(long.stdout)["id"]
+    wait_until(lambda: ccx("status", long_id, env=env).stdout.strip() == "running", 30, what="task running")
+    listed = orjson.loads(ccx("list", "--json", env=env).stdout)
+    assert [t["id"] for t in listed][:2] == [long_id, task_id]
+    cancelled = ccx("cancel", long_id, env=env)
+    assert cancelled.returncode == 0 and "stopping" in cancelled.stdout
+    waited = ccx("result", long_id, "--wait", "30", "--json", env=env)
+    assert waited.returncode == 1 and orjson.loads(waited.stdout)["cancelled"] is True
+
+
+def test_every_command_has_help() -> None:
+    """Each subcommand answers --help."""
+    for command in ("run", "submit", "follow", "result", "status", "list", "cancel", "worker", "handler", "up"):
+        proc = ccx(command, "--help")
+        assert proc.returncode == 0 and "usage" in proc.stdout.lower(), command

@@ -1,0 +1,124 @@
+"""The one worker of a queue: its lock, its recovery after a crash, its refusal of pickles."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import uuid
+
+import orjson
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+from runner import events
+from runner.client import Runner
+from runner.stack import LocalStack
+from runner.worker import WORKER_DIED
+from tests.support.processes import pid_alive, pids_with_marker, wait_until
+
+PY = sys.executable
+
+
+def start_worker(stack: LocalStack, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [PY, "-m", "runner.cli", "worker", *args],
+        env=stack.child_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_second_worker_on_the_same_queue_is_refused(stack: LocalStack) -> None:
+    """Only one worker may serve a queue: a second one exits with a clear message."""
+    second = start_worker(stack)
+    try:
+        _, err = second.communicate(timeout=30)
+    finally:
+        stop(second)
+    assert second.returncode == 3
+    assert b"already serves queue" in err and b"--standby" in err
+
+
+def test_worker_killed_mid_task_fails_the_task_and_the_next_one_runs(stack: LocalStack, runner: Runner) -> None:
+    """SIGKILL on the worker: the child dies, the log keeps its output, a new worker fails the task and moves on."""
+    token = uuid.uuid4().hex
+    handle = runner.submit(
+        agent="command", argv=[PY, "-c", "import time; print('before-kill', flush=True); time.sleep(1000)", token]
+    )
+    following = runner.submit(agent="command", argv=["echo", "next"])
+    log = events.log_key(handle.id)
+    wait_until(
+        lambda: any(b"before-kill" in f[b"e"] for _, f in runner.redis.xrange(log)), 30, what="output before the kill"
+    )
+    assert pids_with_marker(token)
+    assert stack.worker is not None
+    os.kill(stack.worker.pid, signal.SIGKILL)
+    stack.worker.wait(10)
+    # The work-horse dies with its worker, the handler sees the connection drop and kills the child.
+    wait_until(lambda: not pids_with_marker(token), 20, what="the task's process to be gone")
+    replacement = start_worker(stack, "--standby")
+    try:
+        result = handle.result(timeout=60)
+        assert result.success is False
+        assert result.error == WORKER_DIED
+        assert any(e.get("data") == "before-kill\n" for e in handle.events(timeout=10))
+        assert following.result(timeout=60).output == "next\n"
+    finally:
+        stop(replacement)
+
+
+def test_a_pickle_payload_is_never_unpickled(stack: LocalStack, runner: Runner, tmp_path) -> None:
+    """A job whose payload is a crafted pickle fails to decode as JSON and runs nothing."""
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):  # type: ignore[no-untyped-def]
+            return (os.system, (f"touch {marker}",))
+
+    queue = Queue(runner.settings.queue, connection=runner.redis, serializer=JSONSerializer)
+    job = queue.enqueue_call("runner.job.run_task", args=({"agent": "command", "argv": ["true"]},))
+    runner.redis.hset(job.key, "data", pickle.dumps(Exploit()))
+    after = runner.submit(agent="command", argv=["echo", "still serving"])
+    assert after.result(timeout=60).output == "still serving\n"
+    assert not marker.exists()
+    assert stack.worker is not None and stack.worker.poll() is None
+
+
+def test_handler_down_fails_the_task_quickly_with_the_url(redis_url: str, queue_name: str) -> None:
+    """No handler at the URL: the task fails at once with an error naming the URL and what to do."""
+    stack = LocalStack(redis_url=redis_url, queue=queue_name)
+    stack.start()
+    try:
+        assert stack.handler is not None
+        stack.handler.terminate()
+        stack.handler.wait(10)
+        client = Runner(redis_url=redis_url, queue=queue_name)
+        result = client.submit(agent="command", argv=["true"]).result(timeout=30)
+        assert result.success is False
+        assert stack.handler_url in (result.error or "") and "ccx handler" in (result.error or "")
+        assert pid_alive(stack.worker.pid)  # type: ignore[union-attr]
+    finally:
+        stack.stop()
+
+
+def test_job_meta_shows_progress_for_rq_tools(runner: Runner) -> None:
+    """RQ's job meta carries bytes and lines so far, for rq-dashboard and `rq info`."""
+    handle = runner.submit(agent="command", argv=[PY, "-c", "for i in range(1000): print(i)"])
+    assert handle.result(timeout=30).success
+    meta = orjson.loads(runner.redis.hget(f"rq:job:{handle.id}", "meta"))
+    assert meta["ccx_progress"]["lines"] == 1000
+    assert meta["ccx_progress"]["bytes"] == sum(len(f"{i}\n") for i in range(1000))

@@ -181,6 +181,7 @@ def run_worker(settings: Settings, *, standby: bool = False, burst: bool = False
             serializer=JSONSerializer,
             exception_handlers=[_log_failure],
             disable_default_exception_handler=True,
+            log_job_description=False,  # descriptions hold prompts and argv, which may carry secrets
             job_monitoring_interval=max(1, int(settings.lock_ttl / 3)),
         )
         worker.lock = lock

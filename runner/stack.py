@@ -80,6 +80,7 @@ class RedisServer:
 
     data_dir: Path
     port: int = 0
+    appendonly: bool = True
     binary: str = field(default_factory=find_redis_server)
     proc: subprocess.Popen[bytes] | None = None
 
@@ -97,7 +98,7 @@ class RedisServer:
                     "--port", str(port),
                     "--bind", "127.0.0.1",
                     "--dir", str(self.data_dir),
-                    "--appendonly", "yes",
+                    "--appendonly", "yes" if self.appendonly else "no",
                     "--save", "",
                     "--protected-mode", "yes",
                     "--daemonize", "no",

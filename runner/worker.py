@@ -162,6 +162,9 @@ def recover_abandoned(client: redis.Redis, queue_name: str, store: TaskStore) ->
 def run_worker(settings: Settings, *, standby: bool = False, burst: bool = False, logging_level: str = "INFO") -> int:
     """Serve ``settings.queue`` until stopped; returns an exit status."""
     import runner.job  # noqa: F401  (imported before forking, so each work-horse starts warm)
+    from handler.memory import pin_malloc_thresholds
+
+    pin_malloc_thresholds()  # inherited by every work-horse, which is where output frames pass
 
     client = redis_client(settings.redis_url, retries=PATIENT_RETRIES)
     client.ping()

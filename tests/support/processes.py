@@ -46,3 +46,58 @@ def pids_with_marker(marker: str) -> list[int]:
         if marker.encode() in cmdline and pid_alive(int(name)) and int(name) != os.getpid():
             found.append(int(name))
     return found
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct children of ``pid`` (from /proc/<pid>/task/*/children)."""
+    found: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as handle:
+                found += [int(child) for child in handle.read().split()]
+    except OSError:
+        pass
+    return found
+
+
+def rss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class PeakRss:
+    """Samples the RSS of a process (and optionally of each of its children) from a thread.
+
+    ``peak`` is the largest RSS seen for any single process of the tree (the parent or one
+    child); a forked work-horse is measured on its own, like the parent.
+    """
+
+    def __init__(self, pid: int, include_children: bool = False, interval: float = 0.02) -> None:
+        import threading
+
+        self.pid = pid
+        self.include_children = include_children
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            pids = [self.pid, *(children_of(self.pid) if self.include_children else [])]
+            self.peak = max(self.peak, *(rss_bytes(pid) for pid in pids))
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)

@@ -123,15 +123,19 @@ def _spec_from(options: dict[str, Any]) -> dict[str, Any]:
 
 def _follow(runner: Runner, task_id: str, agent: str, as_json: bool, timeout: float | None = None) -> dict[str, Any]:
     """Print a task's events until its result; return the result dict."""
-    renderer = Renderer(agent)
+    renderer = Renderer(agent, progress=not as_json and sys.stderr.isatty())
     result: dict[str, Any] = {}
-    for event in runner.handle(task_id).events(timeout=timeout):
-        if as_json:
-            _emit_json(event)
-        else:
-            renderer.event(event)
-        if event.get("type") == events.RESULT:
-            result = event["result"]
+    try:
+        for event in runner.handle(task_id).events(timeout=timeout):
+            if as_json:
+                _emit_json(event)
+            else:
+                renderer.event(event)
+            if event.get("type") == events.RESULT:
+                result = event["result"]
+    finally:
+        if renderer.progress is not None:
+            renderer.progress.stop()
     if not as_json:
         renderer.finish()
         click.echo(summary(result), err=True)

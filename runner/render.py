@@ -6,7 +6,10 @@ and tests. Rendering happens in the reader, never in the worker's hot path.
 
 from __future__ import annotations
 
+import shutil
 import sys
+import threading
+import time
 from typing import Any, TextIO
 
 from handler.protocol import STDERR
@@ -29,16 +32,18 @@ def describe_claude_event(event: dict[str, Any]) -> list[str]:
         return [f"● session {event.get('session_id', '?')} · model {event.get('model', '?')}"]
     lines: list[str] = []
     if kind in ("assistant", "user"):
-        content = (event.get("message") or {}).get("content") or []
+        message = event.get("message")
+        content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, str):
             content = [{"type": "text", "text": content}]
-        for item in content:
+        for item in content if isinstance(content, list) else []:
             if not isinstance(item, dict):
                 continue
             if item.get("type") == "text" and kind == "assistant":
                 lines.append(str(item.get("text", "")).rstrip())
             elif item.get("type") == "tool_use":
-                args = item.get("input") or {}
+                args = item.get("input")
+                args = args if isinstance(args, dict) else {}
                 key = next((str(args[k]) for k in TOOL_KEYS if k in args), "")
                 lines.append(f"→ {item.get('name', 'tool')}({_short(key, 120)})")
             elif item.get("type") == "tool_result":
@@ -53,24 +58,99 @@ def describe_claude_event(event: dict[str, Any]) -> list[str]:
         turns = event.get("num_turns")
         tail += f" · {turns} turn{'s' if turns != 1 else ''}" if isinstance(turns, int) else ""
         mark = "✗" if event.get("is_error") else "✓"
-        lines.append(f"{mark} {_short(str(event.get('result', event.get('subtype', ''))), 500)}{tail}")
+        text = event.get("result")
+        if not isinstance(text, str) or not text:
+            text = str(event.get("subtype") or "")
+            errors = event.get("errors")
+            if isinstance(errors, list) and errors:
+                text += ": " + "; ".join(str(error) for error in errors)
+        lines.append(f"{mark} {_short(text, 500)}{tail}")
     return lines
 
 
+class Progress:
+    """A one-line spinner on a terminal: elapsed time, bytes so far, the current step.
+
+    Redrawn by a thread ten times a second; the renderer wipes it (holding
+    :attr:`lock`) before writing other output, so it never interleaves with the
+    task's own lines.
+    """
+
+    FRAMES = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.bytes = 0
+        self.step = "waiting for the worker"
+        self.lock = threading.Lock()
+        self._started = time.monotonic()
+        self._stop = threading.Event()
+        self._shown = False
+        self._thread = threading.Thread(target=self._run, name="ccx-progress", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        frame = 0
+        while not self._stop.wait(0.1):
+            elapsed = time.monotonic() - self._started
+            size = f"{self.bytes / 1e6:.1f} MB" if self.bytes >= 100_000 else f"{self.bytes} B"
+            line = f"{self.FRAMES[frame % len(self.FRAMES)]} {elapsed:6.1f} s · {size} · {self.step}"
+            width = shutil.get_terminal_size((80, 20)).columns - 1
+            with self.lock:
+                self.stream.write("\r\x1b[2K" + line[:width])
+                self.stream.flush()
+                self._shown = True
+            frame += 1
+
+    def clear(self) -> None:
+        """Wipe the spinner line; call with :attr:`lock` held."""
+        if self._shown:
+            self.stream.write("\r\x1b[2K")
+            self.stream.flush()
+            self._shown = False
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(1)
+        with self.lock:
+            self.clear()
+
+
 class Renderer:
-    """Writes a task's events for a person: raw output, or a transcript for stream-json agents."""
+    """Writes a task's events for a person: raw output, or a transcript for stream-json agents.
+
+    With ``progress`` (on a terminal), a spinner line shows elapsed time, bytes and the current step.
+    """
 
     def __init__(
-        self, agent: str, out: TextIO | None = None, err: TextIO | None = None, transcript: bool = True
+        self,
+        agent: str,
+        out: TextIO | None = None,
+        err: TextIO | None = None,
+        transcript: bool = True,
+        progress: bool = False,
     ) -> None:
         self.out = out or sys.stdout
         self.err = err or sys.stderr
         self.transcript = transcript and agent == "claude"
         self._lines = LineSplitter()
+        self.progress = Progress(self.err) if progress else None
 
     def event(self, event: dict[str, Any]) -> None:
-        if event.get("type") != events.OUTPUT:
+        kind = event.get("type")
+        if self.progress is not None and kind == events.STARTED:
+            self.progress.step = "running"
+        if kind != events.OUTPUT:
             return
+        if self.progress is None:
+            self._write(event)
+            return
+        self.progress.bytes += len(event.get("data", ""))
+        with self.progress.lock:
+            self.progress.clear()
+            self._write(event)
+
+    def _write(self, event: dict[str, Any]) -> None:
         data = event.get("data", "")
         if event.get("stream") == STDERR:
             self.err.write(data)
@@ -91,9 +171,13 @@ class Renderer:
         else:
             for text in describe_claude_event(parsed):
                 self.out.write(text + "\n")
+                if self.progress is not None and text.startswith(("→", "●")):
+                    self.progress.step = text
         self.out.flush()
 
     def finish(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
         for line in self._lines.flush():
             self._line(line)
 

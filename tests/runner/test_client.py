@@ -175,14 +175,18 @@ def test_failures_are_explained_in_one_sentence(runner: Runner) -> None:
     timed = runner.submit(agent="command", argv=[PY, "-c", "import time; time.sleep(60)"], timeout=1)
     missing = runner.submit(agent="command", argv=["no-such-command-" + uuid.uuid4().hex[:6]])
     r = exited.result(timeout=30)
-    assert (r.success, r.exit_code) == (False, 3) and "exited with code 3" in (r.error or "") and "boom" in (r.error or "")
+    assert (
+        (r.success, r.exit_code) == (False, 3) and "exited with code 3" in (r.error or "") and "boom" in (r.error or "")
+    )
     r = timed.result(timeout=30)
     assert r.success is False and r.timed_out is True and r.exit_code != 0 and "timed out after 1 s" in (r.error or "")
     r = missing.result(timeout=30)
     assert r.success is False and "not found" in (r.error or "").lower()
 
 
-def test_long_output_keeps_the_tail_in_the_result_and_everything_in_the_log(redis_url: str, queue_name: str, tmp_path) -> None:
+def test_long_output_keeps_the_tail_in_the_result_and_everything_in_the_log(
+    redis_url: str, queue_name: str, tmp_path
+) -> None:
     """Output beyond the bound: the result keeps the tail and says where the full log is."""
     from runner.stack import LocalStack
 

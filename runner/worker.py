@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -159,6 +160,10 @@ def recover_abandoned(client: redis.Redis, queue_name: str, store: TaskStore) ->
     return recovered
 
 
+def _stop_before_work(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 def run_worker(settings: Settings, *, standby: bool = False, burst: bool = False, logging_level: str = "INFO") -> int:
     """Serve ``settings.queue`` until stopped; returns an exit status."""
     import runner.job  # noqa: F401  (imported before forking, so each work-horse starts warm)
@@ -166,6 +171,10 @@ def run_worker(settings: Settings, *, standby: bool = False, burst: bool = False
 
     pin_malloc_thresholds()  # inherited by every work-horse, which is where output frames pass
 
+    # Until RQ installs its own handlers in work(), SIGTERM must still unwind through the
+    # `finally` below, or the lock would outlive this process by its whole TTL.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stop_before_work)
     client = redis_client(settings.redis_url, retries=PATIENT_RETRIES)
     client.ping()
     store = TaskStore(client, settings.log_maxlen, settings.log_ttl)

@@ -308,6 +308,26 @@ class ProcessRun:
             os.close(pidfd)
         return popen.wait()
 
+    async def _drain_pipes(self) -> None:
+        """Read what the ended tree left in the pipes, up to EOF.
+
+        A receiver slower than ``drain_after_exit`` holds the readers back; that is no reason
+        to drop output already written. Give up only after a window in which the readers were
+        free but nothing came (a process we could not find holds a pipe open), or once more
+        came than the pipes could have held (such a process is still writing).
+        """
+        eofs = [reader.eof for reader in self._readers]
+        read_at_exit = sum(reader.bytes for reader in self._readers)
+        while True:
+            read_before = sum(reader.bytes for reader in self._readers)
+            held_back = not self._outbox.has_room
+            _, pending = await asyncio.wait(eofs, timeout=self.limits.drain_after_exit)
+            read_now = sum(reader.bytes for reader in self._readers)
+            if not pending or not (held_back or read_now > read_before):
+                return
+            if read_now - read_at_exit > len(self._readers) * PIPE_SIZE:
+                return
+
     async def wait(self) -> ExecuteResult:
         """Relay output until the process and its whole tree are gone; return the outcome."""
         popen = self.popen
@@ -333,8 +353,7 @@ class ProcessRun:
             elif _group_alive(pid) or proctree.find_run_processes(self._token, pid):
                 # The main process is done but left descendants behind: a run ends with its whole tree.
                 await proctree.kill_run(self._token, pid, self.limits.grace)
-            eofs = [reader.eof for reader in self._readers]
-            await asyncio.wait(eofs, timeout=self.limits.drain_after_exit)
+            await self._drain_pipes()
             for reader in self._readers:  # a process we could not find still holds a pipe open
                 reader.close()
             self._outbox.close()

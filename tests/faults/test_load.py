@@ -25,7 +25,9 @@ print(orjson.dumps(ids).decode())
 """
 
 
-def test_ten_thousand_tasks_from_eight_submitters_each_run_exactly_once(stack: LocalStack, runner: Runner, tmp_path: Path) -> None:
+def test_ten_thousand_tasks_from_eight_submitters_each_run_exactly_once(
+    stack: LocalStack, runner: Runner, tmp_path: Path
+) -> None:
     """Every task runs once (the child appends its name to a file), in FIFO order per submitter; all results readable."""
     marks = tmp_path / "marks"
     per = TASKS // SUBMITTERS

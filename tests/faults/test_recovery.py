@@ -20,7 +20,12 @@ PY = sys.executable
 
 def ticker(token: str, ticks: int, every: float = 0.1) -> list[str]:
     """A child printing ``tick N`` lines; ``token`` in its argv makes it findable."""
-    return [PY, "-c", f"import time\nfor i in range({ticks}):\n    print('tick', i, flush=True)\n    time.sleep({every})", token]
+    return [
+        PY,
+        "-c",
+        f"import time\nfor i in range({ticks}):\n    print('tick', i, flush=True)\n    time.sleep({every})",
+        token,
+    ]
 
 
 @pytest.fixture
@@ -35,7 +40,9 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
 def test_redis_restart_mid_task_loses_nothing(own_redis: RedisServer, tmp_path: Path) -> None:
     """Redis restarts (append-only on) while a task runs: it completes, queued tasks run in order after."""
     token = uuid.uuid4().hex
-    with LocalStack(redis_url=own_redis.url, queue="restart", worker_output=(tmp_path / "worker.log").open("wb").fileno()) as stack:
+    with LocalStack(
+        redis_url=own_redis.url, queue="restart", worker_output=(tmp_path / "worker.log").open("wb").fileno()
+    ) as stack:
         client = Runner(redis_url=own_redis.url, queue="restart")
         running = client.submit(agent="command", argv=ticker(token, 30))
         queued = [client.submit(agent="command", argv=["echo", f"queued-{n}"]) for n in range(3)]

@@ -19,7 +19,6 @@ import os
 import shutil
 import subprocess
 import time
-import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -207,7 +206,7 @@ class ProcessRun:
         self.params = params
         self.limits = limits or RunLimits()
         self._emit = emit
-        self._token = uuid.uuid4().hex
+        self._token = proctree.new_run_token()
         self._cancel_requested = asyncio.Event()
         self._outbox = _Outbox(self.limits, self._resume_readers)
         self._readers: list[_PipeReader] = []
@@ -271,10 +270,13 @@ class ProcessRun:
 
     async def _feed_stdin(self) -> None:
         assert self.popen is not None and self.popen.stdin is not None
-        loop = asyncio.get_running_loop()
         stdin = self.popen.stdin
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError, OSError):
-            await loop.run_in_executor(None, stdin.write, (self.params.stdin or "").encode())
+        data = memoryview((self.params.stdin or "").encode())
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(OSError):  # the child closed its stdin or died: nothing more to give
+            while data:  # an unbuffered pipe write may be partial
+                written = await loop.run_in_executor(None, stdin.write, data)
+                data = data[written or 0 :]
         with contextlib.suppress(OSError):
             stdin.close()
 

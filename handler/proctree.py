@@ -15,9 +15,15 @@ import contextlib
 import os
 import signal
 import time
+import uuid
 
 MARKER_VAR = "CCX_RUN_ID"
 _PROC = "/proc"
+
+
+def new_run_token() -> str:
+    """A fresh marker value: ``<handler pid>-<random>``, so a later handler can tell whose runs are orphans."""
+    return f"{os.getpid()}-{uuid.uuid4().hex}"
 
 
 def _read(path: str) -> bytes:
@@ -114,3 +120,29 @@ async def kill_run(run_token: str, pgid: int | None, grace: float) -> int:
         _signal_all(survivors, signal.SIGKILL)
         await asyncio.sleep(0.01)
     return signalled
+
+
+def find_orphans() -> dict[int, str]:
+    """Marked processes whose handler is gone (it was killed before it could stop them): pid → token."""
+    prefix = f"{MARKER_VAR}=".encode()
+    orphans: dict[int, str] = {}
+    for name in os.listdir(_PROC):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        environ = _read(f"{_PROC}/{name}/environ")
+        start = environ.find(prefix)
+        if start < 0 or (start > 0 and environ[start - 1] != 0):
+            continue
+        token = environ[start + len(prefix) : environ.find(b"\0", start)].decode(errors="replace")
+        owner = token.split("-", 1)[0]
+        if owner.isdigit() and not os.path.exists(f"{_PROC}/{owner}") and _alive(int(name)):
+            orphans[int(name)] = token
+    return orphans
+
+
+async def kill_orphans(grace: float) -> int:
+    """Stop every run left behind by a handler that died; returns how many processes were found."""
+    orphans = find_orphans()
+    for token in set(orphans.values()):
+        await kill_run(token, None, grace)
+    return len(orphans)

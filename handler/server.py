@@ -20,7 +20,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from handler import __version__, protocol
+from handler import __version__, proctree, protocol
 from handler.config import HEALTH_PATH, WS_PATH, HandlerConfig
 from handler.process import ProcessRun, RunLimits
 from handler.protocol import ProtocolError
@@ -169,18 +169,24 @@ class Session:
 
         run = ProcessRun(params, emit, self.handler.limits)
         self.runs[req.id] = run
-        task = asyncio.create_task(self.execute(req.id, run))
+        # Take the place in line now, synchronously: arrival order is the order runs start in.
+        waiter = self.handler.slots.join()
+        task = asyncio.create_task(self.execute(req.id, run, waiter))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def execute(self, request_id: Any, run: ProcessRun) -> None:
+    async def execute(self, request_id: Any, run: ProcessRun, waiter: asyncio.Future[None] | None) -> None:
         slots = self.handler.slots
         try:
-            if not slots.try_acquire():
-                await self.send(
-                    protocol.notification(protocol.PROCESS_QUEUED, {"id": request_id, "position": slots.queued + 1})
-                )
-                if not await slots.acquire(run.cancel_requested):
+            if waiter is not None:
+                try:
+                    await self.send(
+                        protocol.notification(protocol.PROCESS_QUEUED, {"id": request_id, "position": slots.queued})
+                    )
+                except BaseException:
+                    slots.abandon(waiter)
+                    raise
+                if not await slots.acquire(run.cancel_requested, waiter):
                     await self.send(protocol.response(request_id, asdict(run.not_started_result())))
                     return
             try:
@@ -218,6 +224,7 @@ async def start_server(config: HandlerConfig) -> tuple[Handler, Server]:
         max_size=config.max_message_bytes,
         ping_interval=config.ping_interval,
         ping_timeout=config.ping_timeout,
+        close_timeout=2,  # a dead client's runs are stopped soon after its pings time out
         write_limit=1 << 20,
     )
     return handler, server
@@ -231,6 +238,9 @@ async def run_forever(config: HandlerConfig, ready: asyncio.Event | None = None)
     """Serve until SIGINT/SIGTERM, then stop every run before returning."""
     import signal
 
+    swept = await proctree.kill_orphans(config.grace)
+    if swept:
+        log.warning("stopped %d process(es) left running by a previous handler that died", swept)
     handler, server = await start_server(config)
     port = bound_port(server)
     print(f"ccx handler listening on ws://{config.host}:{port}{WS_PATH} (allow: {config.allow.describe()})", flush=True)

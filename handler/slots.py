@@ -31,28 +31,41 @@ class FifoSlots:
             return True
         return False
 
-    async def acquire(self, give_up: asyncio.Event) -> bool:
-        """Wait for a slot; return False (holding nothing) if ``give_up`` is set first."""
+    def join(self) -> asyncio.Future[None] | None:
+        """Take a slot now (returns None) or a place in line (returns the waiter to pass to :meth:`acquire`).
+
+        Synchronous, so the place in line is the order of arrival even when the
+        caller awaits something (e.g. telling its client it is queued) before waiting.
+        """
         if self.try_acquire():
-            return True
+            return None
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
+        return waiter
+
+    async def acquire(self, give_up: asyncio.Event, waiter: asyncio.Future[None] | None = None) -> bool:
+        """Wait for a slot; return False (holding nothing) if ``give_up`` is set first."""
+        if waiter is None:
+            waiter = self.join()
+            if waiter is None:
+                return True
         give_up_task = asyncio.ensure_future(give_up.wait())
         try:
             await asyncio.wait({waiter, give_up_task}, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
-            self._abandon(waiter)
+            self.abandon(waiter)
             raise
         finally:
             give_up_task.cancel()
         if waiter.done():
             return True
-        self._abandon(waiter)
+        self.abandon(waiter)
         return False
 
-    def _abandon(self, waiter: asyncio.Future[None]) -> None:
+    def abandon(self, waiter: asyncio.Future[None]) -> None:
+        """Leave the line; a slot handed over at that very moment is passed on."""
         if waiter.done() and not waiter.cancelled():
-            self.release()  # the slot was handed over just as we gave up: pass it on
+            self.release()
         else:
             waiter.cancel()
             if waiter in self._waiters:

@@ -97,7 +97,8 @@ async def execute_remote(
                 except ConnectionClosed:
                     raise HandlerUnavailable(
                         f"The handler at {url} closed the connection before the task finished "
-                        "(it crashed, restarted or was stopped); the task's processes were stopped with it."
+                        "(it crashed, restarted or was stopped); the handler stops the task's processes, "
+                        "at the latest when it starts again."
                     ) from None
                 data = orjson.loads(message)
                 method = data.get("method")

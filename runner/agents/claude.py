@@ -28,6 +28,7 @@ RESULT_FIELDS = (
     "duration_api_ms",
     "usage",
     "permission_denials",
+    "errors",
     "session_id",
 )
 
@@ -86,11 +87,22 @@ class ClaudeParser(OutputParser):
         output = text if isinstance(text, str) else self.stdout.text()
         is_error = bool(self.result.get("is_error")) or self.result.get("subtype") not in (None, "success")
         if is_error:
-            detail = text if isinstance(text, str) and text else self.result.get("subtype", "error")
-            return Outcome(False, output, f"Claude Code reported an error: {detail}", info)
+            return Outcome(False, output, f"Claude Code reported an error: {self._error_detail()}", info)
         if result.exit_code != 0:
             return Outcome(False, output, exit_error(result, self.stderr.text(), "Claude Code"), info)
         return Outcome(True, output, None, info)
+
+    def _error_detail(self) -> str:
+        """The result text, else the subtype with the messages of ``errors`` (e.g. error_max_turns)."""
+        assert self.result is not None
+        text = self.result.get("result")
+        if isinstance(text, str) and text:
+            return text
+        detail = str(self.result.get("subtype") or "error")
+        errors = self.result.get("errors")
+        if isinstance(errors, list) and errors:
+            detail += ": " + "; ".join(str(error) for error in errors)
+        return detail
 
 
 class ClaudeAgent(Agent):

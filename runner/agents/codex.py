@@ -1,7 +1,10 @@
 """OpenAI Codex CLI: ``codex exec --json <task>`` prints JSONL events.
 
 The final answer is the text of the last ``item.completed`` event whose item is
-an ``agent_message``; ``turn.failed`` and ``error`` events mark a failure.
+an ``agent_message``. ``turn.failed`` marks a failure. An ``error`` event does
+only when no ``turn.completed`` follows it: Codex also reports the retries of a
+dropped model stream as ``error`` events ("Reconnecting... 1/5") and then
+completes the turn normally; those messages are kept in ``info["errors"]``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,10 @@ if TYPE_CHECKING:
 class CodexParser(JsonlParser):
     display_name = "Codex"
 
+    def __init__(self, output_limit: int) -> None:
+        super().__init__(output_limit)
+        self._turn_failed = False
+
     def on_event(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
         if kind == "thread.started":
@@ -28,10 +35,16 @@ class CodexParser(JsonlParser):
                 self.final_text = item["text"]
         elif kind == "turn.completed":
             self.info["usage"] = event.get("usage")
+            if not self._turn_failed:
+                self.failure = None  # the errors before it were retries the turn recovered from
         elif kind == "turn.failed":
+            self._turn_failed = True
             self.failure = str((event.get("error") or {}).get("message") or "turn failed")
         elif kind == "error":
-            self.failure = str(event.get("message") or "error")
+            message = str(event.get("message") or "error")
+            self.info.setdefault("errors", []).append(message)
+            if not self._turn_failed:
+                self.failure = message
 
 
 class CodexAgent(Agent):

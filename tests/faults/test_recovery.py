@@ -81,3 +81,29 @@ def test_a_killed_follower_does_not_affect_the_task(stack: LocalStack, runner: R
     assert result.success
     text = "".join(e["data"] for e in handle.events(timeout=10) if e["type"] == "output")
     assert text == "".join(f"tick {i}\n" for i in range(20))
+
+
+def test_handler_killed_mid_task_fails_it_and_a_restarted_handler_kills_the_orphans(
+    stack: LocalStack, runner: Runner
+) -> None:
+    """SIGKILL on the handler: the task fails with a clear error; the restarted handler stops its orphans; the queue moves on."""
+    token = uuid.uuid4().hex
+    handle = runner.submit(
+        agent="command", argv=["sh", "-c", f"setsid {PY} -c 'import time; time.sleep(1000)' {token} & wait", token]
+    )
+    wait_until(lambda: len(pids_with_marker(token)) >= 2, 30, what="the task and its escaped grandchild")
+    assert stack.handler is not None
+    port = stack.handler_url.rsplit(":", 1)[1].split("/")[0]
+    stack.handler.kill()
+    stack.handler.wait(10)
+    result = handle.result(timeout=30)
+    assert (
+        result.success is False
+        and "closed the connection" in (result.error or "")
+        and stack.handler_url in (result.error or "")
+    )
+    assert pids_with_marker(token), "a SIGKILLed handler cannot stop anything: its runs are orphans until it restarts"
+    stack.handler_port = int(port)
+    stack._start_handler(20)
+    wait_until(lambda: not pids_with_marker(token), 20, what="the restarted handler to stop the orphans")
+    assert runner.submit(agent="command", argv=["echo", "after"]).result(timeout=30).output == "after\n"

@@ -254,8 +254,9 @@ class ProcessRun:
                 start_new_session=True,
                 bufsize=0,
             )
-        except OSError as exc:
-            raise ProtocolError(SPAWN_FAILED, f"Could not start '{params.argv[0]}': {exc.strerror or exc}.") from None
+        except (OSError, ValueError) as exc:  # ValueError: e.g. a NUL inside an environment value
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ProtocolError(SPAWN_FAILED, f"Could not start '{params.argv[0]}': {reason}.") from None
         self.started_at = time.monotonic()
         assert self.popen.stdout is not None and self.popen.stderr is not None
         # Detach the fds from the Popen file objects: the readers own and close them.

@@ -130,16 +130,21 @@ def parse_execute_params(params: dict[str, Any], request_id: Any = None) -> Exec
     if any("\0" in a for a in argv):
         raise _invalid("'argv' must not contain NUL characters.", request_id)
     cwd = params.get("cwd")
-    if cwd is not None and not isinstance(cwd, str):
-        raise _invalid("'cwd' must be a string.", request_id)
+    if cwd is not None and (not isinstance(cwd, str) or "\0" in cwd):
+        raise _invalid("'cwd' must be a string without NUL characters.", request_id)
     env = params.get("env")
     if env is not None and (
         not isinstance(env, dict)
         or not all(
-            isinstance(k, str) and k and "=" not in k and (v is None or isinstance(v, str)) for k, v in env.items()
+            isinstance(k, str)
+            and k
+            and "=" not in k
+            and "\0" not in k
+            and (v is None or (isinstance(v, str) and "\0" not in v))
+            for k, v in env.items()
         )
     ):
-        raise _invalid("'env' must map variable names to strings (or null to remove one).", request_id)
+        raise _invalid("'env' must map variable names to strings without NUL (or null to remove one).", request_id)
     timeout = params.get("timeout")
     if timeout is not None:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout):

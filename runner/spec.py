@@ -14,6 +14,20 @@ DEFAULT_TIMEOUT = 3600.0
 """Seconds a task may run when the submitter gives no timeout: long enough for an agent, never forever."""
 
 
+OPTIONAL_FIELDS = (
+    "tools",
+    "disallowed_tools",
+    "model",
+    "max_turns",
+    "permission_mode",
+    "append_system_prompt",
+    "mcp_config",
+    "resume",
+    "argv",
+)
+"""Fields only some agents use (see each agent's ``options``)."""
+
+
 class SpecError(ValueError):
     """A task spec that cannot run; the message names the field and what it must be."""
 
@@ -105,6 +119,12 @@ class TaskSpec:
             raise SpecError("'env' must map variable names to strings (or null to remove one).")
         if not isinstance(self.metadata, dict):
             raise SpecError("'metadata' must be an object.")
+        texts = [self.task, self.cwd or "", *(self.argv or []), *(self.tools or [])]
+        texts += [f"{k}={v or ''}" for k, v in (self.env or {}).items()]
+        if any("\0" in text for text in texts):
+            raise SpecError(
+                "The task, argv, cwd, tools and env must not contain NUL characters (an OS command line cannot)."
+            )
         get_agent(self.agent).check(self)
 
 

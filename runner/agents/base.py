@@ -120,8 +120,27 @@ class Agent(abc.ABC):
     install_hint: str = ""
     display_name: str = ""
 
+    options: frozenset[str] = frozenset()
+    """The optional spec fields this agent turns into its command line; any other one set is an error."""
+
     def check(self, spec: TaskSpec) -> None:
-        """Raise :class:`~runner.spec.SpecError` when the spec cannot run with this agent."""
+        """Raise :class:`~runner.spec.SpecError` when the spec cannot run with this agent.
+
+        An option the agent would silently ignore (e.g. ``tools`` for a plain command)
+        is refused, so nobody believes a restriction holds that does not.
+        """
+        from runner.spec import OPTIONAL_FIELDS, SpecError
+
+        unused = [name for name in OPTIONAL_FIELDS if getattr(spec, name) and name not in self.options]
+        if unused:
+            users = ", ".join(a.name for a in _registry() if all(n in a.options for n in unused)) or "none"
+            raise SpecError(
+                f"The {self.name} agent does not use {', '.join(repr(n) for n in unused)}; "
+                f"remove it, or use an agent that does ({users})."
+            )
+        self.check_required(spec)
+
+    def check_required(self, spec: TaskSpec) -> None:
         from runner.spec import SpecError
 
         if not spec.task.strip():
@@ -144,3 +163,9 @@ class Agent(abc.ABC):
     def not_found_message(self, argv0: str) -> str:
         override = f" or set {self.binary_env} to its path" if self.binary_env else ""
         return f"{self.display_name or self.name} CLI not found ('{argv0}') on the handler's machine: {self.install_hint}{override}."
+
+
+def _registry() -> list[Agent]:
+    from runner.agents import AGENTS
+
+    return list(AGENTS.values())

@@ -84,8 +84,9 @@ class ClaudeParser(OutputParser):
             )
         info.update({key: self.result.get(key) for key in RESULT_FIELDS if key in self.result})
         text = self.result.get("result")
-        output = text if isinstance(text, str) else self.stdout.text()
         is_error = bool(self.result.get("is_error")) or self.result.get("subtype") not in (None, "success")
+        # The answer, or nothing for an error without one: the raw stream stays in the task's log.
+        output = text if isinstance(text, str) else ("" if is_error else self.stdout.text())
         if is_error:
             return Outcome(False, output, f"Claude Code reported an error: {self._error_detail()}", info)
         if result.exit_code != 0:
@@ -111,6 +112,18 @@ class ClaudeAgent(Agent):
     binary = "claude"
     binary_env = "CCX_CLAUDE_BIN"
     install_hint = "install it with `npm install -g @anthropic-ai/claude-code`"
+    options = frozenset(
+        {
+            "tools",
+            "disallowed_tools",
+            "model",
+            "max_turns",
+            "permission_mode",
+            "append_system_prompt",
+            "mcp_config",
+            "resume",
+        }
+    )
 
     def argv(self, spec: TaskSpec) -> list[str]:
         argv = [self.executable(), "-p", "--output-format", "stream-json", "--verbose"]

@@ -53,6 +53,7 @@ class CodexAgent(Agent):
     binary = "codex"
     binary_env = "CCX_CODEX_BIN"
     install_hint = "install it with `npm install -g @openai/codex`"
+    options = frozenset({"model", "resume"})
 
     def argv(self, spec: TaskSpec) -> list[str]:
         argv = [self.executable(), "exec", "--json", "--skip-git-repo-check"]

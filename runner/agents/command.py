@@ -15,7 +15,9 @@ class CommandAgent(Agent):
     display_name = "Command"
     install_hint = "install it on the handler's machine or give its full path"
 
-    def check(self, spec: TaskSpec) -> None:
+    options = frozenset({"argv"})
+
+    def check_required(self, spec: TaskSpec) -> None:
         from runner.spec import SpecError
 
         if not spec.argv:

@@ -68,6 +68,7 @@ class GeminiAgent(Agent):
     binary = "gemini"
     binary_env = "CCX_GEMINI_BIN"
     install_hint = "install it with `npm install -g @google/gemini-cli`"
+    options = frozenset({"model", "tools", "resume"})
 
     def argv(self, spec: TaskSpec) -> list[str]:
         argv = [self.executable(), "--output-format", "stream-json"]

@@ -54,6 +54,9 @@ def build_parser(prog: str = "ccx handler") -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, prog: str = "python -m handler") -> int:
     args = build_parser(prog).parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("websockets").setLevel(
+        max(logging.WARNING, logging.getLogger().level)
+    )  # one line per request is noise
     config = HandlerConfig(
         host=args.host,
         port=args.port,

@@ -192,9 +192,13 @@ class _PipeReader:
         self.close()
 
     def close(self) -> None:
+        """Stop reading and close the pipe, once: a second os.close() could close an fd number
+        the process has since reused for something else (another client's socket)."""
         self.pause()
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            with contextlib.suppress(OSError):
+                os.close(fd)
         if not self.eof.done():
             self.eof.set_result(None)
 

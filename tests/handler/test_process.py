@@ -263,3 +263,22 @@ def test_a_slow_receiver_gets_every_byte_even_after_the_child_exits() -> None:
         return "".join(received)
 
     assert arun(scenario()).encode() == expected
+
+
+def test_closing_a_pipe_reader_twice_never_closes_a_reused_fd() -> None:
+    """A reader closed again must not close the fd number the process has since reused (another client's socket)."""
+    from handler.process import RunLimits, _Outbox, _PipeReader
+
+    async def scenario() -> None:
+        read_end, write_end = os.pipe()
+        reader = _PipeReader(read_end, "stdout", _Outbox(RunLimits(), lambda: None))
+        reader.close()
+        reused, other = os.pipe()  # the lowest free numbers: read_end's is free again
+        try:
+            reader.close()
+            os.fstat(reused)  # still open
+        finally:
+            for fd in (reused, other, write_end):
+                os.close(fd)
+
+    arun(scenario())

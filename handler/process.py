@@ -41,6 +41,8 @@ Emit = Callable[[str, int, str], Awaitable[None]]
 
 READ_SIZE = 1 << 20
 PIPE_SIZE = 1 << 20
+RECENT_RUN = 5.0
+"""Runs shorter than this (seconds) look for leftovers among recently allocated pids only."""
 _F_SETPIPE_SZ = 1031  # fcntl constant; absent from the stdlib module before 3.10 on some builds
 
 
@@ -357,7 +359,9 @@ class ProcessRun:
                 timed_out = not cancelled
                 await proctree.kill_run(self._token, pid, self.limits.grace)
                 await exited
-            elif _group_alive(pid) or proctree.find_run_processes(self._token, pid):
+            elif _group_alive(pid) or proctree.find_run_processes(
+                self._token, pid, recent_only=time.monotonic() - self.started_at < RECENT_RUN
+            ):
                 # The main process is done but left descendants behind: a run ends with its whole tree.
                 await proctree.kill_run(self._token, pid, self.limits.grace)
             await self._drain_pipes()

@@ -44,16 +44,43 @@ def _stat(pid: int) -> tuple[str, int] | None:
     return fields[0].decode(), int(fields[1])
 
 
-def find_run_processes(run_token: str, root_pid: int | None = None) -> set[int]:
-    """Pids of live processes marked with ``run_token`` or descending from ``root_pid``."""
+def _last_pid() -> int | None:
+    try:
+        with open(f"{_PROC}/sys/kernel/ns_last_pid", "rb") as handle:
+            return int(handle.read())
+    except (OSError, ValueError):
+        return None
+
+
+def _candidates(root_pid: int | None, recent_only: bool) -> list[int]:
+    """Pids worth a look. With ``recent_only``, only those allocated since ``root_pid`` was.
+
+    Everything a run starts is forked after its root, so its pid lies in the cyclic
+    interval [root_pid, last allocated pid] (pids wrap at pid_max, 32768 by default).
+    The kernel's last-pid counter is read after listing /proc, so every listed pid was
+    allocated before it. Only sound while the run is too short for pids to go all the
+    way round, so callers pass ``recent_only`` for short runs alone.
+    """
+    pids = [int(name) for name in os.listdir(_PROC) if name.isdigit()]
+    last = _last_pid() if recent_only and root_pid is not None else None
+    if last is None or root_pid is None:
+        return pids
+    if last >= root_pid:
+        return [pid for pid in pids if root_pid <= pid <= last]
+    return [pid for pid in pids if pid >= root_pid or pid <= last]
+
+
+def find_run_processes(run_token: str, root_pid: int | None = None, recent_only: bool = False) -> set[int]:
+    """Pids of live processes marked with ``run_token`` or descending from ``root_pid``.
+
+    ``recent_only`` (for runs of a few seconds) looks only at pids allocated since
+    ``root_pid``: a trivial run then costs a handful of reads instead of two per process.
+    """
     marker = f"{MARKER_VAR}={run_token}\0".encode()
     me = os.getpid()
     found: set[int] = set()
     children: dict[int, list[int]] = {}
-    for name in os.listdir(_PROC):
-        if not name.isdigit():
-            continue
-        pid = int(name)
+    for pid in _candidates(root_pid, recent_only):
         if pid == me:
             continue
         stat = _stat(pid)

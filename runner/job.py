@@ -59,7 +59,18 @@ def run_task(spec_data: dict) -> dict:
     die_with_parent()
     settings = Settings.from_env()
     store = TaskStore(job.connection, settings.log_maxlen, settings.log_ttl)
-    result = run_job(job, spec_data, settings, store)
+    try:
+        result = run_job(job, spec_data, settings, store)
+    except Exception as exc:
+        # Whatever went wrong, the task must end with a result, never stay "running" forever.
+        log.exception("task %s: internal error in the worker", job.id)
+        result = TaskResult(
+            id=job.id,
+            error=f"Internal error in the worker ({type(exc).__name__}: {exc}); see the worker's log.",
+            ended_at=events.now_iso(),
+            log_key=events.log_key(job.id),
+        )
+        store.finalize(result, job.origin)
     if not result.success:
         cancel_dependents(store, job, "was cancelled" if result.cancelled else "failed", include_after_any=False)
         raise TaskFailed(result.error or "The task failed.")
@@ -112,11 +123,11 @@ async def relay(task_id: str, spec: TaskSpec, settings: Settings, job_key: str |
     writer = EventWriter(client, task_id, settings.log_maxlen, job_key=job_key)
     writer.start()
     cancel = asyncio.Event()
+    # Listening for a cancel is set up alongside the handler connection, not before it:
+    # subscribing costs round trips a trivial task should not wait for.
     pubsub = client.pubsub()
-    await pubsub.subscribe(events.cancel_key(task_id))
-    watcher = asyncio.create_task(_watch_cancel(pubsub, cancel))
-    if await client.exists(events.cancel_key(task_id)):
-        cancel.set()
+    relay_done = asyncio.Event()
+    watcher = asyncio.create_task(_watch_cancel(client, pubsub, task_id, cancel, relay_done))
 
     async def on_output(stream: str, seq: int, data: str) -> None:
         parser.feed(stream, data)
@@ -140,17 +151,19 @@ async def relay(task_id: str, spec: TaskSpec, settings: Settings, job_key: str |
     except redis.RedisError as exc:
         error = f"Lost the connection to Redis while streaming the task's output ({exc}); the task was stopped."
     finally:
+        # redis-py can swallow a cancellation that lands mid-connect, so the watcher also
+        # stops on `relay_done`, and is not waited for beyond a short bound either way.
+        relay_done.set()
         watcher.cancel()
-        with contextlib.suppress(BaseException):
-            await watcher
+        await asyncio.wait({watcher}, timeout=2)
         try:
             await writer.close()
         except redis.RedisError as exc:
             error = error or f"Lost the connection to Redis while streaming the task's output ({exc})."
         with contextlib.suppress(Exception):
-            await pubsub.aclose()
+            await asyncio.wait_for(pubsub.aclose(), 2)
         with contextlib.suppress(Exception):
-            await client.aclose()
+            await asyncio.wait_for(client.aclose(), 2)
 
     if execute_result is None:
         return TaskResult(id=task_id, error=error, agent={"name": agent.name})
@@ -178,8 +191,18 @@ async def relay(task_id: str, spec: TaskSpec, settings: Settings, job_key: str |
     )
 
 
-async def _watch_cancel(pubsub: redis.asyncio.client.PubSub, cancel: asyncio.Event) -> None:
-    while not cancel.is_set():
-        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+async def _watch_cancel(
+    client: redis.asyncio.Redis,
+    pubsub: redis.asyncio.client.PubSub,
+    task_id: str,
+    cancel: asyncio.Event,
+    relay_done: asyncio.Event,
+) -> None:
+    """Set ``cancel`` when the task's cancel channel speaks or its flag is set (checked after subscribing)."""
+    await pubsub.subscribe(events.cancel_key(task_id))
+    if await client.exists(events.cancel_key(task_id)):
+        cancel.set()
+    while not cancel.is_set() and not relay_done.is_set():
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
         if message is not None:
             cancel.set()

@@ -56,6 +56,11 @@ def info_key(task_id: str) -> str:
     return f"{PREFIX}:task:{task_id}:info"
 
 
+def done_key(task_id: str) -> str:
+    """A stream that gets one entry when the task ends: result waiters block on it, not on the output log."""
+    return f"{PREFIX}:task:{task_id}:done"
+
+
 def cancel_key(task_id: str) -> str:
     """A flag key and, with the same name, the pub/sub channel a running task listens on."""
     return f"{PREFIX}:task:{task_id}:cancel"
@@ -207,7 +212,8 @@ def read_events(
             if left <= 0:
                 raise TimeoutError(f"Task {task_id} did not finish within {timeout:g} s.")
             wait = max(1, min(block_ms, int(left * 1000)))
-        response = client.xread({key: last}, count=2000, block=wait)
+        # A modest count: entries may be up to a few MB each, and a reply holds them all at once.
+        response = client.xread({key: last}, count=200, block=wait)
         if not response:
             if last == "0-0" and not client.exists(key):
                 ended = _stored_result_event(client, task_id)
@@ -233,32 +239,20 @@ def _stored_result_event(client: redis.Redis, task_id: str) -> dict[str, Any] | 
 def wait_for_result(
     client: redis.Redis, task_id: str, timeout: float | None = None, block_ms: int = 1000
 ) -> dict[str, Any]:
-    """The task's result dict, waiting for it if needed, without decoding its output events."""
-    key = log_key(task_id)
-    # Take the log's position first, then look at the record: a result written in
-    # between is after that position, so the XREAD below cannot miss it.
-    newest = client.xrevrange(key, count=1)
-    last = newest[0][0] if newest else "0-0"
-    raw = client.hget(info_key(task_id), "result")
-    if raw is not None:
-        return orjson.loads(raw)
+    """The task's result dict, waiting for it if needed, without reading its output.
+
+    Blocks on the task's done-stream from its start, so an end that happens between
+    looking at the record and blocking is still seen at once.
+    """
     deadline = None if timeout is None else time.monotonic() + timeout
-    marker = b'{"type":"result"'
     while True:
+        raw = client.hget(info_key(task_id), "result")
+        if raw is not None:
+            return orjson.loads(raw)
         wait = block_ms
         if deadline is not None:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"Task {task_id} did not finish within {timeout:g} s.")
             wait = max(1, min(block_ms, int(left * 1000)))
-        response = client.xread({key: last}, count=5000, block=wait)
-        if not response:
-            raw = client.hget(info_key(task_id), "result")  # e.g. the log was trimmed away or expired
-            if raw is not None:
-                return orjson.loads(raw)
-            continue
-        for entry_id, fields in response[0][1]:
-            last = entry_id
-            payload = fields[b"e"]
-            if payload.startswith(marker):
-                return orjson.loads(payload)["result"]
+        client.xread({done_key(task_id): "0-0"}, count=1, block=wait)

@@ -33,7 +33,8 @@ redis.call('PUBLISH', KEYS[4], ARGV[n - 2])
 return 1
 """
 
-# Like _UPDATE_SCRIPT, then sets the expiry of the finished task's record and log. ARGV[last] = ttl.
+# Like _UPDATE_SCRIPT, then marks the task done (KEYS[5], a one-entry stream result waiters block on)
+# and sets the expiry of the finished task's keys. ARGV[last] = ttl.
 _FINALIZE_SCRIPT = """
 if redis.call('HEXISTS', KEYS[1], 'result') == 1 then return 0 end
 local n = #ARGV
@@ -42,8 +43,10 @@ for i = 2, n - 4, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[n - 1], '*', 'e', ARGV[n - 2])
 redis.call('PUBLISH', KEYS[3], ARGV[n - 2])
 redis.call('PUBLISH', KEYS[4], ARGV[n - 3])
+redis.call('XADD', KEYS[5], '*', 'status', ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[n])
 redis.call('EXPIRE', KEYS[2], ARGV[n])
+redis.call('EXPIRE', KEYS[5], ARGV[n])
 return 1
 """
 
@@ -152,7 +155,7 @@ class TaskStore:
         }
         return bool(
             self._finalize(
-                keys=self._keys(result.id),
+                keys=[*self._keys(result.id), events.done_key(result.id)],
                 args=[
                     result.status,
                     "result",

@@ -75,7 +75,8 @@ def test_worker_killed_mid_task_fails_the_task_and_the_next_one_runs(stack: Loca
         result = handle.result(timeout=60)
         assert result.success is False
         assert result.error == WORKER_DIED
-        assert any(e.get("data") == "before-kill\n" for e in handle.events(timeout=10))
+        printed = "".join(e["data"] for e in handle.events(timeout=10) if e["type"] == "output")
+        assert printed == "before-kill\n"
         assert following.result(timeout=60).output == "next\n"
     finally:
         stop(replacement)

@@ -1,0 +1,5 @@
+import sys
+
+from runner.dashboard.main import main
+
+sys.exit(main())

@@ -1,0 +1,52 @@
+"""``python -m runner.dashboard``: the live dashboard of a queue (see docs/dashboard.md)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from runner.config import Settings
+from runner.dashboard.server import DEFAULT_HOST, DEFAULT_PORT, DashboardConfig, run
+
+
+def build_parser(prog: str = "python -m runner.dashboard") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Serve the cc-execute dashboard: the queue, each task's output live, submit and cancel."
+    )
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("CCX_DASHBOARD_HOST") or DEFAULT_HOST,
+        help="address to bind (CCX_DASHBOARD_HOST; default 127.0.0.1; any other needs a token)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("CCX_DASHBOARD_PORT") or DEFAULT_PORT),
+        help="port, 0 for any free one (CCX_DASHBOARD_PORT; default 8766)",
+    )
+    parser.add_argument("--redis-url", help="Redis URL (CCX_REDIS_URL / REDIS_URL; default redis://127.0.0.1:6379/0)")
+    parser.add_argument("--queue", help="queue to show and submit to (CCX_QUEUE; default ccx)")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("CCX_DASHBOARD_TOKEN") or None,
+        help="token the browser must present once as ?token=… (CCX_DASHBOARD_TOKEN); required off loopback",
+    )
+    parser.add_argument("--log-level", default=os.environ.get("CCX_LOG_LEVEL", "INFO"), help="logging level")
+    return parser
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m runner.dashboard") -> int:
+    args = build_parser(prog).parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # websockets logs every handshake and request path; the path can carry the token once.
+    logging.getLogger("websockets").setLevel(logging.ERROR)
+    settings = Settings.from_env()
+    config = DashboardConfig(
+        host=args.host,
+        port=args.port,
+        redis_url=args.redis_url or settings.redis_url,
+        queue=args.queue or settings.queue,
+        token=args.token or None,
+    )
+    return run(config)

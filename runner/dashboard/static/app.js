@@ -1,0 +1,697 @@
+// cc-execute dashboard: plain JavaScript, no build step.
+// Everything live comes over one WebSocket (/live); older log pages come from GET /api/tasks/<id>/log.
+// Task output is only ever put in the page as text (textContent), never as HTML.
+"use strict";
+
+(() => {
+  const MAX_CHARS = 1_000_000; // most output characters the page keeps; older chunks are dropped
+  const ACTIVE = new Set(["queued", "deferred", "running"]);
+
+  const $ = (id) => document.getElementById(id);
+
+  function h(tag, props = {}, ...kids) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(props)) {
+      if (value === undefined || value === null) continue;
+      if (key === "class") node.className = value;
+      else if (key === "text") node.textContent = value;
+      else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+      else node.setAttribute(key, value);
+    }
+    for (const kid of kids) if (kid !== null && kid !== undefined) node.append(kid);
+    return node;
+  }
+
+  // ---- formatting ------------------------------------------------------------------------
+
+  const state = { queue: null, progress: {}, offset: 0, taskId: null, record: null, worker: undefined };
+
+  const serverNow = () => Date.now() + state.offset;
+
+  function fmtDuration(ms) {
+    if (ms === null || ms === undefined || Number.isNaN(ms)) return "—";
+    if (ms < 1000) return `${ms < 10 ? ms.toFixed(1) : Math.round(ms)} ms`;
+    const s = ms / 1000;
+    if (s < 10) return `${s.toFixed(2)} s`;
+    if (s < 60) return `${s.toFixed(1)} s`;
+    const m = Math.floor(s / 60);
+    if (m < 60) return `${m} min ${String(Math.floor(s % 60)).padStart(2, "0")} s`;
+    return `${Math.floor(m / 60)} h ${String(m % 60).padStart(2, "0")} min`;
+  }
+
+  function fmtAgo(iso) {
+    if (!iso) return "—";
+    const s = Math.max(0, (serverNow() - Date.parse(iso)) / 1000);
+    if (s < 60) return `${Math.floor(s)} s ago`;
+    if (s < 3600) return `${Math.floor(s / 60)} min ago`;
+    if (s < 86400) return `${Math.floor(s / 3600)} h ago`;
+    return new Date(iso).toLocaleDateString();
+  }
+
+  function fmtTime(iso) {
+    if (!iso) return "—";
+    const d = new Date(iso);
+    const two = (n) => String(n).padStart(2, "0");
+    const time = `${two(d.getHours())}:${two(d.getMinutes())}:${two(d.getSeconds())}`;
+    const today = new Date(serverNow()).toDateString() === d.toDateString();
+    return today ? time : `${d.getFullYear()}-${two(d.getMonth() + 1)}-${two(d.getDate())} ${time}`;
+  }
+
+  function fmtBytes(n) {
+    if (n === null || n === undefined) return "—";
+    if (n < 1000) return `${n} B`;
+    if (n < 1e6) return `${(n / 1e3).toFixed(1)} kB`;
+    if (n < 1e9) return `${(n / 1e6).toFixed(1)} MB`;
+    return `${(n / 1e9).toFixed(2)} GB`;
+  }
+
+  const fmtCount = (n) => (n === null || n === undefined ? "—" : n.toLocaleString("en-US"));
+  const fmtCost = (usd) => (typeof usd === "number" ? `$${usd.toFixed(4)}` : "—");
+
+  function exitText(result) {
+    if (!result) return "—";
+    if (result.cancelled) return "cancelled";
+    if (result.timed_out) return "timed out";
+    if (result.signal !== null && result.signal !== undefined) return `signal ${result.signal}`;
+    if (result.exit_code !== null && result.exit_code !== undefined) return `exit ${result.exit_code}`;
+    return "—";
+  }
+
+  function progressText(id) {
+    const p = state.progress[id];
+    return p ? `${fmtBytes(p.bytes)} · ${fmtCount(p.lines)} lines` : "";
+  }
+
+  function specTitle(spec) {
+    const text = spec.agent === "command" ? (spec.argv || []).join(" ") : spec.task || "";
+    return text.replace(/\s+/g, " ").trim() || "(empty)";
+  }
+
+  const badge = (status) => h("span", { class: `badge ${status}`, text: status });
+
+  // ---- the connection ----------------------------------------------------------------------
+
+  const live = {
+    ws: null,
+    nextReq: 1,
+    waiting: new Map(),
+    backoff: 500,
+    connect() {
+      const proto = location.protocol === "https:" ? "wss:" : "ws:";
+      const ws = new WebSocket(`${proto}//${location.host}/live`);
+      this.ws = ws;
+      ws.onopen = () => {
+        this.backoff = 500;
+        setConn(true);
+        subscribe();
+      };
+      ws.onmessage = (message) => onMessage(JSON.parse(message.data));
+      ws.onclose = () => {
+        setConn(false);
+        for (const waiter of this.waiting.values()) waiter.reject(new Error("Lost the connection to the dashboard; try again."));
+        this.waiting.clear();
+        checkLogin();
+        setTimeout(() => this.connect(), this.backoff);
+        this.backoff = Math.min(this.backoff * 2, 8000);
+      };
+    },
+    send(message) {
+      if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(message));
+    },
+    request(message) {
+      return new Promise((resolve, reject) => {
+        if (!this.ws || this.ws.readyState !== WebSocket.OPEN) {
+          reject(new Error("Not connected to the dashboard; it is reconnecting, try again in a moment."));
+          return;
+        }
+        const req = this.nextReq++;
+        this.waiting.set(req, { resolve, reject });
+        this.send({ ...message, req });
+      });
+    },
+  };
+
+  function setConn(ok) {
+    const pill = $("conn");
+    pill.textContent = ok ? "live" : "reconnecting…";
+    pill.className = `pill ${ok ? "good" : "bad"}`;
+  }
+
+  async function checkLogin() {
+    try {
+      const response = await fetch("/api/queue", { cache: "no-store" });
+      if (response.status === 401) showBanner("Your dashboard session has ended: reload the page to enter the token.");
+    } catch (_) {
+      showBanner("The dashboard is unreachable; reconnecting…");
+    }
+  }
+
+  function showBanner(text) {
+    $("banner").textContent = text || "";
+    $("banner").hidden = !text;
+  }
+
+  function subscribe() {
+    live.send({ op: "watch" });
+    if (state.taskId) live.send({ op: "follow", task: state.taskId });
+  }
+
+  function onMessage(msg) {
+    switch (msg.type) {
+      case "hello":
+        $("queue-name").textContent = msg.queue;
+        showBanner("");
+        break;
+      case "status":
+        showBanner(msg.redis ? "" : msg.error || "Redis is unreachable.");
+        break;
+      case "queue":
+        state.queue = msg;
+        state.offset = Date.parse(msg.now) - Date.now();
+        renderWorker(msg.worker);
+        renderQueue();
+        break;
+      case "progress":
+        state.progress = msg.tasks || {};
+        renderProgress();
+        break;
+      case "task":
+        if (msg.record.id === state.taskId) renderTask(msg.record);
+        break;
+      case "log":
+        if (msg.task === state.taskId) output.handle(msg);
+        break;
+      case "missing":
+        if (msg.task === state.taskId) renderMissing(msg.message);
+        break;
+      case "reply": {
+        const waiter = live.waiting.get(msg.req);
+        live.waiting.delete(msg.req);
+        if (waiter) waiter.resolve(msg);
+        break;
+      }
+      case "error":
+        if (msg.req && live.waiting.has(msg.req)) {
+          live.waiting.get(msg.req).resolve({ ok: false, error: msg.message });
+          live.waiting.delete(msg.req);
+        } else if (!msg.task || msg.task === state.taskId) {
+          $("out-info").textContent = msg.message;
+        }
+        break;
+      default:
+        break;
+    }
+  }
+
+  // ---- navigation ------------------------------------------------------------------------
+
+  function navigate(path) {
+    if (path !== location.pathname) history.pushState(null, "", path);
+    route();
+  }
+
+  function route() {
+    const match = location.pathname.match(/^\/tasks\/([^/]+)$/);
+    const taskId = match ? decodeURIComponent(match[1]) : null;
+    if (state.taskId && state.taskId !== taskId) live.send({ op: "unfollow", task: state.taskId });
+    const changed = state.taskId !== taskId;
+    state.taskId = taskId;
+    $("queue-view").hidden = Boolean(taskId);
+    $("task-view").hidden = !taskId;
+    if (!taskId) {
+      document.title = "cc-execute dashboard";
+      return;
+    }
+    if (changed) {
+      state.record = null;
+      resetTaskView(taskId);
+      live.send({ op: "follow", task: taskId });
+    }
+  }
+
+  document.addEventListener("click", (event) => {
+    if (event.defaultPrevented || event.button !== 0 || event.metaKey || event.ctrlKey || event.shiftKey) return;
+    if (event.target.closest("button, input, select, textarea, summary")) return;
+    const link = event.target.closest("a[data-nav], [data-href]");
+    if (!link) return;
+    event.preventDefault();
+    navigate(link.getAttribute("href") || link.dataset.href);
+  });
+  window.addEventListener("popstate", route);
+
+  // ---- the queue view ----------------------------------------------------------------------
+
+  function renderWorker(worker) {
+    const pill = $("worker");
+    pill.textContent = worker ? `worker ${worker}` : "no worker serves this queue";
+    pill.className = `pill ${worker ? "good" : "bad"}`;
+    pill.title = worker ? "the worker holding the queue's lock" : "start one with `ccx worker` or `ccx up`";
+  }
+
+  function cancelButton(row) {
+    return h("button", {
+      class: "x",
+      type: "button",
+      title: `Cancel task ${row.id}`,
+      "aria-label": `Cancel task ${row.id}`,
+      text: "Cancel",
+      onclick: () => cancelTask(row.id, row.title),
+    });
+  }
+
+  function taskRow(row, extra) {
+    const href = `/tasks/${encodeURIComponent(row.id)}`;
+    return h(
+      "li",
+      { class: `row ${row.status}`, "data-href": href, "data-task-id": row.id },
+      extra.lead,
+      h("a", { class: "title", href, "data-nav": "", title: row.title, text: row.title }),
+      h("span", { class: "agent", text: row.agent }),
+      extra.info,
+      ACTIVE.has(row.status) ? cancelButton(row) : h("span"),
+    );
+  }
+
+  function renderQueue() {
+    const q = state.queue;
+    if (!q) return;
+    $("running").replaceChildren(
+      ...q.running.map((row) =>
+        taskRow(row, {
+          lead: badge("running"),
+          info: h(
+            "span",
+            { class: "when" },
+            h("span", { class: "elapsed", "data-since": row.started_at, text: fmtDuration(serverNow() - Date.parse(row.started_at)) }),
+            h("span", { class: "prog", "data-progress": row.id, text: progressText(row.id) ? ` · ${progressText(row.id)}` : "" }),
+          ),
+        }),
+      ),
+    );
+    const queued = q.queued.map((row, index) =>
+      taskRow(row, {
+        lead: h("span", { class: "pos", text: `#${index + 1}` }),
+        info: h("span", { class: "when", text: `waiting ${fmtAgo(row.submitted_at).replace(" ago", "")}` }),
+      }),
+    );
+    if (q.queued_total > q.queued.length) queued.push(h("li", { class: "more", text: `… and ${fmtCount(q.queued_total - q.queued.length)} more` }));
+    $("queued").replaceChildren(...queued);
+    $("queued-count").textContent = q.queued_total ? `(${fmtCount(q.queued_total)})` : "";
+    $("deferred-card").hidden = q.deferred.length === 0;
+    $("deferred").replaceChildren(
+      ...q.deferred.map((row) => taskRow(row, { lead: badge("deferred"), info: h("span", { class: "when", text: fmtAgo(row.submitted_at) }) })),
+    );
+    $("recent").replaceChildren(
+      ...q.recent.map((row) => {
+        const result = row.result || {};
+        const href = `/tasks/${encodeURIComponent(row.id)}`;
+        return h(
+          "tr",
+          { "data-href": href, "data-task-id": row.id, title: result.error || row.title },
+          h("td", {}, badge(row.status)),
+          h("td", {}, h("a", { href, "data-nav": "", text: row.title })),
+          h("td", { text: row.agent }),
+          h("td", { text: fmtAgo(row.ended_at) }),
+          h("td", { text: fmtDuration(result.duration_ms) }),
+          h("td", { class: result.success ? "" : "err", text: exitText(result) }),
+          h("td", { text: fmtCost(result.cost_usd) }),
+        );
+      }),
+    );
+    if (state.flash) {
+      const fresh = document.querySelector(`#queue-view [data-task-id="${CSS.escape(state.flash)}"]`);
+      if (fresh) {
+        fresh.classList.add("flash");
+        state.flash = null;
+      }
+    }
+    if (state.record && state.queue) renderFacts();
+  }
+
+  function renderProgress() {
+    for (const node of document.querySelectorAll("[data-progress]")) {
+      const text = progressText(node.dataset.progress);
+      node.textContent = text ? ` · ${text}` : "";
+    }
+    if (state.record && state.record.status === "running") renderFacts();
+  }
+
+  // Ticking clocks are only display: every number comes from the server.
+  setInterval(() => {
+    for (const node of document.querySelectorAll("[data-since]")) {
+      node.textContent = fmtDuration(serverNow() - Date.parse(node.dataset.since));
+    }
+  }, 1000);
+
+  async function cancelTask(id, title) {
+    if (!window.confirm(`Cancel task ${id}?\n\n${title || ""}`)) return;
+    const msgBox = $("cancel-msg");
+    try {
+      const reply = await live.request({ op: "cancel", task: id });
+      if (state.taskId === id) {
+        msgBox.textContent = reply.ok ? reply.message : reply.error;
+        msgBox.hidden = false;
+      } else if (!reply.ok) {
+        window.alert(reply.error);
+      }
+    } catch (error) {
+      if (state.taskId === id) {
+        msgBox.textContent = error.message;
+        msgBox.hidden = false;
+      }
+    }
+  }
+
+  // ---- the submit form ---------------------------------------------------------------------
+
+  function syncForm() {
+    const command = $("f-agent").value === "command";
+    for (const node of document.querySelectorAll(".for-command")) node.hidden = !command;
+    for (const node of document.querySelectorAll(".for-agent")) node.hidden = command;
+  }
+  $("f-agent").addEventListener("change", syncForm);
+
+  $("submit-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const errorBox = $("submit-error");
+    const okBox = $("submit-ok");
+    errorBox.hidden = true;
+    okBox.hidden = true;
+    const agent = $("f-agent").value;
+    const form = { agent, timeout: $("f-timeout").value };
+    if (agent === "command") form.argv = $("f-argv").value;
+    else Object.assign(form, { task: $("f-task").value, tools: $("f-tools").value });
+    $("f-submit").disabled = true;
+    try {
+      const reply = await live.request({ op: "submit", form });
+      if (reply.ok) {
+        state.flash = reply.id;
+        okBox.replaceChildren("Submitted ", h("a", { href: `/tasks/${reply.id}`, "data-nav": "", text: `task ${reply.id.slice(0, 8)}` }), ".");
+        okBox.hidden = false;
+        $("f-task").value = "";
+      } else {
+        errorBox.textContent = reply.error;
+        errorBox.hidden = false;
+      }
+    } catch (error) {
+      errorBox.textContent = error.message;
+      errorBox.hidden = false;
+    } finally {
+      $("f-submit").disabled = false;
+    }
+  });
+
+  // ---- the task page -----------------------------------------------------------------------
+
+  function resetTaskView(taskId) {
+    $("task-title").textContent = "Loading…";
+    const status = $("task-status");
+    status.className = "badge";
+    status.textContent = "…";
+    $("cancel").hidden = true;
+    $("cancel-msg").hidden = true;
+    $("task-facts").replaceChildren();
+    $("result-card").hidden = true;
+    $("spec").textContent = "";
+    $("spec-what").textContent = "";
+    $("spec-facts").replaceChildren();
+    output.open(taskId);
+  }
+
+  function renderMissing(message) {
+    $("task-title").textContent = message;
+    $("task-status").textContent = "unknown";
+    output.pre.dataset.empty = "";
+  }
+
+  function fact(label, value, attrs = {}) {
+    return h("div", {}, h("dt", { text: label }), h("dd", attrs, value));
+  }
+
+  function renderFacts() {
+    const r = state.record;
+    const result = r.result;
+    const items = [fact("Task id", h("code", { text: r.id })), fact("Agent", r.spec.agent), fact("Submitted", fmtTime(r.submitted_at))];
+    if (r.started_at) items.push(fact("Started", fmtTime(r.started_at)));
+    if (r.status === "running" && r.started_at) {
+      items.push(fact("Elapsed", fmtDuration(serverNow() - Date.parse(r.started_at)), { "data-since": r.started_at }));
+      items.push(fact("Progress", progressText(r.id) || "—"));
+    }
+    if (r.status === "queued" && state.queue) {
+      const index = state.queue.queued.findIndex((row) => row.id === r.id);
+      if (index >= 0) items.push(fact("Position", `#${index + 1} in line`));
+    }
+    if (r.ended_at) items.push(fact("Ended", fmtTime(r.ended_at)));
+    if (result) {
+      items.push(fact("Duration", fmtDuration(result.duration_ms)));
+      items.push(fact("Exit", exitText(result)));
+      const cost = result.agent && result.agent.total_cost_usd;
+      if (typeof cost === "number") items.push(fact("Cost", fmtCost(cost)));
+    }
+    $("task-facts").replaceChildren(...items);
+  }
+
+  function renderTask(record) {
+    state.record = record;
+    const title = specTitle(record.spec);
+    document.title = `${record.status} · ${title.slice(0, 60)} · cc-execute`;
+    $("task-title").textContent = title;
+    const status = $("task-status");
+    status.className = `badge ${record.status}`;
+    status.textContent = record.status;
+    const cancel = $("cancel");
+    cancel.hidden = !ACTIVE.has(record.status);
+    cancel.onclick = () => cancelTask(record.id, title);
+    renderFacts();
+    output.setAgent(record.spec.agent);
+    if (!record.result && record.status !== "running") output.pre.dataset.empty = "Waiting for the task to start…";
+    else if (!record.result) output.pre.dataset.empty = "Waiting for output…";
+    else output.pre.dataset.empty = "No output.";
+    renderSpec(record.spec);
+    renderResult(record.result);
+  }
+
+  function renderSpec(spec) {
+    const items = [];
+    for (const [key, value] of Object.entries(spec)) {
+      if (key === "task" || key === "argv" || value === null || value === "") continue;
+      if (Array.isArray(value) && value.length === 0) continue;
+      if (typeof value === "object" && !Array.isArray(value) && Object.keys(value).length === 0) continue;
+      let text = Array.isArray(value) ? value.join(", ") : typeof value === "object" ? JSON.stringify(value) : String(value);
+      if (key === "env") text = `${Object.keys(value).join(", ")} (values hidden)`;
+      items.push(fact(key, text));
+    }
+    $("spec-facts").replaceChildren(...items);
+    const command = spec.agent === "command";
+    $("spec-what").textContent = command ? JSON.stringify(spec.argv || []) : spec.task || "";
+    $("spec-what-label").textContent = command ? "argv" : "task";
+    $("spec").textContent = JSON.stringify(spec, null, 2);
+  }
+
+  function renderResult(result) {
+    $("result-card").hidden = !result;
+    if (!result) return;
+    const items = [
+      fact("Outcome", badge(result.success ? "finished" : result.cancelled ? "cancelled" : "failed")),
+      fact("Exit", exitText(result)),
+      fact("Duration", fmtDuration(result.duration_ms)),
+    ];
+    const agent = result.agent || {};
+    if (typeof agent.total_cost_usd === "number") items.push(fact("Cost", fmtCost(agent.total_cost_usd)));
+    if (agent.num_turns) items.push(fact("Turns", String(agent.num_turns)));
+    if (agent.model) items.push(fact("Model", agent.model));
+    if (agent.session_id) items.push(fact("Session", h("code", { text: agent.session_id })));
+    if (result.output_clipped) items.push(fact("Output", `last 64 KiB of ${fmtCount(result.output_clipped)} characters`));
+    $("result-facts").replaceChildren(...items);
+    $("result-error").textContent = result.error || "";
+    $("result-error").hidden = !result.error;
+    $("result-output").textContent = result.output || "";
+    $("result-stderr").textContent = result.stderr || "";
+    $("stderr-box").hidden = !result.stderr;
+  }
+
+  // ---- the output window -------------------------------------------------------------------
+  // A contiguous window of the log, as chunks (each one DOM node). Following the tail, old
+  // chunks are dropped from the top; after "load older" fills the window, the newest are
+  // dropped instead and live output pauses until "Jump to latest".
+
+  const output = {
+    scroll: $("output-scroll"),
+    pre: $("output"),
+    chunks: [],
+    chars: 0,
+    taskId: null,
+    mode: "raw",
+    transcript: false,
+    follow: true,
+    detached: false,
+    moreBefore: false,
+    loading: false,
+    note: "",
+
+    open(taskId) {
+      this.taskId = taskId;
+      this.transcript = false;
+      this.mode = "raw";
+      this.clear();
+      this.pre.dataset.empty = "Loading…";
+      $("mode").hidden = true;
+    },
+
+    clear() {
+      this.chunks = [];
+      this.chars = 0;
+      this.pre.replaceChildren();
+      this.detached = false;
+      this.moreBefore = false;
+      this.follow = true;
+      this.note = "";
+      this.info();
+    },
+
+    setAgent(agent) {
+      const transcript = agent === "claude";
+      if (transcript === this.transcript) return;
+      this.transcript = transcript;
+      $("mode").hidden = !transcript;
+      this.setMode(transcript ? "transcript" : "raw");
+    },
+
+    setMode(mode) {
+      this.mode = mode;
+      for (const button of $("mode").querySelectorAll("button")) button.setAttribute("aria-pressed", String(button.dataset.mode === mode));
+      for (const chunk of this.chunks) {
+        const node = this.node(chunk);
+        chunk.node.replaceWith(node);
+        chunk.node = node;
+      }
+      if (this.follow) this.toBottom();
+    },
+
+    node(chunk) {
+      const parts = this.mode === "transcript" && chunk.lines ? chunk.lines : chunk.parts;
+      const span = h("span", { class: "chunk" });
+      for (const [kind, text] of parts) span.append(kind === "out" ? text : h("span", { class: kind, text }));
+      return span;
+    },
+
+    atBottom() {
+      return this.scroll.scrollHeight - this.scroll.scrollTop - this.scroll.clientHeight < 40;
+    },
+
+    toBottom() {
+      this.scroll.scrollTop = this.scroll.scrollHeight;
+    },
+
+    handle(msg) {
+      if (msg.mode === "reset") {
+        this.clear();
+        this.moreBefore = Boolean(msg.more_before);
+        if (msg.skipped_frames) this.note = `skipped ${fmtCount(msg.skipped_frames)} frames to keep up`;
+        if (msg.expired) this.pre.dataset.empty = "The log has expired; the result is below.";
+        this.append(msg.chunks);
+        this.toBottom();
+        return;
+      }
+      if (this.detached) return;
+      this.append(msg.chunks);
+    },
+
+    append(chunks) {
+      const incoming = chunks.reduce((sum, chunk) => sum + chunk.chars, 0);
+      const stick = this.follow || this.atBottom();
+      if (!stick && this.chars + incoming > MAX_CHARS) {
+        // The reader is looking at older text: keep it where it is and stop adding.
+        this.detached = true;
+        this.info();
+        return;
+      }
+      const fragment = document.createDocumentFragment();
+      for (const chunk of chunks) {
+        chunk.node = this.node(chunk);
+        fragment.append(chunk.node);
+        this.chunks.push(chunk);
+        this.chars += chunk.chars;
+      }
+      this.pre.append(fragment);
+      while (this.chars > MAX_CHARS && this.chunks.length > 1) {
+        const dropped = this.chunks.shift();
+        dropped.node.remove();
+        this.chars -= dropped.chars;
+        this.moreBefore = true;
+      }
+      if (stick) this.toBottom();
+      this.info();
+    },
+
+    async loadOlder() {
+      if (this.loading || !this.taskId) return;
+      this.loading = true;
+      $("load-older").disabled = true;
+      const taskId = this.taskId;
+      const head = this.chunks.length ? this.chunks[0] : null;
+      try {
+        const where = head ? `?before=${encodeURIComponent(head.first)}&offset=${head.offset || 0}` : "";
+        const url = `/api/tasks/${encodeURIComponent(taskId)}/log${where}`;
+        const response = await fetch(url, { cache: "no-store" });
+        const data = await response.json();
+        if (!response.ok) throw new Error(data.error || `HTTP ${response.status}`);
+        if (taskId !== this.taskId) return;
+        const fragment = document.createDocumentFragment();
+        for (const chunk of data.chunks) {
+          chunk.node = this.node(chunk);
+          fragment.append(chunk.node);
+          this.chars += chunk.chars;
+        }
+        const height = this.scroll.scrollHeight;
+        const top = this.scroll.scrollTop;
+        this.pre.prepend(fragment);
+        this.scroll.scrollTop = top + (this.scroll.scrollHeight - height);
+        this.chunks = data.chunks.concat(this.chunks);
+        this.moreBefore = data.more_before;
+        while (this.chars > MAX_CHARS && this.chunks.length > data.chunks.length) {
+          const dropped = this.chunks.pop();
+          dropped.node.remove();
+          this.chars -= dropped.chars;
+          this.detached = true;
+        }
+        this.follow = this.atBottom();
+      } catch (error) {
+        this.note = `could not load older output: ${error.message}`;
+      } finally {
+        this.loading = false;
+        $("load-older").disabled = false;
+        this.info();
+      }
+    },
+
+    info() {
+      const parts = [];
+      if (this.chars) parts.push(`${fmtBytes(this.chars)} shown`);
+      if (this.moreBefore) parts.push("older output above");
+      if (this.note) parts.push(this.note);
+      $("out-info").textContent = parts.join(" · ");
+      $("load-older").hidden = !this.moreBefore;
+      $("detached").hidden = !this.detached;
+    },
+  };
+
+  output.scroll.addEventListener("scroll", () => {
+    output.follow = output.atBottom();
+  });
+  $("load-older").addEventListener("click", () => output.loadOlder());
+  $("jump").addEventListener("click", () => {
+    output.detached = false;
+    output.info();
+    if (state.taskId) live.send({ op: "follow", task: state.taskId });
+  });
+  for (const button of $("mode").querySelectorAll("button")) {
+    button.addEventListener("click", () => output.setMode(button.dataset.mode));
+  }
+
+  // ---- start -------------------------------------------------------------------------------
+
+  syncForm();
+  route();
+  live.connect();
+})();

@@ -65,10 +65,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m handler") -> int:
         allow=Allowlist.parse(args.allow),
         grace=args.grace,
     )
-    from handler.memory import pin_malloc_thresholds
     from handler.server import run_forever
-
-    pin_malloc_thresholds()
 
     try:
         asyncio.run(run_forever(config))

@@ -22,6 +22,7 @@ from websockets.http11 import Request, Response
 
 from handler import __version__, proctree, protocol
 from handler.config import HEALTH_PATH, WS_PATH, HandlerConfig
+from handler.memory import pin_malloc_thresholds
 from handler.process import ProcessRun, RunLimits
 from handler.protocol import ProtocolError
 from handler.slots import FifoSlots
@@ -238,6 +239,7 @@ async def run_forever(config: HandlerConfig, ready: asyncio.Event | None = None)
     """Serve until SIGINT/SIGTERM, then stop every run before returning."""
     import signal
 
+    pin_malloc_thresholds()
     swept = await proctree.kill_orphans(config.grace)
     if swept:
         log.warning("stopped %d process(es) left running by a previous handler that died", swept)

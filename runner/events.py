@@ -100,7 +100,7 @@ class EventWriter:
         client: redis.asyncio.Redis,
         task_id: str,
         maxlen: int = DEFAULT_LOG_MAXLEN,
-        max_pending: int = 4 * 1024 * 1024,
+        max_pending: int = 2 * 1024 * 1024,
         job_key: str | None = None,
     ) -> None:
         self.client = client

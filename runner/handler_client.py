@@ -70,7 +70,7 @@ async def execute_remote(
             open_timeout=open_timeout,
             ping_interval=20,
             ping_timeout=20,
-            max_queue=8,  # frames buffered before backpressure reaches the handler: each may be ~1 MB
+            max_queue=4,  # frames buffered before backpressure reaches the handler: each may be ~1 MB
         )
     except InvalidStatus as exc:
         status = exc.response.status_code

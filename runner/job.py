@@ -19,6 +19,7 @@ import redis
 from rq import get_current_job
 from rq.job import Job
 
+from handler.memory import pin_malloc_thresholds
 from handler.protocol import EXECUTABLE_NOT_ALLOWED, EXECUTABLE_NOT_FOUND, ExecuteParams, ExecuteResult
 from runner import events
 from runner.agents import get_agent
@@ -96,6 +97,7 @@ def run_job(job: Job, spec_data: dict, settings: Settings, store: TaskStore) -> 
         store.finalize(result, queue)
         return result
     store.mark_started(task_id, queue)
+    pin_malloc_thresholds()  # the work-horse is where output frames pass: see handler/memory.py
     result = asyncio.run(relay(task_id, spec, settings, job.key.decode() if isinstance(job.key, bytes) else job.key))
     result.started_at = started_at
     result.ended_at = events.now_iso()

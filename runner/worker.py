@@ -167,9 +167,6 @@ def _stop_before_work(signum: int, frame: object) -> None:
 def run_worker(settings: Settings, *, standby: bool = False, burst: bool = False, logging_level: str = "INFO") -> int:
     """Serve ``settings.queue`` until stopped; returns an exit status."""
     import runner.job  # noqa: F401  (imported before forking, so each work-horse starts warm)
-    from handler.memory import pin_malloc_thresholds
-
-    pin_malloc_thresholds()  # inherited by every work-horse, which is where output frames pass
 
     # Until RQ installs its own handlers in work(), SIGTERM must still unwind through the
     # `finally` below, or the lock would outlive this process by its whole TTL.

@@ -39,7 +39,8 @@ log = logging.getLogger("ccx.handler")
 Emit = Callable[[str, int, str], Awaitable[None]]
 """``emit(stream, seq, text)``: deliver one output frame; may block (backpressure)."""
 
-READ_SIZE = 1 << 20
+READ_SIZE = 512 * 1024
+"""Bytes per pipe read: at most one frame's worth (see RunLimits.frame_chars), so no frame exceeds it."""
 PIPE_SIZE = 1 << 20
 RECENT_RUN = 5.0
 """Runs shorter than this (seconds) look for leftovers among recently allocated pids only."""

@@ -368,6 +368,15 @@ def handler(args: tuple[str, ...]) -> None:
     sys.exit(handler_main(list(args), prog="ccx handler"))
 
 
+@main.command(context_settings={"ignore_unknown_options": True, "help_option_names": []}, add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def dashboard(args: tuple[str, ...]) -> None:
+    """Serve the live dashboard of a queue (default http://127.0.0.1:8766/); see `ccx dashboard --help`."""
+    from runner.dashboard import main as dashboard_main
+
+    sys.exit(dashboard_main(list(args), prog="ccx dashboard"))
+
+
 @main.command()
 @click.option("--redis-url", envvar=["CCX_REDIS_URL", "REDIS_URL"], help="use this Redis instead of an embedded one.")
 @click.option("--redis-port", type=int, default=6379, show_default=True, help="port of the embedded Redis.")
@@ -384,6 +393,9 @@ def handler(args: tuple[str, ...]) -> None:
     show_default=True,
     help="executables the handler may run ('*' = any; the stack binds loopback only).",
 )
+@click.option(
+    "--dashboard-port", type=int, default=8766, show_default=True, help="port of the live dashboard (-1: none)."
+)
 @queue_option
 @friendly_errors
 def up(
@@ -393,9 +405,10 @@ def up(
     handler_port: int,
     token: str | None,
     allow: str,
+    dashboard_port: int,
     queue: str | None,
 ) -> None:
-    """Run the local stack in the foreground: Redis, the handler and one worker. Ctrl-C stops it all."""
+    """Run the local stack in the foreground: Redis, the handler, one worker and the dashboard. Ctrl-C stops it all."""
     from runner.stack import RedisServer
 
     data_dir = data_dir or default_data_dir()
@@ -406,6 +419,7 @@ def up(
         allow=allow,
         queue=queue or "ccx",
         worker_output=None,
+        dashboard_port=None if dashboard_port < 0 else dashboard_port,
     )
     if redis_url is None:
         stack.redis = RedisServer(data_dir / "redis", port=redis_port)
@@ -423,9 +437,11 @@ def up(
         )
         click.echo(f"handler  {stack.handler_url}  (allow: {allow})")
         click.echo(f"worker   queue '{stack.queue}'")
+        if stack.dashboard_url:
+            click.echo(f"dashboard {stack.dashboard_url}")
         click.echo("ready — submit with `ccx run ...`; Ctrl-C stops everything.", err=True)
         while not stopping.wait(0.5):
-            for name, proc in (("handler", stack.handler), ("worker", stack.worker)):
+            for name, proc in (("handler", stack.handler), ("worker", stack.worker), ("dashboard", stack.dashboard)):
                 if proc is not None and proc.poll() is not None:
                     raise StackError(f"The {name} exited unexpectedly (code {proc.returncode}); stopping the stack.")
     finally:

@@ -119,6 +119,7 @@ class EventWriter:
         self._task: asyncio.Task[None] | None = None
         self.progress = {"bytes": 0, "lines": 0, "frames": 0, "last_activity": None}
         self._progress_written = 0.0
+        self._progress_frames = 0
         self.error: BaseException | None = None
 
     def start(self) -> None:
@@ -148,6 +149,15 @@ class EventWriter:
                     if self._closing:
                         return
                     self._wake.clear()
+                    if self._progress_stale():
+                        # Going quiet: write the progress skipped by the twice-a-second limit,
+                        # so RQ tools do not show stale numbers while the task waits.
+                        woken = asyncio.ensure_future(self._wake.wait())
+                        await asyncio.wait({woken}, timeout=0.5)
+                        woken.cancel()
+                        if not self._batch and not self._closing and self._progress_stale():
+                            await self._write_progress()
+                        continue
                     await self._wake.wait()
                     continue
                 batch, self._batch, self._pending = self._batch, [], 0
@@ -161,6 +171,14 @@ class EventWriter:
             self._room.set()
             raise
 
+    def _progress_stale(self) -> bool:
+        return self.job_key is not None and self.progress["frames"] != self._progress_frames
+
+    async def _write_progress(self) -> None:
+        self._progress_frames = self.progress["frames"]
+        self.progress["last_activity"] = now_iso()
+        await self.client.hset(self.job_key, "meta", orjson.dumps({"ccx_progress": self.progress}))  # type: ignore[arg-type]
+
     def _add_progress(self, pipe: Any) -> None:
         """Keep RQ's job meta current (for rq-dashboard and `rq info`), at most twice a second."""
         if self.job_key is None or self.progress["frames"] == 0:
@@ -169,6 +187,7 @@ class EventWriter:
         if now - self._progress_written < 0.5:
             return
         self._progress_written = now
+        self._progress_frames = self.progress["frames"]
         self.progress["last_activity"] = now_iso()
         pipe.hset(self.job_key, "meta", orjson.dumps({"ccx_progress": self.progress}))
 
@@ -181,10 +200,8 @@ class EventWriter:
                 await self._task
         if self.error is not None:
             raise self.error
-        self._progress_written = 0.0
-        if self.job_key is not None and self.progress["frames"]:
-            self.progress["last_activity"] = now_iso()
-            await self.client.hset(self.job_key, "meta", orjson.dumps({"ccx_progress": self.progress}))
+        if self._progress_stale():
+            await self._write_progress()
 
 
 def read_events(

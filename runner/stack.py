@@ -176,6 +176,10 @@ class LocalStack:
     handler: subprocess.Popen[bytes] | None = None
     worker: subprocess.Popen[bytes] | None = None
     handler_url: str = ""
+    dashboard_port: int | None = None
+    """Also run the dashboard on this port (0: any free one); None: no dashboard."""
+    dashboard: subprocess.Popen[bytes] | None = None
+    dashboard_url: str = ""
     _tmp: tempfile.TemporaryDirectory[str] | None = None
 
     def start(self, timeout: float = 20.0) -> LocalStack:
@@ -188,6 +192,8 @@ class LocalStack:
                 self.redis_url = self.redis.url
             self._start_handler(timeout)
             self._start_worker(timeout)
+            if self.dashboard_port is not None:
+                self._start_dashboard(timeout)
         except BaseException:
             self.stop()
             raise
@@ -232,8 +238,25 @@ class LocalStack:
         assert self.worker.stdout is not None
         self.worker.stdout.close()
 
+    def _start_dashboard(self, timeout: float) -> None:
+        args = ["--host", "127.0.0.1", "--port", str(self.dashboard_port)]
+        self.dashboard = subprocess.Popen(
+            _python_module("runner.dashboard", *args),
+            env=self.child_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+        )
+        assert self.dashboard.stdout is not None
+        line = _read_line(self.dashboard, timeout, "The dashboard")
+        # "ccx dashboard on http://127.0.0.1:PORT/"
+        self.dashboard_url = line.split(" on ", 1)[1].split()[0]
+        self.dashboard.stdout.close()
+
     def stop(self) -> None:
         """Stop the worker first (it finishes nothing new), then the handler, then Redis."""
+        _terminate(self.dashboard, 15)
         _terminate(self.worker, 15)
         _terminate(self.handler, 15)
         if self.redis is not None:

@@ -100,7 +100,7 @@ class Hub:
         self.snapshot: dict[str, Any] | None = None
         self.status: dict[str, Any] = {"type": "status", "redis": True, "error": None}
         self._dirty = asyncio.Event()
-        self._progress: dict[str, Any] = {}
+        self.progress: dict[str, Any] = {}
 
     async def run(self) -> None:
         await asyncio.gather(self._listen(), self._refresh(), self._tick())
@@ -184,8 +184,8 @@ class Hub:
             if now_worker != worker:
                 worker = now_worker
                 self._dirty.set()
-            if progress != self._progress:
-                self._progress = progress
+            if progress != self.progress:
+                self.progress = progress
                 payload = encode({"type": "progress", "tasks": progress})
                 for session in watchers:
                     session.offer("progress", payload)
@@ -295,8 +295,8 @@ class Session:
             return
         self.hub.snapshot = snapshot
         self.offer("queue", encode({"type": "queue", **snapshot}))
-        if self.hub._progress:
-            self.offer("progress", encode({"type": "progress", "tasks": self.hub._progress}))
+        if self.hub.progress:
+            self.offer("progress", encode({"type": "progress", "tasks": self.hub.progress}))
 
     async def _submit(self, request: dict[str, Any], req: Any) -> None:
         try:

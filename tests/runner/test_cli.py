@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -96,7 +97,18 @@ def ccx_up(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
     port = free_port()
     env = clean_env(CCX_TEST_MARKER=marker, HOME=str(tmp_path), CCX_QUEUE="cli-" + marker[:8])
     proc = subprocess.Popen(
-        [*CCX, "up", "--redis-port", str(port), "--handler-port", "0", "--data-dir", str(tmp_path / "data")],
+        [
+            *CCX,
+            "up",
+            "--redis-port",
+            str(port),
+            "--handler-port",
+            "0",
+            "--dashboard-port",
+            "0",
+            "--data-dir",
+            str(tmp_path / "data"),
+        ],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -106,6 +118,9 @@ def ccx_up(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
         assert proc.stdout is not None
         first = proc.stdout.readline()
         assert first.startswith("redis"), proc.stderr.read() if proc.poll() is not None else first  # type: ignore[union-attr]
+        lines = [first] + [proc.stdout.readline() for _ in range(3)]
+        assert [line.split()[0] for line in lines] == ["redis", "handler", "worker", "dashboard"], lines
+        env["TEST_DASHBOARD_URL"] = lines[3].split()[1]
         yield f"redis://127.0.0.1:{port}/0", {**env, "REDIS_URL": f"redis://127.0.0.1:{port}/0"}
     finally:
         proc.send_signal(signal.SIGINT)
@@ -144,10 +159,24 @@ def test_up_then_submit_follow_result_list_cancel_from_other_processes(ccx_up: t
     assert cancelled.returncode == 0 and "stopping" in cancelled.stdout
     waited = ccx("result", long_id, "--wait", "30", "--json", env=env)
     assert waited.returncode == 1 and orjson.loads(waited.stdout)["cancelled"] is True
+    with urllib.request.urlopen(env["TEST_DASHBOARD_URL"] + "api/queue", timeout=10) as response:
+        assert long_id in response.read().decode()  # the dashboard `ccx up` started serves this queue
 
 
 def test_every_command_has_help() -> None:
     """Each subcommand answers --help."""
-    for command in ("run", "submit", "follow", "result", "status", "list", "cancel", "worker", "handler", "up"):
+    for command in (
+        "run",
+        "submit",
+        "follow",
+        "result",
+        "status",
+        "list",
+        "cancel",
+        "worker",
+        "handler",
+        "dashboard",
+        "up",
+    ):
         proc = ccx(command, "--help")
         assert proc.returncode == 0 and "usage" in proc.stdout.lower(), command

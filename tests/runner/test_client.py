@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
 import threading
 import uuid
@@ -47,7 +48,7 @@ def test_tasks_from_several_submitters_run_one_at_a_time_in_fifo_order(runner: R
     assert all(result.success for result in results.values())
     by_start = sorted(results.values(), key=lambda r: r.started_at or "")
     assert [r.id for r in by_start] == order
-    for earlier, later in zip(by_start, by_start[1:], strict=False):
+    for earlier, later in itertools.pairwise(by_start):
         assert (earlier.ended_at or "") <= (later.started_at or ""), "two tasks overlapped"
     for who, ids in handles.items():
         assert [results[i].output.strip() for i in ids] == [f"{who}-{n}" for n in range(5)]

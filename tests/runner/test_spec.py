@@ -40,8 +40,14 @@ def test_nul_characters_are_refused_at_submit_time(data: dict, field: str) -> No
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ({"agent": "command", "argv": ["true"], "tools": ["Write"]}, r"command agent does not use 'tools'.*\(claude, gemini\)"),
-        ({"agent": "codex", "task": "x", "permission_mode": "plan"}, r"codex agent does not use 'permission_mode'.*\(claude\)"),
+        (
+            {"agent": "command", "argv": ["true"], "tools": ["Write"]},
+            r"command agent does not use 'tools'.*\(claude, gemini\)",
+        ),
+        (
+            {"agent": "codex", "task": "x", "permission_mode": "plan"},
+            r"codex agent does not use 'permission_mode'.*\(claude\)",
+        ),
         ({"agent": "gemini", "task": "x", "max_turns": 3}, r"gemini agent does not use 'max_turns'"),
         ({"agent": "claude", "task": "x", "argv": ["ls"]}, r"claude agent does not use 'argv'.*\(command\)"),
     ],

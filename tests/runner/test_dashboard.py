@@ -1,0 +1,689 @@
+"""The live dashboard, end to end in a real headless Chromium against the real stack.
+
+A real Redis, handler and worker (the ``stack`` fixture, or a LocalStack of the
+test's own), the dashboard as its own process (``python -m runner.dashboard``),
+and Debian's Chromium driven by Playwright. Nothing waits by sleeping: every
+wait is a Playwright expectation or ``wait_until`` with a timeout.
+
+Also: the token check at unit level, and ``python -m tests.runner.test_dashboard
+--screenshots docs/images`` to retake the screenshots in docs/dashboard.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import re
+import selectors
+import subprocess
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.datastructures import Headers
+
+from runner.client import Runner
+from runner.dashboard import auth as auth_module
+from runner.dashboard.auth import Auth, Verdict, session_value, token_matches
+from runner.dashboard.logview import Transcript
+from runner.dashboard.server import DashboardConfig, DashboardError
+from runner.stack import LocalStack
+from tests.support.processes import pids_with_marker, wait_until
+
+PY = sys.executable
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+UI_TIMEOUT_MS = 20_000
+
+# A stand-in for the Claude Code CLI: prints a stream-json session (the documented event shapes),
+# pausing before the end until the file STANDIN_GO exists (if set), with STANDIN_DELAY seconds
+# between events; both only for prompts containing STANDIN_WAIT_FOR, if that is set.
+CLAUDE_STANDIN = f"""#!{PY}
+import json, os, sys, time
+prompt = sys.argv[-1]
+waits = os.environ.get("STANDIN_WAIT_FOR", "") in prompt
+def emit(event):
+    print(json.dumps(event), flush=True)
+    time.sleep(float(os.environ.get("STANDIN_DELAY", "0")) if waits else 0)
+emit({{"type": "system", "subtype": "init", "session_id": "5f1c9a2e-demo", "model": "claude-sonnet-4-5",
+      "tools": ["Write", "Edit", "Bash"], "cwd": os.getcwd(), "permissionMode": "acceptEdits"}})
+emit({{"type": "assistant", "message": {{"content": [{{"type": "text", "text": "I'll start with the app, then test it."}}]}}}})
+emit({{"type": "assistant", "message": {{"content": [{{"type": "tool_use", "id": "t1", "name": "Write",
+      "input": {{"file_path": "app.py", "content": "from fastapi import FastAPI\\n" * 40}}}}]}}}})
+emit({{"type": "user", "message": {{"content": [{{"type": "tool_result", "tool_use_id": "t1",
+      "content": "File created successfully at: app.py"}}]}}}})
+emit({{"type": "assistant", "message": {{"content": [{{"type": "tool_use", "id": "t2", "name": "Bash",
+      "input": {{"command": "python -m pytest -q", "description": "Run the tests"}}}}]}}}})
+emit({{"type": "user", "message": {{"content": [{{"type": "tool_result", "tool_use_id": "t2", "content": "3 passed in 0.41s"}}]}}}})
+go = os.environ.get("STANDIN_GO")
+if waits:
+    while go and not os.path.exists(go):
+        time.sleep(0.05)
+emit({{"type": "assistant", "message": {{"content": [{{"type": "text", "text": "All three tests pass."}}]}}}})
+emit({{"type": "result", "subtype": "success", "is_error": False, "result": "Done: " + prompt[:60],
+      "num_turns": 4, "total_cost_usd": 0.0412, "duration_ms": 8123, "session_id": "5f1c9a2e-demo"}})
+"""
+
+
+# ---- helpers and fixtures ------------------------------------------------------------------
+
+
+@dataclass
+class Dashboard:
+    proc: subprocess.Popen[bytes]
+    url: str
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_dashboard(redis_url: str, queue: str, log_path: Path, *extra: str, timeout: float = 30) -> Dashboard:
+    """``python -m runner.dashboard --port 0``; its first stdout line names its address."""
+    log = log_path.open("ab")
+    proc = subprocess.Popen(
+        [PY, "-m", "runner.dashboard", "--port", "0", "--redis-url", redis_url, "--queue", queue, *extra],
+        stdout=subprocess.PIPE,
+        stderr=log,
+        stdin=subprocess.DEVNULL,
+    )
+    log.close()
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        ready = selector.select(timeout)
+    line = proc.stdout.readline().decode() if ready else ""
+    if not line.startswith("ccx dashboard on http://"):
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"the dashboard did not start: {line!r}; log: {log_path.read_text()[-2000:]}")
+    return Dashboard(proc, line.split(" on ", 1)[1].strip())
+
+
+@pytest.fixture
+def dashboard(stack: LocalStack, tmp_path: Path) -> Iterator[Dashboard]:
+    assert stack.redis_url is not None
+    board = start_dashboard(stack.redis_url, stack.queue, tmp_path / "dashboard.log")
+    yield board
+    board.stop()
+
+
+@pytest.fixture
+def browser_page(tmp_path: Path) -> Iterator[Any]:
+    """A page of a fresh headless Chromium (its own user-data-dir); fails the test on any JavaScript error."""
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's Chromium is not installed at /usr/bin/chromium (apt-get install -y chromium)")
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=UI_TIMEOUT_MS)
+    errors: list[str] = []
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"),
+            executable_path=str(CHROMIUM),
+            args=CHROMIUM_ARGS,
+            headless=True,
+            viewport={"width": 1280, "height": 860},
+        )
+        try:
+            context.set_default_timeout(UI_TIMEOUT_MS)
+            page = context.pages[0] if context.pages else context.new_page()
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            yield page
+        finally:
+            context.close()
+    assert not errors, f"JavaScript errors in the page: {errors}"
+
+
+def submit_from_page(
+    page: Any, agent: str, *, task: str = "", argv: str = "", tools: str = "", timeout: str = ""
+) -> None:
+    page.select_option("#f-agent", agent)
+    if agent == "command":
+        page.fill("#f-argv", argv)
+    else:
+        page.fill("#f-task", task)
+        page.fill("#f-tools", tools)
+    page.fill("#f-timeout", timeout)
+    page.click("#f-submit")
+
+
+def task_url(board: Dashboard, task_id: str) -> str:
+    return f"{board.url}tasks/{task_id}"
+
+
+def write_script(path: Path, body: str) -> Path:
+    path.write_text(body)
+    return path
+
+
+# ---- end to end in the browser -------------------------------------------------------------
+
+
+@pytest.mark.timeout(180)
+def test_submit_from_the_page_then_output_streams_live_and_replays_after_reload(
+    runner: Runner, dashboard: Dashboard, browser_page: Any, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    page = browser_page
+    go = tmp_path / "go"
+    token = uuid.uuid4().hex[:12]
+    script = write_script(
+        tmp_path / "job.py",
+        "import os, sys, time\n"
+        "for i in range(1, 4): print('step', i, flush=True)\n"
+        "print('oops on stderr', file=sys.stderr, flush=True)\n"
+        f"while not os.path.exists({str(go)!r}): time.sleep(0.02)\n"
+        "print('all done', sys.argv[1], flush=True)\n",
+    )
+    page.goto(dashboard.url)
+    expect(page.locator("#conn")).to_have_text("live")
+    submit_from_page(page, "command", argv=f"{PY} {script} {token}", timeout="120")
+    expect(page.locator("#submit-ok")).to_contain_text("Submitted")
+    href = page.locator("#submit-ok a").get_attribute("href") or ""
+    task_id = href.rsplit("/", 1)[-1]
+    assert runner.get(task_id) is not None
+
+    # It appears in the queue view as running, pushed from ccx:events.
+    row = page.locator(f'#running [data-task-id="{task_id}"]')
+    expect(row).to_be_visible()
+    expect(row).to_contain_text(token)
+    row.locator("a.title").click()
+    expect(page).to_have_url(task_url(dashboard, task_id))
+
+    # Its output arrives while it runs (it cannot end before `go` exists).
+    output = page.locator("#output")
+    expect(output).to_contain_text("step 3")
+    expect(output.locator(".err")).to_contain_text("oops on stderr")
+    expect(page.locator("#task-status")).to_have_text("running")
+    assert runner.get(task_id).status == "running"
+
+    # A reload replays the log so far, then keeps streaming.
+    page.reload()
+    expect(output).to_contain_text("step 1")
+    expect(output).to_contain_text("step 3")
+    expect(page.locator("#task-status")).to_have_text("running")
+    go.touch()
+    expect(output).to_contain_text(f"all done {token}")
+    expect(page.locator("#task-status")).to_have_text("finished")
+    expect(page.locator("#result-card")).to_be_visible()
+    expect(page.locator("#result-facts")).to_contain_text("exit 0")
+    expect(page.locator("#result-output")).to_contain_text(f"all done {token}")
+    expect(page.locator("#cancel")).to_be_hidden()
+
+    # Back in the queue view it is listed as ended, with its duration and exit status.
+    page.locator(".crumbs a").click()
+    recent = page.locator(f'#recent [data-task-id="{task_id}"]')
+    expect(recent).to_contain_text("finished")
+    expect(recent).to_contain_text("exit 0")
+    expect(recent).to_contain_text(re.compile(r"\d (ms|s)\b"))  # its duration
+
+
+@pytest.mark.timeout(180)
+def test_cancel_a_running_task_from_its_page(runner: Runner, dashboard: Dashboard, browser_page: Any) -> None:
+    from playwright.sync_api import expect
+
+    page = browser_page
+    marker = f"dash-cancel-{uuid.uuid4().hex[:10]}"
+    handle = runner.submit(
+        agent="command", argv=[PY, "-c", "import time; print('sleeping', flush=True); time.sleep(600)", marker]
+    )
+    page.goto(task_url(dashboard, handle.id))
+    expect(page.locator("#output")).to_contain_text("sleeping")
+    expect(page.locator("#task-status")).to_have_text("running")
+    assert pids_with_marker(marker), "the task's process should be running"
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("#cancel").click()
+    expect(page.locator("#task-status")).to_have_text("cancelled")
+    expect(page.locator("#result-facts")).to_contain_text("cancelled")
+    expect(page.locator("#result-error")).to_contain_text("cancelled")
+    assert runner.get(handle.id).status == "cancelled"
+    wait_until(lambda: not pids_with_marker(marker), 20, what="the cancelled task's process to exit")
+
+
+@pytest.mark.timeout(180)
+def test_queue_view_orders_queued_tasks_and_cancels_one(
+    runner: Runner, dashboard: Dashboard, browser_page: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    page = browser_page
+    marker = f"dash-blocker-{uuid.uuid4().hex[:10]}"
+    blocker = runner.submit(
+        agent="command",
+        argv=[
+            PY,
+            "-c",
+            "import time\nfor i in range(100000):\n    print('tick', i, flush=True); time.sleep(0.05)",
+            marker,
+        ],
+    )
+    first = runner.submit(agent="command", argv=["echo", "first-in-line"])
+    second = runner.submit(agent="command", argv=["echo", "second-in-line"])
+    try:
+        page.goto(dashboard.url)
+        running = page.locator(f'#running [data-task-id="{blocker.id}"]')
+        expect(running).to_be_visible()
+        expect(running.locator(".prog")).to_contain_text("lines")  # live progress from the job's meta
+        queued = page.locator("#queued [data-task-id]")
+        expect(queued).to_have_count(2)
+        assert [queued.nth(i).get_attribute("data-task-id") for i in range(2)] == [first.id, second.id]
+        expect(queued.nth(0)).to_contain_text("#1")
+        expect(queued.nth(1)).to_contain_text("#2")
+
+        page.once("dialog", lambda dialog: dialog.accept())
+        queued.nth(0).locator("button").click()
+        expect(page.locator(f'#recent [data-task-id="{first.id}"]')).to_contain_text("cancelled")
+        expect(queued).to_have_count(1)
+        expect(queued.nth(0)).to_contain_text("#1")
+        assert runner.get(first.id).status == "cancelled"
+        assert runner.get(blocker.id).status == "running"
+    finally:
+        runner.cancel(blocker.id)
+    expect(page.locator(f'#recent [data-task-id="{second.id}"]')).to_contain_text("exit 0")
+    assert runner.handle(second.id).result(timeout=30).output.strip() == "second-in-line"
+
+
+@pytest.mark.timeout(120)
+def test_invalid_submissions_show_the_spec_error(runner: Runner, dashboard: Dashboard, browser_page: Any) -> None:
+    from playwright.sync_api import expect
+
+    page = browser_page
+    page.goto(dashboard.url)
+    expect(page.locator("#conn")).to_have_text("live")
+    error = page.locator("#submit-error")
+    for agent, fields, message in [
+        ("command", {"argv": ""}, "The command agent needs 'argv'"),
+        ("claude", {"task": "  "}, "needs a non-empty 'task'"),
+        ("command", {"argv": 'echo "unclosed'}, "'argv' is not a valid command line"),
+        ("command", {"argv": "echo hi", "timeout": "-5"}, "'timeout' must be a positive number"),
+        ("command", {"argv": "echo hi", "timeout": "soon"}, "'timeout' must be a positive number"),
+        ("codex", {"task": "hi", "tools": "Write"}, "does not use 'tools'"),
+    ]:
+        submit_from_page(page, agent, **fields)
+        expect(error).to_be_visible()
+        expect(error).to_contain_text(message)
+        expect(page.locator("#submit-ok")).to_be_hidden()
+    assert runner.list() == [], "no invalid task may be queued"
+
+
+@pytest.mark.timeout(180)
+def test_claude_task_shows_a_transcript_with_a_raw_toggle_and_its_cost(
+    redis_url: str, queue_name: str, browser_page: Any, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    page = browser_page
+    standin = write_script(tmp_path / "claude", CLAUDE_STANDIN)
+    standin.chmod(0o755)
+    go = tmp_path / "go"
+    with LocalStack(
+        redis_url=redis_url,
+        queue=queue_name,
+        env={"CCX_CLAUDE_BIN": str(standin), "CCX_WORKER_LOCK_TTL": "3"},
+        worker_output=subprocess.DEVNULL,
+    ) as stack:
+        board = start_dashboard(redis_url, queue_name, tmp_path / "dashboard.log")
+        runner = Runner(redis_url=stack.redis_url, queue=queue_name)
+        try:
+            handle = runner.submit(
+                "Create a FastAPI app with a health endpoint", env={"STANDIN_GO": str(go), "SECRET_KEY": "hunter2"}
+            )
+            page.goto(task_url(board, handle.id))
+            output = page.locator("#output")
+            expect(output).to_contain_text("● session 5f1c9a2e-demo · model claude-sonnet-4-5")
+            expect(output).to_contain_text("→ Write(app.py)")
+            expect(output).to_contain_text("→ Bash(python -m pytest -q)")
+            expect(output).to_contain_text("← 3 passed in 0.41s")
+            expect(output).not_to_contain_text('"type"')
+            expect(page.locator("#task-status")).to_have_text("running")
+            go.touch()
+            expect(output).to_contain_text("All three tests pass.")
+            expect(output).to_contain_text("✓ Done: Create a FastAPI app")
+            expect(page.locator("#task-status")).to_have_text("finished")
+            expect(page.locator("#task-facts")).to_contain_text("$0.0412")
+            expect(page.locator("#spec-facts")).to_contain_text("SECRET_KEY")  # env names, never values
+            assert "hunter2" not in page.content() and str(go) not in page.content()
+            page.locator('#mode button[data-mode="raw"]').click()
+            expect(output).to_contain_text('{"type": "system", "subtype": "init"')
+            page.locator('#mode button[data-mode="transcript"]').click()
+            expect(output).not_to_contain_text('"type"')
+            page.goto(board.url)
+            recent = page.locator(f'#recent [data-task-id="{handle.id}"]')
+            expect(recent).to_contain_text("$0.0412")
+            expect(recent).to_contain_text("claude")
+        finally:
+            runner.redis.close()
+            board.stop()
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.slow
+def test_huge_output_stays_bounded_in_the_page_and_older_pages_load(
+    runner: Runner, dashboard: Dashboard, browser_page: Any
+) -> None:
+    """20 MB streamed live: the page keeps up (skipping ahead), holds at most ~1 MB, and can page back."""
+    from playwright.sync_api import expect
+
+    page = browser_page
+    line_count = 200_000
+    script = (
+        "import sys\n"
+        "w = sys.stdout.write\n"
+        f"for i in range({line_count}): w('line %07d ' % i + 'x' * 88 + '\\n')\n"
+        "print('the very end', flush=True)\n"
+    )
+    blocker_marker = f"dash-hold-{uuid.uuid4().hex[:10]}"
+    blocker = runner.submit(agent="command", argv=[PY, "-c", "import time; time.sleep(600)", blocker_marker])
+    handle = runner.submit(agent="command", argv=[PY, "-c", script])
+    page.goto(task_url(dashboard, handle.id))
+    expect(page.locator("#task-status")).to_have_text("queued")  # the page follows before the first byte
+    runner.cancel(blocker.id)
+    output = page.locator("#output")
+    expect(page.locator("#task-status")).to_have_text("finished", timeout=120_000)
+    expect(output).to_contain_text("the very end")
+    held = page.evaluate("document.getElementById('output').textContent.length")
+    assert held <= 1_100_000, f"the page holds {held} characters of output"
+    assert runner.get(handle.id).status == "finished"
+
+    # Reload: the newest page (~256 KiB), then "load older" pages back, contiguously.
+    page.reload()
+    expect(output).to_contain_text("the very end")
+    first_line = re.compile(r"line (\d{7})")
+
+    def first_shown() -> int:
+        match = first_line.search(page.evaluate("document.getElementById('output').textContent.slice(0, 200)"))
+        assert match, "the window should start with a numbered line"
+        return int(match.group(1))
+
+    start = first_shown()
+    assert start > line_count - 10_000  # a page is ~256 KiB, plus at most one frame (<= 512 KiB)
+    older = page.locator("#load-older")
+    for _ in range(5):
+        expect(older).to_be_visible()
+        before = first_shown()
+        older.click()
+        expect(older).to_be_enabled()
+        wait_until(lambda before=before: first_shown() < before, 20, what="older lines above")
+    text = page.evaluate("document.getElementById('output').textContent")
+    numbers = [int(n) for n in first_line.findall(text)]
+    assert numbers == list(range(numbers[0], numbers[0] + len(numbers))), "the window must be contiguous"
+    assert len(text) <= 1_100_000
+    # Five pages back fill the window: the newest output was dropped, and live output is paused.
+    expect(page.locator("#detached")).to_be_visible()
+    page.locator("#jump").click()
+    expect(output).to_contain_text("the very end")
+    expect(page.locator("#detached")).to_be_hidden()
+
+
+@pytest.mark.timeout(120)
+def test_with_a_token_the_browser_must_present_it_once(stack: LocalStack, browser_page: Any, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    page = browser_page
+    token = "s3cret-" + uuid.uuid4().hex
+    assert stack.redis_url is not None
+    board = start_dashboard(stack.redis_url, stack.queue, tmp_path / "dashboard.log", "--token", token)
+    try:
+        response = page.goto(board.url)
+        assert response is not None and response.status == 401
+        expect(page.locator("#token")).to_be_visible()
+        page.fill("#token", "wrong")
+        page.press("#token", "Enter")
+        expect(page.locator(".error")).to_contain_text("not right")
+        page.fill("#token", token)
+        page.press("#token", "Enter")
+        expect(page).to_have_url(board.url)  # redirected to the address without the token
+        expect(page.locator("#conn")).to_have_text("live")  # the WebSocket is admitted with the cookie
+        cookies = page.context.cookies(board.url)
+        assert len(cookies) == 1 and cookies[0]["httpOnly"]
+        assert token not in cookies[0]["value"]
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(board.url + "api/queue", timeout=10)
+        assert refused.value.code == 401
+        request = urllib.request.Request(board.url + "api/queue", headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            assert json.load(reply)["queue"] == stack.queue
+    finally:
+        board.stop()
+    assert token not in (tmp_path / "dashboard.log").read_text(), "the token must never be logged"
+
+
+# ---- without a browser ---------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_a_non_loopback_host_without_a_token_is_refused() -> None:
+    with pytest.raises(DashboardError, match="without a token"):
+        DashboardConfig(host="0.0.0.0").check()
+    DashboardConfig(host="0.0.0.0", token="t").check()
+    DashboardConfig(host="::1").check()
+    done = subprocess.run(
+        [PY, "-m", "runner.dashboard", "--host", "0.0.0.0", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={k: v for k, v in os.environ.items() if k != "CCX_DASHBOARD_TOKEN"},
+    )
+    assert done.returncode == 2
+    assert "Refusing to serve the dashboard on 0.0.0.0 without a token" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def _headers(**values: str) -> Headers:
+    return Headers({name.replace("_", "-"): value for name, value in values.items()})
+
+
+def test_token_check() -> None:
+    token = "correct horse battery staple"
+    auth = Auth(token, "0.0.0.0", port=8766)
+    cookie = f"{auth.cookie_name}={session_value(token)}"
+    host = "dash.example:8766"
+
+    assert auth.decide("/", _headers(Host=host)).verdict is Verdict.LOGIN
+    wrong = auth.decide("/?token=nope", _headers(Host=host))
+    assert wrong.verdict is Verdict.LOGIN and wrong.wrong_token
+    right = auth.decide(f"/tasks/abc?token={token.replace(' ', '+')}&x=1", _headers(Host=host))
+    assert right.verdict is Verdict.REDIRECT
+    assert right.location == "/tasks/abc?x=1"
+    assert "HttpOnly" in right.set_cookie and "SameSite=Lax" in right.set_cookie
+    assert token not in right.set_cookie and session_value(token) in right.set_cookie
+    assert auth.decide("/", _headers(Host=host, Cookie=cookie)).verdict is Verdict.ALLOW
+    assert auth.decide("/", _headers(Host=host, Cookie=f"{auth.cookie_name}=0000")).verdict is Verdict.LOGIN
+    assert auth.decide("/", _headers(Host=host, Cookie=f"{auth.cookie_name}={token}")).verdict is Verdict.LOGIN
+    assert auth.decide("/api/queue", _headers(Host=host, Authorization=f"Bearer {token}")).verdict is Verdict.ALLOW
+    assert auth.decide("/api/queue", _headers(Host=host, Authorization="Bearer nope")).verdict is Verdict.LOGIN
+    # The WebSocket: the cookie, from a page of the dashboard itself; never a token in its URL.
+    ws = auth.decide("/live", _headers(Host=host, Cookie=cookie, Origin=f"http://{host}"), websocket=True)
+    assert ws.verdict is Verdict.ALLOW
+    assert (
+        auth.decide("/live", _headers(Host=host, Cookie=cookie, Origin="http://evil.example"), websocket=True).verdict
+        is Verdict.FORBIDDEN
+    )
+    assert auth.decide(f"/live?token={token}", _headers(Host=host), websocket=True).verdict is Verdict.LOGIN
+    # A cookie of another dashboard (another port) is not this one's.
+    assert Auth(token, "0.0.0.0", port=9999).decide("/", _headers(Host=host, Cookie=cookie)).verdict is Verdict.LOGIN
+
+
+def test_token_comparisons_are_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(auth_module.hmac, "compare_digest", spy)
+    assert token_matches("abc", "abc") and not token_matches("abc", "abd") and not token_matches("", "abc")
+    assert not token_matches("é", "e")  # non-ASCII compares as bytes, without raising
+    auth = Auth("tok", "0.0.0.0", port=1)
+    auth.decide("/", _headers(Host="h", Cookie=f"{auth.cookie_name}=x"))
+    auth.decide("/?token=guess", _headers(Host="h"))
+    assert len(calls) == 6
+    assert session_value("tok") == hmac.new(b"tok", b"ccx-dashboard-session-v1", hashlib.sha256).hexdigest()
+
+
+def test_without_a_token_only_loopback_hosts_and_same_origin_websockets_are_served() -> None:
+    auth = Auth(None, "127.0.0.1", port=8766)
+    for host in ("127.0.0.1:8766", "localhost:8766", "[::1]:8766", "LOCALHOST"):
+        assert auth.decide("/", _headers(Host=host)).verdict is Verdict.ALLOW, host
+    rebinding = auth.decide("/api/queue", _headers(Host="attacker.example:8766"))
+    assert rebinding.verdict is Verdict.FORBIDDEN
+    same = _headers(Host="127.0.0.1:8766", Origin="http://127.0.0.1:8766")
+    assert auth.decide("/live", same, websocket=True).verdict is Verdict.ALLOW
+    other = _headers(Host="127.0.0.1:8766", Origin="https://some-site.example")
+    assert auth.decide("/live", other, websocket=True).verdict is Verdict.FORBIDDEN
+    assert auth.decide("/live", _headers(Host="127.0.0.1:8766"), websocket=True).verdict is Verdict.ALLOW
+
+
+def test_transcript_lines_span_frames_and_cut_lines_are_marked() -> None:
+    event = (
+        '{"type":"assistant","message":{"content":[{"type":"tool_use","name":"Write","input":{"file_path":"a.py"}}]}}\n'
+    )
+    transcript = Transcript()
+    assert transcript.feed(event[:30]) == []
+    assert transcript.feed(event[30:]) == ["→ Write(a.py)"]
+    resumed = Transcript(carry=event[:30])
+    assert resumed.feed(event[30:] + "plain text\n") == ["→ Write(a.py)", "plain text"]
+    unknown = Transcript(carry=None)
+    assert unknown.feed(event[30:] + event) == ["…" + event[30:-1], "→ Write(a.py)"]
+    assert Transcript().feed("x" * 2_000_000 + "\n")[0].startswith("[a line of 2,000,000 characters")
+    assert Transcript().feed('{"type":"result","result":"ok","total_cost_usd":0.5}') == []
+
+
+@pytest.mark.timeout(60)
+def test_long_entries_are_split_into_chunks_and_older_pages_resume_mid_entry(redis_url: str) -> None:
+    """A frame can hold a megabyte: chunks stay small, and paging back from any chunk loses nothing."""
+    import asyncio
+
+    import redis.asyncio
+
+    from runner import events
+    from runner.dashboard import logview
+
+    task_id = f"split-{uuid.uuid4().hex}"
+    frames = ["".join(f"{n:06d}-{i:05d}\n" for i in range(25_000)) for n in range(3)]  # 325,000 chars each
+
+    async def run() -> None:
+        client = redis.asyncio.Redis.from_url(redis_url)
+        try:
+            for seq, data in enumerate(frames):
+                event = {"type": "output", "task_id": task_id, "seq": seq, "stream": "stdout", "data": data}
+                await client.xadd(events.log_key(task_id), {"e": json.dumps(event)})
+            entries, more = await logview.read_page(client, task_id, None)
+            assert [e[1]["seq"] for e in entries] == [2] and more
+            chunks = logview.make_chunks(entries, None)
+            assert max(chunk["chars"] for chunk in chunks) <= logview.CHUNK_CHARS + logview.PIECE_CHARS
+            assert "".join(text for chunk in chunks for _, text in chunk["parts"]) == frames[2]
+            # The page dropped all but the last two chunks; paging back from there gives exactly what preceded.
+            kept = chunks[-2:]
+            shown = "".join(text for chunk in kept for _, text in chunk["parts"])
+            older, _ = await logview.read_page(client, task_id, kept[0]["first"], kept[0]["offset"])
+            before = "".join(text for chunk in logview.make_chunks(older, None) for _, text in chunk["parts"])
+            assert kept[0]["offset"] > 0
+            assert (before + shown).endswith(frames[1] + frames[2])
+        finally:
+            await client.delete(events.log_key(task_id))
+            await client.aclose()
+
+    asyncio.run(run())
+
+
+# ---- screenshots for docs/dashboard.md -----------------------------------------------------
+
+
+def take_screenshots(out_dir: Path) -> None:
+    """Run a stack with a few tasks (a Claude stand-in among them) and photograph both views."""
+    from playwright.sync_api import expect, sync_playwright
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="ccx-shots-") as tmp:
+        tmp_path = Path(tmp)
+        standin = write_script(tmp_path / "claude", CLAUDE_STANDIN)
+        standin.chmod(0o755)
+        go = tmp_path / "go"
+        env = {
+            "CCX_CLAUDE_BIN": str(standin),
+            "STANDIN_GO": str(go),
+            "STANDIN_WAIT_FOR": "Create a FastAPI app",
+            "STANDIN_DELAY": "0.6",  # the worker writes progress at most twice a second
+        }
+        with LocalStack(env=env, worker_output=subprocess.DEVNULL) as stack:
+            assert stack.redis_url is not None
+            runner = Runner(redis_url=stack.redis_url, queue=stack.queue)
+            board = start_dashboard(stack.redis_url, stack.queue, tmp_path / "dashboard.log")
+            try:
+                done = [
+                    runner.submit("Add a /health endpoint to the FastAPI app and test it", tools=["Write", "Edit"]),
+                    runner.submit(agent="command", argv=["uname", "-sr"]),
+                    runner.submit(agent="command", argv=["make", "-C", str(tmp_path), "lint"]),
+                    runner.submit("Summarise the open issues labelled 'bug'", tools=["Bash"]),
+                ]
+                for handle in done:
+                    handle.result(timeout=60)
+                running = runner.submit("Create a FastAPI app with a health endpoint", tools=["Write", "Edit", "Bash"])
+                runner.submit("Refactor the config loader to use dataclasses", tools=["Edit"])
+                runner.submit(agent="command", argv=["make", "docs"])
+                runner.submit("Write release notes for v0.2 from the git log", tools=["Bash"])
+                wait_until(lambda: "3 passed" in _log_text(runner, running.id), 30, what="the running task's output")
+                with sync_playwright() as playwright:
+                    context = playwright.chromium.launch_persistent_context(
+                        str(tmp_path / "profile"),
+                        executable_path=str(CHROMIUM),
+                        args=CHROMIUM_ARGS,
+                        viewport={"width": 1280, "height": 820},
+                        device_scale_factor=1,
+                    )
+                    page = context.pages[0] if context.pages else context.new_page()
+                    page.goto(board.url)
+                    expect(page.locator("#queued [data-task-id]")).to_have_count(3)
+                    expect(page.locator("#running .prog")).to_contain_text("6 lines")
+                    page.fill("#f-task", "Add rate limiting to the public API")
+                    page.fill("#f-tools", "Edit, Bash")
+                    page.screenshot(path=str(out_dir / "dashboard-queue.png"))
+                    page.goto(task_url(board, running.id))
+                    expect(page.locator("#output")).to_contain_text("3 passed")
+                    expect(page.locator("#task-facts")).to_contain_text("6 lines")
+                    page.screenshot(path=str(out_dir / "dashboard-task.png"))
+                    context.close()
+            finally:
+                go.touch()
+                board.stop()
+                runner.redis.close()
+
+
+def _log_text(runner: Runner, task_id: str) -> str:
+    entries = runner.redis.xrange(f"ccx:task:{task_id}:log")
+    return "".join(json.loads(fields[b"e"]).get("data", "") for _, fields in entries)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Retake the dashboard screenshots of docs/dashboard.md.")
+    parser.add_argument("--screenshots", type=Path, default=Path("docs/images"), help="output directory")
+    take_screenshots(parser.parse_args().screenshots)

@@ -19,7 +19,7 @@ from rq.serializers import JSONSerializer
 
 from runner import events
 from runner.client import Runner
-from runner.stack import LocalStack, RedisServer, StackError
+from runner.stack import LocalStack, RedisServer, StackError, terminate
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -82,17 +82,6 @@ def _start_bare_worker(redis_url: str, queue: str, timeout: float = 20.0) -> sub
         raise
     proc.stdout.close()
     return proc
-
-
-def terminate(proc: subprocess.Popen[bytes] | None, timeout: float = 15.0) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 @contextlib.contextmanager

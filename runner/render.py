@@ -14,8 +14,7 @@ from typing import Any, TextIO
 
 from handler.protocol import STDERR
 from runner import events
-from runner.agents.base import LineSplitter
-from runner.agents.claude import parse_json_line
+from runner.agents.base import LineSplitter, parse_json_line
 
 TOOL_KEYS = ("file_path", "path", "command", "pattern", "url", "query", "description", "prompt")
 

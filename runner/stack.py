@@ -134,7 +134,7 @@ class RedisServer:
         raise StackError("The Redis server could not start.")
 
     def stop(self, timeout: float = 10.0) -> None:
-        _terminate(self.proc, timeout)
+        terminate(self.proc, timeout)
         self.proc = None
 
 
@@ -145,7 +145,8 @@ def _pings(client: redis.Redis) -> bool:
         return False
 
 
-def _terminate(proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
+def terminate(proc: subprocess.Popen[bytes] | None, timeout: float = 15.0) -> None:
+    """SIGTERM, then SIGKILL if ``proc`` has not exited within ``timeout`` seconds."""
     if proc is None or proc.poll() is not None:
         return
     proc.terminate()
@@ -190,10 +191,10 @@ class LocalStack:
                     self.data_dir = Path(self._tmp.name)
                 self.redis = RedisServer(self.data_dir / "redis").start()
                 self.redis_url = self.redis.url
-            self._start_handler(timeout)
-            self._start_worker(timeout)
+            self.start_handler(timeout)
+            self.start_worker(timeout)
             if self.dashboard_port is not None:
-                self._start_dashboard(timeout)
+                self.start_dashboard(timeout)
         except BaseException:
             self.stop()
             raise
@@ -207,58 +208,49 @@ class LocalStack:
             env["CCX_HANDLER_TOKEN"] = self.handler_token
         return env
 
-    def _start_handler(self, timeout: float) -> None:
-        args = ["--host", "127.0.0.1", "--port", str(self.handler_port), "--allow", self.allow]
-        self.handler = subprocess.Popen(
-            _python_module("handler", *args),
+    def _spawn(
+        self, what: str, argv: list[str], timeout: float, stderr: int | None = subprocess.DEVNULL
+    ) -> tuple[subprocess.Popen[bytes], str]:
+        """Start a service of the stack; return it and the first line it prints (its address)."""
+        proc = subprocess.Popen(
+            argv,
             env=self.child_env(),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=stderr,
             preexec_fn=_die_with_parent,
         )
-        assert self.handler.stdout is not None
-        line = _read_line(self.handler, timeout, "The handler")
+        try:
+            line = _read_line(proc, timeout, what)
+        finally:
+            assert proc.stdout is not None
+            proc.stdout.close()
+        return proc, line
+
+    def start_handler(self, timeout: float) -> None:
+        args = ["--host", "127.0.0.1", "--port", str(self.handler_port), "--allow", self.allow]
+        self.handler, line = self._spawn("The handler", _python_module("handler", *args), timeout)
         # "ccx handler listening on ws://127.0.0.1:PORT/ws (...)"
         self.handler_url = line.split(" listening on ", 1)[1].split()[0]
-        self.handler.stdout.close()
 
-    def _start_worker(self, timeout: float) -> None:
-        self.worker = subprocess.Popen(
-            _python_module("runner.cli", "worker"),
-            env=self.child_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=self.worker_output,
-            preexec_fn=_die_with_parent,
+    def start_worker(self, timeout: float) -> None:
+        self.worker, line = self._spawn(
+            "The worker", _python_module("runner.cli", "worker"), timeout, self.worker_output
         )
-        line = _read_line(self.worker, timeout, "The worker")
         if "serving queue" not in line:
             raise StackError(f"The worker did not start: {line.strip()}")
-        assert self.worker.stdout is not None
-        self.worker.stdout.close()
 
-    def _start_dashboard(self, timeout: float) -> None:
+    def start_dashboard(self, timeout: float) -> None:
         args = ["--host", "127.0.0.1", "--port", str(self.dashboard_port)]
-        self.dashboard = subprocess.Popen(
-            _python_module("runner.dashboard", *args),
-            env=self.child_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
-        )
-        assert self.dashboard.stdout is not None
-        line = _read_line(self.dashboard, timeout, "The dashboard")
+        self.dashboard, line = self._spawn("The dashboard", _python_module("runner.dashboard", *args), timeout)
         # "ccx dashboard on http://127.0.0.1:PORT/"
         self.dashboard_url = line.split(" on ", 1)[1].split()[0]
-        self.dashboard.stdout.close()
 
     def stop(self) -> None:
-        """Stop the worker first (it finishes nothing new), then the handler, then Redis."""
-        _terminate(self.dashboard, 15)
-        _terminate(self.worker, 15)
-        _terminate(self.handler, 15)
+        """Stop the dashboard and the worker first (nothing new starts), then the handler, then Redis."""
+        terminate(self.dashboard, 15)
+        terminate(self.worker, 15)
+        terminate(self.handler, 15)
         if self.redis is not None:
             self.redis.stop()
         if self._tmp is not None:

@@ -15,6 +15,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from handler.protocol import STDOUT, ExecuteResult
 
 if TYPE_CHECKING:
@@ -81,6 +83,17 @@ class LineSplitter:
         return [rest] if rest else []
 
 
+def parse_json_line(line: str) -> dict[str, Any] | None:
+    """The JSON object on ``line``, or None for any other text."""
+    if not line.startswith("{"):
+        return None
+    try:
+        value = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
 class OutputParser:
     """Default understanding of a run: stdout is the output, exit code 0 is success."""
 
@@ -98,6 +111,34 @@ class OutputParser:
             output=self.stdout.text(),
             error=None if success else exit_error(result, self.stderr.text()),
         )
+
+
+class JsonEventParser(OutputParser):
+    """For agents that print one JSON event per line: lines are reassembled across frames
+    (a line may be several MB) and each JSON object goes to :meth:`on_event`; other text
+    is kept as plain output only."""
+
+    def __init__(self, output_limit: int) -> None:
+        super().__init__(output_limit)
+        self._lines = LineSplitter()
+
+    def feed(self, stream: str, text: str) -> None:
+        super().feed(stream, text)
+        if stream == STDOUT:
+            self._events(self._lines.feed(text))
+
+    def flush_lines(self) -> None:
+        """Handle a last line that had no newline; call at the start of :meth:`finish`."""
+        self._events(self._lines.flush())
+
+    def _events(self, lines: list[str]) -> None:
+        for line in lines:
+            event = parse_json_line(line)
+            if event is not None:
+                self.on_event(event)
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        """Handle one JSON event (subclasses)."""
 
 
 def exit_error(result: ExecuteResult, stderr: str, what: str = "The command") -> str:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
-from handler.protocol import STDOUT, ExecuteResult
-from runner.agents.base import Agent, LineSplitter, Outcome, OutputParser, exit_error
+from handler.protocol import ExecuteResult
+from runner.agents.base import Agent, JsonEventParser, Outcome, OutputParser, exit_error, parse_json_line
+from runner.spec import OPTIONAL_FIELDS
 
 if TYPE_CHECKING:
     from runner.spec import TaskSpec
+
+__all__ = ["ClaudeAgent", "ClaudeParser", "parse_json_line"]
 
 RESULT_FIELDS = (
     "subtype",
@@ -33,34 +34,13 @@ RESULT_FIELDS = (
 )
 
 
-def parse_json_line(line: str) -> dict[str, Any] | None:
-    """The JSON object on ``line``, or None for any other text."""
-    if not line.startswith("{"):
-        return None
-    try:
-        value = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
-class ClaudeParser(OutputParser):
+class ClaudeParser(JsonEventParser):
     def __init__(self, output_limit: int) -> None:
         super().__init__(output_limit)
-        self._lines = LineSplitter()
         self.init: dict[str, Any] = {}
         self.result: dict[str, Any] | None = None
 
-    def feed(self, stream: str, text: str) -> None:
-        super().feed(stream, text)
-        if stream == STDOUT:
-            for line in self._lines.feed(text):
-                self._line(line)
-
-    def _line(self, line: str) -> None:
-        event = parse_json_line(line)
-        if event is None:
-            return
+    def on_event(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
         if kind == "system" and event.get("subtype") == "init":
             self.init = {key: event.get(key) for key in ("session_id", "model", "tools", "cwd", "permissionMode")}
@@ -68,8 +48,7 @@ class ClaudeParser(OutputParser):
             self.result = event
 
     def finish(self, result: ExecuteResult) -> Outcome:
-        for line in self._lines.flush():
-            self._line(line)
+        self.flush_lines()
         info: dict[str, Any] = {"name": "claude", **{k: v for k, v in self.init.items() if v is not None}}
         if self.result is None:
             if result.timed_out or result.cancelled:
@@ -112,18 +91,7 @@ class ClaudeAgent(Agent):
     binary = "claude"
     binary_env = "CCX_CLAUDE_BIN"
     install_hint = "install it with `npm install -g @anthropic-ai/claude-code`"
-    options = frozenset(
-        {
-            "tools",
-            "disallowed_tools",
-            "model",
-            "max_turns",
-            "permission_mode",
-            "append_system_prompt",
-            "mcp_config",
-            "resume",
-        }
-    )
+    options = frozenset(OPTIONAL_FIELDS) - {"argv"}
 
     def argv(self, spec: TaskSpec) -> list[str]:
         argv = [self.executable(), "-p", "--output-format", "stream-json", "--verbose"]

@@ -104,6 +104,6 @@ def test_handler_killed_mid_task_fails_it_and_a_restarted_handler_kills_the_orph
     )
     assert pids_with_marker(token), "a SIGKILLed handler cannot stop anything: its runs are orphans until it restarts"
     stack.handler_port = int(port)
-    stack._start_handler(20)
+    stack.start_handler(20)
     wait_until(lambda: not pids_with_marker(token), 20, what="the restarted handler to stop the orphans")
     assert runner.submit(agent="command", argv=["echo", "after"]).result(timeout=30).output == "after\n"

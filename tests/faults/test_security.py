@@ -52,7 +52,7 @@ def test_a_worker_with_the_wrong_token_fails_tasks_with_a_clear_error(redis_url:
         stack.worker.terminate()
         stack.worker.wait(15)
         stack.handler_token = "wrong"
-        stack._start_worker(20)
+        stack.start_worker(20)
         result = Runner(redis_url=redis_url, queue=queue_name).submit(agent="command", argv=["true"]).result(timeout=30)
     assert result.success is False
     assert "401" in (result.error or "") and "CCX_HANDLER_TOKEN" in (result.error or "")

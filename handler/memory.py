@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -28,11 +27,10 @@ def pin_malloc_thresholds(mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: 
     Call it in the process that streams, right before its event loop starts: set
     at interpreter start-up it was measured to have no effect on page faults.
     """
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
+    # The process's own symbols include libc's: no find_library(), which runs ldconfig
+    # in a subprocess, a cost this pays in every work-horse.
     with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(name)
+        libc = ctypes.CDLL(None)
         return bool(libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(
             libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold)
         )

@@ -121,6 +121,20 @@ async def execute_remote(
                     await watcher
 
 
+async def probe_handler(url: str, token: str | None = None, open_timeout: float = 2.0) -> None:
+    """Connect, ask one harmless question (a ``cancel`` of no run), read the answer; raise
+    :class:`HandlerUnavailable` if the handler cannot be reached or refuses us."""
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    try:
+        async with connect(url, additional_headers=headers, compression=None, open_timeout=open_timeout) as connection:
+            await connection.send(request(CANCEL, {"id": "probe"}, CANCEL_ID), text=True)
+            orjson.loads(await asyncio.wait_for(connection.recv(decode=False), open_timeout))
+    except InvalidStatus as exc:
+        raise HandlerUnavailable(f"The handler at {url} answered HTTP {exc.response.status_code}.") from None
+    except (OSError, TimeoutError, InvalidURI, InvalidHandshake, ConnectionClosed) as exc:
+        raise HandlerUnavailable(f"Could not reach the handler at {url} ({exc or type(exc).__name__}).") from None
+
+
 async def _forward_cancel(connection: object, cancel: asyncio.Event) -> None:
     await cancel.wait()
     with contextlib.suppress(ConnectionClosed):

@@ -30,6 +30,7 @@ from rq.serializers import JSONSerializer
 from runner import events
 from runner.cancel import cancel_dependents
 from runner.config import PATIENT_RETRIES, Settings, redact_url, redis_client
+from runner.job import warm_up
 from runner.spec import TaskResult
 from runner.store import TaskStore
 
@@ -194,6 +195,9 @@ def run_worker(settings: Settings, *, standby: bool = False, burst: bool = False
             job_monitoring_interval=max(1, int(settings.lock_ttl / 3)),
         )
         worker.lock = lock
+        problem = warm_up(settings)
+        if problem:
+            log.warning("%s Tasks fail until the handler is up (start it with `ccx handler`).", problem)
         print(
             f"ccx worker serving queue '{settings.queue}' on {redact_url(settings.redis_url)} via {settings.handler_url}",
             flush=True,

@@ -9,6 +9,7 @@ wins, and later attempts change nothing.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,7 +121,7 @@ class TaskStore:
             },
         )
         index = events.index_key(queue)
-        pipe.zadd(index, {task_id: _score()})
+        pipe.zadd(index, {task_id: time.time()})
         pipe.zremrangebyrank(index, 0, -index_cap - 1)
         pipe.publish(events.LIFECYCLE_CHANNEL, lifecycle(status, task_id, queue, at=submitted_at))
 
@@ -206,9 +207,3 @@ def lifecycle(status: str, task_id: str, queue: str, **extra: Any) -> bytes:
 
 def _text(value: bytes | None) -> str | None:
     return value.decode() if value is not None else None
-
-
-def _score() -> float:
-    import time
-
-    return time.time()

@@ -53,7 +53,7 @@ def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except TimeoutError as exc:
             _fail(f"{exc} It is still queued or running; check later with `ccx status`.", EXIT_TASK_FAILED)
         except KeyboardInterrupt:
-            _fail("interrupted; the task keeps running (cancel it with `ccx cancel ID`).", 130)
+            _fail("interrupted; a submitted task keeps running (see `ccx list`, stop it with `ccx cancel ID`).", 130)
 
     return wrapper
 
@@ -180,9 +180,13 @@ def run(**options: Any) -> None:
         try:
             result = _follow(runner, handle.id, spec["agent"], as_json)
         except KeyboardInterrupt:
-            if stack is not None:  # the stack dies with this command, so the task must too
-                runner.cancel(handle.id)
-            raise
+            if stack is None:
+                raise
+            # The embedded stack dies with this command, so the task must too.
+            runner.cancel(handle.id)
+            stack.stop()
+            stack = None
+            _fail(f"interrupted; task {handle.id} was cancelled and the embedded stack stopped.", 130)
     finally:
         if stack is not None:
             stack.stop()

@@ -46,6 +46,7 @@ class Handler:
         self.limits = RunLimits(grace=config.grace)
         self.sessions: set[Session] = set()
         self.started = time.monotonic()
+        self.stopping = False
 
     def health(self) -> dict[str, Any]:
         return {
@@ -86,6 +87,7 @@ class Handler:
 
     async def stop_all(self) -> None:
         """Stop every run of every session (on shutdown): no process outlives the handler."""
+        self.stopping = True  # and start no new one meanwhile
         await asyncio.gather(*(session.stop_runs() for session in list(self.sessions)), return_exceptions=True)
 
 
@@ -152,6 +154,10 @@ class Session:
     def start_execute(self, req: protocol.Request) -> None:
         if req.id is None:
             raise ProtocolError(protocol.INVALID_REQUEST, "Invalid request: 'execute' needs an 'id' to answer to.")
+        if self.handler.stopping:
+            raise ProtocolError(
+                protocol.SHUTTING_DOWN, "The handler is shutting down; run the task again once it is back.", req.id
+            )
         if req.id in self.runs:
             raise ProtocolError(
                 protocol.DUPLICATE_ID, f"A run with id {req.id!r} is already in progress on this connection.", req.id

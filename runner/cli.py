@@ -7,6 +7,7 @@ service (Redis, the handler) cannot be reached.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import signal
@@ -18,6 +19,7 @@ from typing import Any
 
 import click
 import orjson
+import redis
 
 from runner import events
 from runner.cancel import UnknownTask
@@ -52,6 +54,13 @@ def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             _fail(str(exc), EXIT_UNAVAILABLE)
         except TimeoutError as exc:
             _fail(f"{exc} It is still queued or running; check later with `ccx status`.", EXIT_TASK_FAILED)
+        except redis.RedisError as exc:
+            _fail(f"Lost the connection to Redis ({exc}); check that it is running, then try again.", EXIT_UNAVAILABLE)
+        except BrokenPipeError:
+            # The reader went away (e.g. `ccx follow ID | head`): nothing is wrong with the task.
+            with contextlib.suppress(OSError):
+                sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps the interpreter from complaining at exit
+            sys.exit(0)
         except KeyboardInterrupt:
             _fail("interrupted; a submitted task keeps running (see `ccx list`, stop it with `ccx cancel ID`).", 130)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 from rq import Queue
-from rq.job import Dependency
+from rq.job import Dependency, JobStatus
 from rq.serializers import JSONSerializer
 
 from runner import events
@@ -135,7 +135,33 @@ class Runner:
             description=_describe(spec),
             meta={"ccx": True},
         )
+        if after:
+            self._settle_dependent(task_id, after, after_any)
         return TaskHandle(self, task_id)
+
+    def _settle_dependent(self, task_id: str, after: str, after_any: bool) -> None:
+        """Cancel a task whose predecessor had already ended in a way that will never release it.
+
+        RQ releases dependents when their predecessor finishes (or fails, for ``after_any``);
+        one submitted after that moment would wait forever. A predecessor that ends after this
+        check cancels its dependents itself.
+        """
+        predecessor = self.store.get(after)
+        if predecessor is None or predecessor.result is None or predecessor.result.success:
+            return
+        job = fetch_job(self.redis, task_id)
+        if job is None or job.get_status() != JobStatus.DEFERRED:
+            return  # RQ already let it run (after_any and a failed predecessor)
+        previous = fetch_job(self.redis, after)
+        cancelled_before_start = previous is not None and previous.get_status() == JobStatus.CANCELED
+        if not after_any or cancelled_before_start:
+            what = "was cancelled" if predecessor.result.cancelled else "failed"
+            cancel_task(
+                self.store,
+                task_id,
+                f"Not run: it was to run after task {after}, which {what}"
+                + ("; submit it with after_any to run regardless." if not after_any else "."),
+            )
 
     def handle(self, task_id: str) -> TaskHandle:
         return TaskHandle(self, task_id)
@@ -168,7 +194,8 @@ def execute_task_via_websocket(
 
     The blocking call of the original cc_execute design. Connection settings come
     from the environment (REDIS_URL, CCX_QUEUE); pass ``redis_url=`` or ``queue=``
-    to override. Waits for the task's own timeout plus the time it spends queued.
+    to override. It waits as long as the task takes, queue time included; pass
+    ``wait=SECONDS`` to give up earlier with ``TimeoutError`` (the task keeps running).
     """
     redis_url = options.pop("redis_url", None)
     queue = options.pop("queue", None)

@@ -232,11 +232,13 @@ def read_events(
         # A modest count: entries may be up to a few MB each, and a reply holds them all at once.
         response = client.xread({key: last}, count=200, block=wait)
         if not response:
-            if last == "0-0" and not client.exists(key):
+            if not client.exists(key):
                 ended = _stored_result_event(client, task_id)
                 if ended is not None:  # the log expired or was never written: the record still has the result
                     yield ended
                     return
+                if not client.exists(info_key(task_id)):
+                    raise LookupError(f"No task with id {task_id} is known to this Redis (it may have expired).")
             continue
         for entry_id, fields in response[0][1]:
             last = entry_id

@@ -222,6 +222,9 @@ class LocalStack:
         )
         try:
             line = _read_line(proc, timeout, what)
+        except BaseException:
+            terminate(proc)  # not yet ours to stop in stop(): stop it here
+            raise
         finally:
             assert proc.stdout is not None
             proc.stdout.close()

@@ -36,6 +36,10 @@ from runner.store import TaskStore
 
 log = logging.getLogger("ccx.worker")
 
+HORSE_DIED = (
+    "The process running this task (the worker's work-horse) died before the task finished "
+    "(killed, out of memory, or past its time limit); its processes were stopped. See the worker's log."
+)
 WORKER_DIED = (
     "The worker running this task died (it was killed or crashed) before the task finished; "
     "its processes were stopped. Resubmit the task to run it again."
@@ -112,6 +116,7 @@ class CcxWorker(Worker):
     """RQ's forking worker, set up for cc-execute: JSON only, one-line failure logs, the queue lock."""
 
     lock: QueueLock | None = None
+    settings: Settings = Settings()
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         if self.lock is not None and self.lock.lost.is_set():
@@ -121,9 +126,34 @@ class CcxWorker(Worker):
             return
         super().execute_job(job, queue)
 
+    def handle_job_failure(
+        self,
+        job: Job,
+        queue: Queue,
+        started_job_registry: object = None,
+        exc_string: str = "",
+        execution: object = None,
+    ) -> None:
+        """RQ's failure handling, plus a recorded result when the work-horse itself died.
+
+        A horse killed from outside (out of memory, a signal, RQ's own timeout kill) never
+        reaches its own finalize; without this its task would stay "running" forever.
+        Finalizing is done at most once, so a result the horse did record is kept.
+        """
+        super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)  # type: ignore[arg-type]
+        store = TaskStore(self.connection, self.settings.log_maxlen, self.settings.log_ttl)
+        result = TaskResult(id=job.id, error=HORSE_DIED, ended_at=events.now_iso(), log_key=events.log_key(job.id))
+        if store.finalize(result, queue.name):
+            log.warning("task %s: its work-horse died (%s); marked failed", job.id, exc_string.strip())
+            cancel_dependents(store, job, "failed", include_after_any=False)
+
     def heartbeat(self, timeout: int | None = None, pipeline: object = None) -> None:
         if self.lock is not None and self.lock.lost.is_set() and not self._stop_requested:
+            # Another worker owns the queue now and will run the next task: stop ours at
+            # once, or two agents would run at the same time.
             self._stop_requested = True
+            if self.horse_pid:
+                self.kill_horse()
         super().heartbeat(timeout, pipeline)  # type: ignore[arg-type]
 
 
@@ -195,6 +225,7 @@ def run_worker(settings: Settings, *, standby: bool = False, burst: bool = False
             job_monitoring_interval=max(1, int(settings.lock_ttl / 3)),
         )
         worker.lock = lock
+        worker.settings = settings
         problem = warm_up(settings)
         if problem:
             log.warning("%s Tasks fail until the handler is up (start it with `ccx handler`).", problem)

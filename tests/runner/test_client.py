@@ -231,3 +231,21 @@ def test_list_and_get_show_status(runner: Runner) -> None:
     listed = runner.list()
     assert listed[0].id == done.id and listed[0].status == "finished"
     assert runner.get("no-such-task") is None
+
+
+def test_after_a_task_that_already_ended_badly_never_waits_forever(runner: Runner, tmp_path) -> None:
+    """`after=` a task that already failed: cancelled at once (or run, with after_any); never stuck deferred."""
+    failed = runner.submit(agent="command", argv=["false"])
+    assert failed.result(timeout=30).success is False
+    wait_until(lambda: runner.job(failed.id).get_status() == "failed", 10, what="RQ to file the failure")
+    skipped = runner.submit(agent="command", argv=["touch", str(tmp_path / "skipped")], after=failed.id)
+    anyway = runner.submit(agent="command", argv=["echo", "anyway"], after=failed.id, after_any=True)
+    result = skipped.result(timeout=10)
+    assert result.cancelled and failed.id in (result.error or "")
+    assert anyway.result(timeout=30).output == "anyway\n"
+    assert not (tmp_path / "skipped").exists()
+
+    queued_then_cancelled = runner.submit(agent="command", argv=["true"], after=anyway.id)
+    runner.cancel(queued_then_cancelled.id)
+    late = runner.submit(agent="command", argv=["true"], after=queued_then_cancelled.id, after_any=True)
+    assert late.result(timeout=10).cancelled

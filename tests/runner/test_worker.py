@@ -123,3 +123,21 @@ def test_job_meta_shows_progress_for_rq_tools(runner: Runner) -> None:
     meta = orjson.loads(runner.redis.hget(f"rq:job:{handle.id}", "meta"))
     assert meta["ccx_progress"]["lines"] == 1000
     assert meta["ccx_progress"]["bytes"] == sum(len(f"{i}\n") for i in range(1000))
+
+
+def test_a_killed_work_horse_still_ends_its_task_with_a_result(stack: LocalStack, runner: Runner) -> None:
+    """The work-horse killed from outside (OOM killer, a signal): the task fails with a clear error, never stays running."""
+    from runner.worker import HORSE_DIED
+    from tests.support.processes import children_of
+
+    token = uuid.uuid4().hex
+    handle = runner.submit(agent="command", argv=[PY, "-c", "import time; time.sleep(1000)", token])
+    following = runner.submit(agent="command", argv=["echo", "next"])
+    wait_until(lambda: pids_with_marker(token), 30, what="the task to run")
+    assert stack.worker is not None
+    horses = wait_until(lambda: children_of(stack.worker.pid), 10, what="the work-horse")
+    os.kill(horses[0], signal.SIGKILL)
+    result = handle.result(timeout=30)
+    assert result.success is False and result.error == HORSE_DIED
+    wait_until(lambda: not pids_with_marker(token), 20, what="the task's process to be gone")
+    assert following.result(timeout=30).output == "next\n"

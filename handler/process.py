@@ -301,13 +301,22 @@ class ProcessRun:
             self._outbox.discard()
             self._cancel_requested.set()
 
-    async def _exited(self) -> int:
-        """Wait for the main process to exit (not for its pipes to close) and reap it."""
+    async def _exited(self) -> None:
+        """Wait for the main process to exit (not for its pipes to close), without reaping it.
+
+        Until it is reaped its pid, which is also the run's process-group and session id,
+        cannot be reused, so the tree kill that may follow can never reach an unrelated
+        process. :meth:`wait` reaps it last.
+        """
         popen = self.popen
         assert popen is not None
         loop = asyncio.get_running_loop()
+        try:
+            pidfd = os.pidfd_open(popen.pid)
+        except OSError:  # no pidfd (old kernel, or out of fds): wait in a thread, still without reaping
+            await loop.run_in_executor(None, os.waitid, os.P_PID, popen.pid, os.WEXITED | os.WNOWAIT)
+            return
         exited: asyncio.Future[None] = loop.create_future()
-        pidfd = os.pidfd_open(popen.pid)
         try:
             loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
             try:
@@ -316,7 +325,6 @@ class ProcessRun:
                 loop.remove_reader(pidfd)
         finally:
             os.close(pidfd)
-        return popen.wait()
 
     async def _drain_pipes(self) -> None:
         """Read what the ended tree left in the pipes, up to EOF.
@@ -360,11 +368,12 @@ class ProcessRun:
                 timed_out = not cancelled
                 await proctree.kill_run(self._token, pid, self.limits.grace)
                 await exited
-            elif _group_alive(pid) or proctree.find_run_processes(
-                self._token, pid, recent_only=time.monotonic() - self.started_at < RECENT_RUN
-            ):
-                # The main process is done but left descendants behind: a run ends with its whole tree.
-                await proctree.kill_run(self._token, pid, self.limits.grace)
+            else:
+                # The main process is done; a run ends with its whole tree. Its children were
+                # re-parented when it exited, so they are found by the run's marker.
+                recent = time.monotonic() - self.started_at < RECENT_RUN
+                if proctree.find_run_processes(self._token, pid, recent_only=recent):
+                    await proctree.kill_run(self._token, pid, self.limits.grace, recent_only=recent)
             await self._drain_pipes()
             for reader in self._readers:  # a process we could not find still holds a pipe open
                 reader.close()
@@ -377,7 +386,7 @@ class ProcessRun:
                     task.cancel()
             for reader in self._readers:
                 reader.close()
-            if popen.poll() is None:
+            if popen.poll() is None:  # reaps the main process once its tree is gone
                 await proctree.kill_run(self._token, pid, 0)
                 popen.wait()
         returncode = popen.returncode
@@ -403,11 +412,3 @@ class ProcessRun:
             result.stderr_bytes,
         )
         return result
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True

@@ -34,14 +34,14 @@ def _read(path: str) -> bytes:
         return b""
 
 
-def _stat(pid: int) -> tuple[str, int] | None:
-    """(state, parent pid) of a process, or None once it is gone."""
+def _stat(pid: int) -> tuple[str, int, int, int] | None:
+    """(state, parent pid, process group, session) of a process, or None once it is gone."""
     raw = _read(f"{_PROC}/{pid}/stat")
     if not raw:
         return None
     # The command name may contain spaces and parentheses: split after the last ')'.
     fields = raw[raw.rfind(b")") + 2 :].split()
-    return fields[0].decode(), int(fields[1])
+    return fields[0].decode(), int(fields[1]), int(fields[2]), int(fields[3])
 
 
 def _last_pid() -> int | None:
@@ -71,7 +71,8 @@ def _candidates(root_pid: int | None, recent_only: bool) -> list[int]:
 
 
 def find_run_processes(run_token: str, root_pid: int | None = None, recent_only: bool = False) -> set[int]:
-    """Pids of live processes marked with ``run_token`` or descending from ``root_pid``.
+    """Pids of live processes marked with ``run_token``, descending from ``root_pid``, or in
+    its process group or session (the run's root starts both).
 
     ``recent_only`` (for runs of a few seconds) looks only at pids allocated since
     ``root_pid``: a trivial run then costs a handful of reads instead of two per process.
@@ -87,6 +88,9 @@ def find_run_processes(run_token: str, root_pid: int | None = None, recent_only:
         if stat is None or stat[0] in ("Z", "X"):
             continue
         children.setdefault(stat[1], []).append(pid)
+        if root_pid is not None and root_pid in (stat[2], stat[3]):
+            found.add(pid)
+            continue
         environ = _read(f"{_PROC}/{pid}/environ")
         if environ.startswith(marker) or b"\0" + marker in environ:
             found.add(pid)
@@ -115,7 +119,7 @@ def _alive(pid: int) -> bool:
     return stat is not None and stat[0] not in ("Z", "X")
 
 
-async def kill_run(run_token: str, pgid: int | None, grace: float) -> int:
+async def kill_run(run_token: str, pgid: int | None, grace: float, recent_only: bool = False) -> int:
     """SIGTERM the whole tree, wait up to ``grace`` seconds, then SIGKILL what is left.
 
     Returns how many processes were signalled. Survivors of SIGTERM are looked
@@ -124,7 +128,7 @@ async def kill_run(run_token: str, pgid: int | None, grace: float) -> int:
     if pgid is not None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGTERM)
-    pids = find_run_processes(run_token, pgid)
+    pids = find_run_processes(run_token, pgid, recent_only)
     _signal_all(pids, signal.SIGTERM)
     deadline = time.monotonic() + grace
     delay = 0.005
@@ -140,7 +144,7 @@ async def kill_run(run_token: str, pgid: int | None, grace: float) -> int:
         if pgid is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pgid, signal.SIGKILL)
-        survivors = find_run_processes(run_token, pgid)
+        survivors = find_run_processes(run_token, pgid, recent_only)
         if not survivors:
             break
         signalled += len(survivors)

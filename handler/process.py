@@ -266,13 +266,19 @@ class ProcessRun:
             raise ProtocolError(SPAWN_FAILED, f"Could not start '{params.argv[0]}': {reason}.") from None
         self.started_at = time.monotonic()
         assert self.popen.stdout is not None and self.popen.stderr is not None
-        # Detach the fds from the Popen file objects: the readers own and close them.
-        self._readers = [
-            _PipeReader(os.dup(self.popen.stdout.fileno()), STDOUT, self._outbox),
-            _PipeReader(os.dup(self.popen.stderr.fileno()), STDERR, self._outbox),
-        ]
-        self.popen.stdout.close()
-        self.popen.stderr.close()
+        try:
+            # Detach the fds from the Popen file objects: the readers own and close them.
+            for pipe, stream in ((self.popen.stdout, STDOUT), (self.popen.stderr, STDERR)):
+                self._readers.append(_PipeReader(os.dup(pipe.fileno()), stream, self._outbox))
+        except OSError as exc:  # e.g. out of file descriptors: never leave the child unsupervised
+            await proctree.kill_run(self._token, self.popen.pid, 0)
+            self.popen.wait()
+            for reader in self._readers:
+                reader.close()
+            raise ProtocolError(SPAWN_FAILED, f"Could not start '{params.argv[0]}': {exc.strerror or exc}.") from None
+        finally:
+            self.popen.stdout.close()
+            self.popen.stderr.close()
         log.info("run started argv0=%s pid=%d", os.path.basename(params.argv[0]), self.popen.pid)
         return self.popen.pid
 

@@ -8,6 +8,7 @@ starts. Everything a fixture starts, it stops.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -48,19 +49,25 @@ def queue_name() -> str:
     return f"test-{uuid.uuid4().hex[:12]}"
 
 
+@contextlib.contextmanager
+def running_stack(redis_url: str, queue: str, log_path: Path, **env: str) -> Iterator[LocalStack]:
+    """A real handler and worker on ``queue``; the worker's log goes to ``log_path``; everything stops after."""
+    with log_path.open("wb") as log:
+        stack = LocalStack(
+            redis_url=redis_url, queue=queue, worker_output=log.fileno(), env={"CCX_WORKER_LOCK_TTL": "3", **env}
+        )
+        stack.start()
+        try:
+            yield stack
+        finally:
+            stack.stop()
+
+
 @pytest.fixture
 def stack(redis_url: str, queue_name: str, tmp_path: Path) -> Iterator[LocalStack]:
     """A real handler and a real worker serving ``queue_name`` on the session's Redis."""
-    log = (tmp_path / "worker.log").open("wb")
-    stack = LocalStack(
-        redis_url=redis_url, queue=queue_name, worker_output=log.fileno(), env={"CCX_WORKER_LOCK_TTL": "3"}
-    )
-    stack.start()
-    try:
+    with running_stack(redis_url, queue_name, tmp_path / "worker.log") as stack:
         yield stack
-    finally:
-        stack.stop()
-        log.close()
 
 
 @pytest.fixture

@@ -32,6 +32,7 @@ from runner.client import Runner, TaskHandle, execute_task_via_websocket
 from runner.events import END_STATUSES
 from runner.spec import TaskResult
 from runner.stack import LocalStack
+from tests.conftest import running_stack
 from tests.support.claude_cli import claude_env, ensure_claude_cli, not_logged_in_env, unavailable_reason
 from tests.support.fake_anthropic import FakeAnthropic, Reply
 from tests.support.processes import pid_alive, wait_until
@@ -53,19 +54,8 @@ def claude_bin() -> Path:
 @pytest.fixture
 def stack(claude_bin: Path, redis_url: str, queue_name: str, tmp_path: Path) -> Iterator[LocalStack]:
     """The shared ``stack`` fixture, with the worker told where the CLI is."""
-    log = (tmp_path / "worker.log").open("wb")
-    stack = LocalStack(
-        redis_url=redis_url,
-        queue=queue_name,
-        worker_output=log.fileno(),
-        env={"CCX_WORKER_LOCK_TTL": "3", "CCX_CLAUDE_BIN": str(claude_bin)},
-    )
-    stack.start()
-    try:
+    with running_stack(redis_url, queue_name, tmp_path / "worker.log", CCX_CLAUDE_BIN=str(claude_bin)) as stack:
         yield stack
-    finally:
-        stack.stop()
-        log.close()
 
 
 @pytest.fixture

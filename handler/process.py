@@ -16,16 +16,15 @@ import contextlib
 import fcntl
 import logging
 import os
-import shutil
 import subprocess
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from handler import proctree
+from handler.allowlist import resolve
 from handler.protocol import (
-    EXECUTABLE_NOT_FOUND,
     SPAWN_FAILED,
     STDERR,
     STDOUT,
@@ -61,21 +60,12 @@ class RunLimits:
     """Seconds to wait for the pipes to close once every process of the run is gone."""
 
 
-def resolve_executable(argv0: str, env: dict[str, str]) -> str:
-    """The path ``argv0`` would run, looked up on the child's PATH, or a clear error."""
-    if os.sep in argv0:
-        if os.path.isfile(argv0) and os.access(argv0, os.X_OK):
-            return argv0
-        raise ProtocolError(
-            EXECUTABLE_NOT_FOUND, f"Executable not found: '{argv0}' does not exist or is not executable."
-        )
-    found = shutil.which(argv0, path=env.get("PATH", os.defpath))
-    if found is None:
-        raise ProtocolError(
-            EXECUTABLE_NOT_FOUND,
-            f"Executable not found: '{argv0}' is not on the handler's PATH; install it or give its full path.",
-        )
-    return found
+Check = Callable[[str, str | None, Mapping[str, str | None] | None], str]
+"""Returns the path to execute for ``argv[0]`` (given the cwd and env), or raises ProtocolError."""
+
+
+def _any_executable(argv0: str, cwd: str | None, env: Mapping[str, str | None] | None) -> str:
+    return resolve(argv0, cwd)
 
 
 def child_environment(overrides: dict[str, str | None] | None, run_token: str) -> dict[str, str]:
@@ -209,8 +199,15 @@ class _PipeReader:
 class ProcessRun:
     """One child process and everything it starts, from spawn to the last descendant's death."""
 
-    def __init__(self, params: ExecuteParams, emit: Emit, limits: RunLimits | None = None) -> None:
+    def __init__(
+        self,
+        params: ExecuteParams,
+        emit: Emit,
+        limits: RunLimits | None = None,
+        check: Check | None = None,
+    ) -> None:
         self.params = params
+        self._check = check or _any_executable
         self.limits = limits or RunLimits()
         self._emit = emit
         self._token = proctree.new_run_token()
@@ -244,15 +241,17 @@ class ProcessRun:
     async def start(self) -> int:
         """Spawn the process; raise :class:`ProtocolError` when it cannot start."""
         params = self.params
+        # Checked again at start, not only on arrival: a queued run may wait for hours.
+        executable = self._check(params.argv[0], params.cwd, params.env)
         env = child_environment(params.env, self._token)
-        executable = resolve_executable(params.argv[0], env)
         if params.cwd is not None and not os.path.isdir(params.cwd):
             raise ProtocolError(
                 SPAWN_FAILED, f"Could not start '{params.argv[0]}': working directory '{params.cwd}' does not exist."
             )
         try:
             self.popen = subprocess.Popen(
-                [executable, *params.argv[1:]],
+                params.argv,
+                executable=executable,
                 stdin=subprocess.PIPE if params.stdin is not None else subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,

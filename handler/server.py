@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import ssl
 import time
 from dataclasses import asdict
 from typing import Any
@@ -21,7 +22,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from handler import __version__, proctree, protocol
-from handler.config import HEALTH_PATH, WS_PATH, HandlerConfig
+from handler.config import HEALTH_PATH, WS_PATH, ConfigError, HandlerConfig, is_loopback
 from handler.memory import pin_malloc_thresholds
 from handler.process import ProcessRun, RunLimits
 from handler.protocol import ProtocolError
@@ -58,17 +59,29 @@ class Handler:
         }
 
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        """Answer health checks and reject unauthenticated clients before the upgrade."""
+        """Answer health checks; refuse browsers and clients without the token before the upgrade."""
         path = request.path.split("?", 1)[0]
         if path == HEALTH_PATH:
             return _json_response(200, "OK", self.health())
         if path != WS_PATH:
             return _json_response(404, "Not Found", {"error": f"Not found: the WebSocket endpoint is {WS_PATH}."})
-        if self.config.token:
-            supplied = request.headers.get("Authorization", "")
-            expected = f"Bearer {self.config.token}"
-            if not hmac.compare_digest(supplied.encode(), expected.encode()):
-                log.warning("rejected a client without a valid token from %s", connection.remote_address)
+        # Browsers always send Origin (and let any page open ws://127.0.0.1); the worker and scripts never do.
+        origin = request.headers.get("Origin")
+        if origin is not None and origin.lower() not in self.config.allowed_origins:
+            log.warning("refused a browser connection from origin %r", origin[:200])
+            return _json_response(
+                403,
+                "Forbidden",
+                {
+                    "error": "Forbidden: browser pages may not connect; the operator can allow an origin with --allow-origin."
+                },
+            )
+        if self.config.token is not None:
+            scheme, _, supplied = request.headers.get("Authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                supplied.strip().encode(), self.config.token.encode()
+            ):
+                log.warning("refused a client without a valid token from %s", connection.remote_address)
                 return _json_response(
                     401,
                     "Unauthorized",
@@ -163,18 +176,16 @@ class Session:
                 protocol.DUPLICATE_ID, f"A run with id {req.id!r} is already in progress on this connection.", req.id
             )
         params = protocol.parse_execute_params(req.params, req.id)
-        if not self.handler.config.allow.permits(params.argv[0]):
-            raise ProtocolError(
-                protocol.EXECUTABLE_NOT_ALLOWED,
-                f"Executable not allowed: '{params.argv[0]}' is not in the handler's allowlist; "
-                "the operator can add it with --allow / CCX_ALLOWED_COMMANDS.",
-                req.id,
-            )
+        check = self.handler.config.allow.check
+        try:
+            check(params.argv[0], params.cwd, params.env)  # refused on arrival, before taking a place in line
+        except ProtocolError as exc:
+            raise ProtocolError(exc.code, exc.message, req.id) from None
 
         async def emit(stream: str, seq: int, data: str) -> None:
             await self.connection.send(protocol.output_notification(req.id, stream, seq, data), text=True)
 
-        run = ProcessRun(params, emit, self.handler.limits)
+        run = ProcessRun(params, emit, self.handler.limits, check)
         self.runs[req.id] = run
         # Take the place in line now, synchronously: arrival order is the order runs start in.
         waiter = self.handler.slots.join()
@@ -226,6 +237,7 @@ async def start_server(config: HandlerConfig) -> tuple[Handler, Server]:
         handler.handle,
         config.host,
         config.port,
+        ssl=tls_context(config),
         process_request=handler.process_request,
         compression=None,  # output is streamed at hundreds of MB/s; deflate would cap it
         max_size=config.max_message_bytes,
@@ -235,6 +247,23 @@ async def start_server(config: HandlerConfig) -> tuple[Handler, Server]:
         write_limit=1 << 20,
     )
     return handler, server
+
+
+def tls_context(config: HandlerConfig) -> ssl.SSLContext | None:
+    """The server side of ``wss://``, or None for plain ``ws://``."""
+    if not config.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(
+            f"--tls-cert/--tls-key: could not load {config.tls_cert} with {config.tls_key} ({reason}); "
+            "give a PEM certificate and its private key."
+        ) from None
+    return context
 
 
 def bound_port(server: Server) -> int:
@@ -251,7 +280,20 @@ async def run_forever(config: HandlerConfig, ready: asyncio.Event | None = None)
         log.warning("stopped %d process(es) left running by a previous handler that died", swept)
     handler, server = await start_server(config)
     port = bound_port(server)
-    print(f"ccx handler listening on ws://{config.host}:{port}{WS_PATH} (allow: {config.allow.describe()})", flush=True)
+    print(
+        f"ccx handler listening on {config.scheme}://{config.host}:{port}{WS_PATH} "
+        f"(allow: {config.allow.describe()}; {config.token_source or 'no token'})",
+        flush=True,
+    )
+    if config.no_token:
+        log.warning("running without a token (--no-token): any local user can run commands as this user")
+    if config.allow.allow_all:
+        log.warning("the allowlist is '*': any executable may run, with any environment")
+    if not is_loopback(config.host) and not config.tls_cert:
+        log.warning(
+            "listening on %s without TLS: the token travels in clear; use --tls-cert/--tls-key across machines",
+            config.host,
+        )
     log.info("handler %s listening on %s:%d max_concurrent=%d", __version__, config.host, port, config.max_concurrent)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

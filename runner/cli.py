@@ -21,10 +21,11 @@ import click
 import orjson
 import redis
 
+from handler.config import ConfigError
 from runner import events
 from runner.cancel import UnknownTask
 from runner.client import RedisUnavailable, Runner
-from runner.config import DEFAULT_REDIS_URL, Settings, redact_url
+from runner.config import DEFAULT_REDIS_URL, Settings, check_handler_url, check_redis_url, redact_url
 from runner.render import Renderer, summary
 from runner.spec import SpecError
 from runner.stack import LocalStack, StackError, default_data_dir
@@ -351,15 +352,13 @@ def worker(standby: bool, burst: bool, redis_url: str | None, queue: str | None,
     from runner.worker import WorkerLocked, run_worker
 
     level = os.environ.get("CCX_LOG_LEVEL", "INFO").upper()
+    if not isinstance(logging.getLevelName(level), int):
+        raise ConfigError(f"CCX_LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, not {level!r}.")
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    base = Settings.from_env()
-    settings = Settings(
-        **{
-            **base.__dict__,
-            **({"redis_url": redis_url} if redis_url else {}),
-            **({"queue": queue} if queue else {}),
-            **({"handler_url": handler_url} if handler_url else {}),
-        }
+    settings = Settings.from_env().replace(
+        redis_url=check_redis_url(redis_url, "--redis-url") if redis_url else None,
+        queue=queue,
+        handler_url=check_handler_url(handler_url, "--handler-url") if handler_url else None,
     )
     try:
         sys.exit(run_worker(settings, standby=standby, burst=burst, logging_level=level))
@@ -390,16 +389,21 @@ def dashboard(args: tuple[str, ...]) -> None:
     sys.exit(dashboard_main(list(args), prog="ccx dashboard"))
 
 
+PORT = click.IntRange(0, 65535)
+
+
 @main.command()
 @click.option("--redis-url", envvar=["CCX_REDIS_URL", "REDIS_URL"], help="use this Redis instead of an embedded one.")
-@click.option("--redis-port", type=int, default=6379, show_default=True, help="port of the embedded Redis.")
+@click.option("--redis-port", type=PORT, default=6379, show_default=True, help="port of the embedded Redis.")
 @click.option(
     "--data-dir",
     type=click.Path(path_type=Path),
     help="where the embedded Redis keeps its data (default ~/.local/share/cc-execute).",
 )
-@click.option("--handler-port", type=int, default=8765, show_default=True)
-@click.option("--token", envvar="CCX_HANDLER_TOKEN", help="handler token (CCX_HANDLER_TOKEN).")
+@click.option("--handler-port", type=PORT, default=8765, show_default=True)
+@click.option(
+    "--token", envvar="CCX_HANDLER_TOKEN", help="handler token (CCX_HANDLER_TOKEN; default: the handler's token file)."
+)
 @click.option(
     "--allow",
     default="*",
@@ -407,7 +411,11 @@ def dashboard(args: tuple[str, ...]) -> None:
     help="executables the handler may run ('*' = any; the stack binds loopback only).",
 )
 @click.option(
-    "--dashboard-port", type=int, default=8766, show_default=True, help="port of the live dashboard (-1: none)."
+    "--dashboard-port",
+    type=click.IntRange(-1, 65535),
+    default=8766,
+    show_default=True,
+    help="port of the live dashboard (-1: none).",
 )
 @queue_option
 @friendly_errors
@@ -421,21 +429,32 @@ def up(
     dashboard_port: int,
     queue: str | None,
 ) -> None:
-    """Run the local stack in the foreground: Redis, the handler, one worker and the dashboard. Ctrl-C stops it all."""
-    from runner.stack import RedisServer
+    """Run the local stack in the foreground: Redis, the handler, one worker and the dashboard. Ctrl-C stops it all.
+
+    Every part needs a secret, kept in private files (mode 600) under
+    ~/.config/cc-execute and made on first use: the embedded Redis's password,
+    the handler's token, the dashboard's token. Clients on this machine find
+    them there; nothing needs to be copied by hand.
+    """
+    from handler.__main__ import default_token_file
+    from handler.secretfile import DASHBOARD_TOKEN_FILE, REDIS_PASSWORD_FILE, config_dir, load_or_create
+    from runner.stack import RedisServer, remove_stack_file, write_stack_file
 
     data_dir = data_dir or default_data_dir()
+    secrets_dir = config_dir()
     stack = LocalStack(
-        redis_url=redis_url,
+        redis_url=check_redis_url(redis_url, "--redis-url") if redis_url else None,
         handler_port=handler_port,
-        handler_token=token,
+        handler_token=token or load_or_create(default_token_file()),
         allow=allow,
         queue=queue or "ccx",
         worker_output=None,
         dashboard_port=None if dashboard_port < 0 else dashboard_port,
+        dashboard_token=load_or_create(secrets_dir / DASHBOARD_TOKEN_FILE) if dashboard_port >= 0 else None,
     )
     if redis_url is None:
-        stack.redis = RedisServer(data_dir / "redis", port=redis_port)
+        password = load_or_create(secrets_dir / REDIS_PASSWORD_FILE, "Redis password")
+        stack.redis = RedisServer(data_dir / "redis", port=redis_port, password=password)
     stopping = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())
@@ -444,20 +463,37 @@ def up(
             stack.redis.start()
             stack.redis_url = stack.redis.url
         stack.start()
-        click.echo(
-            f"redis    {redact_url(stack.redis_url or '')}"
-            + (f"  (embedded, data in {data_dir})" if stack.redis else "")
-        )
-        click.echo(f"handler  {stack.handler_url}  (allow: {allow})")
-        click.echo(f"worker   queue '{stack.queue}'")
+        stack_path = write_stack_file(stack)
+        rows = [
+            ("redis", redact_url(stack.redis_url or ""), f"embedded, data in {data_dir}" if stack.redis else ""),
+            ("handler", stack.handler_url, f"allow: {allow}"),
+            ("worker", f"queue '{stack.queue}'", ""),
+        ]
         if stack.dashboard_url:
-            click.echo(f"dashboard {stack.dashboard_url}")
+            login = stack.dashboard_login_url if sys.stdout.isatty() else stack.dashboard_url
+            rows.append(
+                ("dashboard", login, "" if sys.stdout.isatty() else f"token in {secrets_dir / DASHBOARD_TOKEN_FILE}")
+            )
+        width = max(len(name) for name, _, _ in rows)
+        for name, where, note in rows:
+            click.echo(f"{name:<{width}}  {where}" + (f"  ({note})" if note else ""))
+        click.echo(
+            f"secrets in {secrets_dir} (mode 600); clients on this machine find the stack through {stack_path}",
+            err=True,
+        )
+        if allow == "*":
+            click.echo(
+                "note: the handler may run any executable ('--allow *'): fine for a one-user machine, since only "
+                "holders of its token can reach it; use --allow to narrow it.",
+                err=True,
+            )
         click.echo("ready — submit with `ccx run ...`; Ctrl-C stops everything.", err=True)
         while not stopping.wait(0.5):
             for name, proc in (("handler", stack.handler), ("worker", stack.worker), ("dashboard", stack.dashboard)):
                 if proc is not None and proc.poll() is not None:
                     raise StackError(f"The {name} exited unexpectedly (code {proc.returncode}); stopping the stack.")
     finally:
+        remove_stack_file()
         stack.stop()
         click.echo("stopped.", err=True)
 

@@ -19,7 +19,7 @@ from rq.serializers import JSONSerializer
 
 from runner import events
 from runner.cancel import cancel_task, fetch_job
-from runner.config import Settings, redact_url, redis_client
+from runner.config import Settings, check_redis_url, redact_url, redis_client
 from runner.spec import TaskResult, TaskSpec
 from runner.store import TaskRecord, TaskStore
 
@@ -65,13 +65,8 @@ class Runner:
     def __init__(
         self, redis_url: str | None = None, queue: str | None = None, settings: Settings | None = None
     ) -> None:
-        base = settings or Settings.from_env()
-        self.settings = Settings(
-            **{
-                **base.__dict__,
-                **({"redis_url": redis_url} if redis_url else {}),
-                **({"queue": queue} if queue else {}),
-            }
+        self.settings = (settings or Settings.from_env()).replace(
+            redis_url=check_redis_url(redis_url, "redis_url") if redis_url else None, queue=queue
         )
         self.redis = redis_client(self.settings.redis_url)
         self.queue = Queue(self.settings.queue, connection=self.redis, serializer=JSONSerializer)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from handler.config import ConfigError, parse_flag, parse_int, parse_seconds
+from handler.secretfile import read_secret
 from runner import events
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -25,12 +29,52 @@ def _env(*names: str, default: str | None = None) -> str | None:
     return default
 
 
+def _named(*names: str) -> tuple[str | None, str]:
+    """The first set variable of ``names``, and its name (for messages)."""
+    for name in names:
+        value = os.environ.get(name)
+        if value:
+            return value, name
+    return None, names[0]
+
+
+def check_redis_url(url: str, name: str) -> str:
+    scheme = urlsplit(url).scheme
+    if scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(
+            f"{name} must be a redis://, rediss:// or unix:// URL (e.g. redis://127.0.0.1:6379/0), not {redact_url(url)!r}."
+        )
+    return url
+
+
+def check_handler_url(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ConfigError(f"{name} must be a ws:// or wss:// URL such as ws://127.0.0.1:8765/ws, not {url!r}.")
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ConfigError(f"{name} has a bad port: {url!r}; use e.g. ws://127.0.0.1:8765/ws.") from None
+    return url
+
+
+def default_handler_token() -> str | None:
+    """The token the handler on this machine made for itself (its private file), if there is one."""
+    from handler.__main__ import default_token_file
+
+    return read_secret(default_token_file())
+
+
 @dataclass(frozen=True)
 class Settings:
     redis_url: str = DEFAULT_REDIS_URL
     queue: str = DEFAULT_QUEUE
     handler_url: str = DEFAULT_HANDLER_URL
-    handler_token: str | None = None
+    handler_token: str | None = field(default=None, repr=False)
+    handler_ca: str | None = None
+    """A CA bundle (PEM) that signs the handler's certificate, for ``wss://``; default: the system store."""
+    allow_insecure: bool = False
+    """Send the handler's token over plain ``ws://`` to a host that is not this machine (CCX_ALLOW_INSECURE)."""
     output_limit: int = 1_000_000
     """Characters of output kept in a result (the tail); the full output stays in the task's log."""
     log_maxlen: int = events.DEFAULT_LOG_MAXLEN
@@ -40,16 +84,38 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> Settings:
+        """Settings from the environment; a bad value raises :class:`ConfigError` naming the variable."""
+        redis_url, redis_name = _named("CCX_REDIS_URL", "REDIS_URL")
+        if redis_url is None:
+            from runner.stack import running_stack_redis_url
+
+            redis_url = running_stack_redis_url() or DEFAULT_REDIS_URL
+        handler_url, handler_name = _named("CCX_HANDLER_URL")
+        output_limit = _env("CCX_OUTPUT_LIMIT")
+        log_maxlen = _env("CCX_LOG_MAXLEN")
+        log_ttl = _env("CCX_LOG_TTL")
+        lock_ttl = _env("CCX_WORKER_LOCK_TTL")
+        insecure = _env("CCX_ALLOW_INSECURE")
         return cls(
-            redis_url=_env("CCX_REDIS_URL", "REDIS_URL", default=DEFAULT_REDIS_URL) or DEFAULT_REDIS_URL,
+            redis_url=check_redis_url(redis_url, redis_name),
             queue=_env("CCX_QUEUE", default=DEFAULT_QUEUE) or DEFAULT_QUEUE,
-            handler_url=_env("CCX_HANDLER_URL", default=DEFAULT_HANDLER_URL) or DEFAULT_HANDLER_URL,
+            handler_url=check_handler_url(handler_url, handler_name) if handler_url else DEFAULT_HANDLER_URL,
             handler_token=_env("CCX_HANDLER_TOKEN"),
-            output_limit=int(_env("CCX_OUTPUT_LIMIT", default="1000000") or 1_000_000),
-            log_maxlen=int(_env("CCX_LOG_MAXLEN", default=str(events.DEFAULT_LOG_MAXLEN)) or events.DEFAULT_LOG_MAXLEN),
-            log_ttl=int(_env("CCX_LOG_TTL", default=str(events.DEFAULT_LOG_TTL)) or events.DEFAULT_LOG_TTL),
-            lock_ttl=float(_env("CCX_WORKER_LOCK_TTL", default="30") or 30),
+            handler_ca=_env("CCX_HANDLER_CA"),
+            allow_insecure=parse_flag(insecure, "CCX_ALLOW_INSECURE") if insecure else False,
+            output_limit=parse_int(output_limit, "CCX_OUTPUT_LIMIT", 1) if output_limit else 1_000_000,
+            log_maxlen=parse_int(log_maxlen, "CCX_LOG_MAXLEN", 1) if log_maxlen else events.DEFAULT_LOG_MAXLEN,
+            log_ttl=parse_int(log_ttl, "CCX_LOG_TTL", 1) if log_ttl else events.DEFAULT_LOG_TTL,
+            lock_ttl=parse_seconds(lock_ttl, "CCX_WORKER_LOCK_TTL", positive=True) if lock_ttl else 30.0,
         )
+
+    def with_local_token(self) -> Settings:
+        """With the token file of this machine's handler when no token was given (the worker's case)."""
+        return self if self.handler_token else self.replace(handler_token=default_handler_token())
+
+    def replace(self, **changes: object) -> Settings:
+        """These settings with the given fields changed (None values are ignored: "not given")."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
 PATIENT_RETRIES = 12

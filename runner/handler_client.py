@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
+from handler.config import ConfigError, is_loopback
 from handler.protocol import (
     CANCEL,
     EXECUTE,
@@ -45,6 +49,49 @@ class HandlerError(Exception):
         self.message = message
 
 
+def check_transport(url: str, token: str | None, allow_insecure: bool = False) -> None:
+    """Refuse to send a token in clear to another machine: raise :class:`ConfigError` saying what to do."""
+    parts = urlsplit(url)
+    if parts.scheme == "ws" and token and not is_loopback(parts.hostname or "") and not allow_insecure:
+        raise ConfigError(
+            f"Refusing to send the handler token over plain ws:// to {parts.hostname}: anyone on the network "
+            "could read it. Serve the handler with --tls-cert/--tls-key and use a wss:// URL "
+            "(or set CCX_ALLOW_INSECURE=1 on a network you trust)."
+        )
+
+
+def tls_context(url: str, ca: str | None = None) -> ssl.SSLContext | None:
+    """The client side of ``wss://``: the system's CAs, or only ``ca`` when given; None for ``ws://``."""
+    if urlsplit(url).scheme != "wss":
+        return None
+    try:
+        return ssl.create_default_context(cafile=ca)
+    except (OSError, ssl.SSLError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"CCX_HANDLER_CA: could not load {ca} ({reason}); give a PEM CA certificate.") from None
+
+
+def _connect_options(url: str, token: str | None, ca: str | None, allow_insecure: bool) -> dict[str, Any]:
+    check_transport(url, token, allow_insecure)
+    options: dict[str, Any] = {"additional_headers": {"Authorization": f"Bearer {token}"} if token else None}
+    context = tls_context(url, ca)
+    if context is not None:
+        options["ssl"] = context
+    return options
+
+
+def _unreachable(url: str, exc: BaseException) -> HandlerUnavailable:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return HandlerUnavailable(
+            f"The handler at {url} presented a certificate this worker does not trust ({exc.verify_message}): "
+            "set CCX_HANDLER_CA to the CA that signed it."
+        )
+    cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else (str(exc) or type(exc).__name__)
+    return HandlerUnavailable(
+        f"Could not reach the handler at {url} ({cause}): start it with `ccx handler` (or `ccx up`), or set CCX_HANDLER_URL."
+    )
+
+
 async def execute_remote(
     url: str,
     params: ExecuteParams,
@@ -54,17 +101,19 @@ async def execute_remote(
     on_started: OnStarted | None = None,
     cancel: asyncio.Event | None = None,
     open_timeout: float = 10.0,
+    ca: str | None = None,
+    allow_insecure: bool = False,
 ) -> ExecuteResult:
     """Run ``params`` on the handler at ``url`` and return its outcome; output goes to ``on_output``.
 
     Setting ``cancel`` asks the handler to stop the run; the result then says ``cancelled``.
     Leaving (e.g. this task being cancelled) closes the connection, and the handler kills the run.
     """
-    headers = {"Authorization": f"Bearer {token}"} if token else None
+    options = _connect_options(url, token, ca, allow_insecure)
     try:
         connection = await connect(
             url,
-            additional_headers=headers,
+            **options,
             compression=None,
             max_size=64 * 1024 * 1024,
             open_timeout=open_timeout,
@@ -73,19 +122,9 @@ async def execute_remote(
             max_queue=4,  # frames buffered before backpressure reaches the handler: each may be ~1 MB
         )
     except InvalidStatus as exc:
-        status = exc.response.status_code
-        if status == 401:
-            raise HandlerUnavailable(
-                f"The handler at {url} refused the connection (HTTP 401): set CCX_HANDLER_TOKEN to the handler's token."
-            ) from None
-        raise HandlerUnavailable(
-            f"The handler at {url} answered HTTP {status}: check CCX_HANDLER_URL (it ends in /ws)."
-        ) from None
+        raise _refused(url, exc.response.status_code) from None
     except (OSError, TimeoutError, InvalidURI, InvalidHandshake) as exc:
-        cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else (str(exc) or type(exc).__name__)
-        raise HandlerUnavailable(
-            f"Could not reach the handler at {url} ({cause}): start it with `ccx handler` (or `ccx up`), or set CCX_HANDLER_URL."
-        ) from None
+        raise _unreachable(url, exc) from None
 
     async with connection:
         await connection.send(request(EXECUTE, params.to_params(), EXECUTE_ID), text=True)
@@ -121,18 +160,32 @@ async def execute_remote(
                     await watcher
 
 
-async def probe_handler(url: str, token: str | None = None, open_timeout: float = 2.0) -> None:
+def _refused(url: str, status: int) -> HandlerUnavailable:
+    if status == 401:
+        return HandlerUnavailable(
+            f"The handler at {url} refused the connection (HTTP 401): set CCX_HANDLER_TOKEN to the handler's token."
+        )
+    return HandlerUnavailable(f"The handler at {url} answered HTTP {status}: check CCX_HANDLER_URL (it ends in /ws).")
+
+
+async def probe_handler(
+    url: str,
+    token: str | None = None,
+    open_timeout: float = 2.0,
+    ca: str | None = None,
+    allow_insecure: bool = False,
+) -> None:
     """Connect, ask one harmless question (a ``cancel`` of no run), read the answer; raise
     :class:`HandlerUnavailable` if the handler cannot be reached or refuses us."""
-    headers = {"Authorization": f"Bearer {token}"} if token else None
+    options = _connect_options(url, token, ca, allow_insecure)
     try:
-        async with connect(url, additional_headers=headers, compression=None, open_timeout=open_timeout) as connection:
+        async with connect(url, **options, compression=None, open_timeout=open_timeout) as connection:
             await connection.send(request(CANCEL, {"id": "probe"}, CANCEL_ID), text=True)
             orjson.loads(await asyncio.wait_for(connection.recv(decode=False), open_timeout))
     except InvalidStatus as exc:
-        raise HandlerUnavailable(f"The handler at {url} answered HTTP {exc.response.status_code}.") from None
+        raise _refused(url, exc.response.status_code) from None
     except (OSError, TimeoutError, InvalidURI, InvalidHandshake, ConnectionClosed) as exc:
-        raise HandlerUnavailable(f"Could not reach the handler at {url} ({exc or type(exc).__name__}).") from None
+        raise _unreachable(url, exc) from None
 
 
 async def _forward_cancel(connection: object, cancel: asyncio.Event) -> None:

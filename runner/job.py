@@ -19,6 +19,7 @@ import redis
 from rq import get_current_job
 from rq.job import Job
 
+from handler.config import ConfigError
 from handler.memory import pin_malloc_thresholds
 from handler.protocol import EXECUTABLE_NOT_ALLOWED, EXECUTABLE_NOT_FOUND, ExecuteParams, ExecuteResult
 from runner import events
@@ -33,6 +34,21 @@ from runner.store import TaskStore
 log = logging.getLogger("ccx.runner")
 
 _PR_SET_PDEATHSIG = 1
+
+
+_settings: Settings | None = None
+"""The worker's settings, set before it forks: every work-horse inherits them (one path, not the environment)."""
+
+
+def configure(settings: Settings) -> None:
+    """Called by the worker once its settings are final (flags over environment over token file)."""
+    global _settings
+    _settings = settings
+
+
+def current_settings() -> Settings:
+    """The worker's settings; a plain ``rq worker`` running our jobs reads them from the environment."""
+    return _settings if _settings is not None else Settings.from_env().with_local_token()
 
 
 class TaskFailed(Exception):
@@ -58,7 +74,7 @@ def run_task(spec_data: dict) -> dict:
     if job.connection is None:
         raise RuntimeError("the job has no Redis connection")
     die_with_parent()
-    settings = Settings.from_env()
+    settings = current_settings()
     store = TaskStore(job.connection, settings.log_maxlen, settings.log_ttl)
     try:
         result = run_job(job, spec_data, settings, store)
@@ -139,7 +155,13 @@ async def relay(task_id: str, spec: TaskSpec, settings: Settings, job_key: str |
     error: str | None = None
     try:
         execute_result = await execute_remote(
-            settings.handler_url, params, on_output, token=settings.handler_token, cancel=cancel
+            settings.handler_url,
+            params,
+            on_output,
+            token=settings.handler_token,
+            cancel=cancel,
+            ca=settings.handler_ca,
+            allow_insecure=settings.allow_insecure,
         )
     except HandlerError as exc:
         if exc.code == EXECUTABLE_NOT_FOUND:
@@ -148,7 +170,7 @@ async def relay(task_id: str, spec: TaskSpec, settings: Settings, job_key: str |
             error = exc.message
         else:
             error = f"The handler could not run the task: {exc.message}"
-    except HandlerUnavailable as exc:
+    except (HandlerUnavailable, ConfigError) as exc:
         error = str(exc)
     except redis.RedisError as exc:
         error = f"Lost the connection to Redis while streaming the task's output ({exc}); the task was stopped."
@@ -228,8 +250,13 @@ def warm_up(settings: Settings, rounds: int = 20) -> str | None:
             finally:
                 await client.aclose()
             try:
-                await probe_handler(settings.handler_url, settings.handler_token)
-            except HandlerUnavailable as exc:
+                await probe_handler(
+                    settings.handler_url,
+                    settings.handler_token,
+                    ca=settings.handler_ca,
+                    allow_insecure=settings.allow_insecure,
+                )
+            except (HandlerUnavailable, ConfigError) as exc:
                 return str(exc)
         return problem
 

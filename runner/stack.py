@@ -20,7 +20,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import orjson
 import redis
+
+from handler.secretfile import config_dir, new_secret, read_secret, write_private
 
 _PR_SET_PDEATHSIG = 1
 
@@ -76,25 +79,33 @@ def _wait(predicate: object, deadline: float, what: str, proc: subprocess.Popen[
 
 @dataclass
 class RedisServer:
-    """A real ``redis-server`` on loopback with append-only persistence in ``data_dir``."""
+    """A real ``redis-server`` on loopback with append-only persistence in ``data_dir``.
+
+    It always has a password (``requirepass``), random unless given: a local user without
+    it can neither submit nor read tasks. The password reaches the server on its standard
+    input, never its command line (which every user can read in ``ps``).
+    """
 
     data_dir: Path
     port: int = 0
     appendonly: bool = True
     binary: str = field(default_factory=find_redis_server)
     proc: subprocess.Popen[bytes] | None = None
+    password: str = field(default_factory=new_secret, repr=False)
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 15.0) -> RedisServer:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.data_dir, 0o700)  # the append-only file holds every task, env included
         for attempt in range(5):
             port = self.port or free_port()
             self.proc = subprocess.Popen(
                 [
                     self.binary,
+                    "-",  # the rest of the configuration (the password) comes on stdin
                     "--port", str(port),
                     "--bind", "127.0.0.1",
                     "--dir", str(self.data_dir),
@@ -107,12 +118,17 @@ class RedisServer:
                     "--daemonize", "no",
                     "--logfile", str(self.data_dir / "redis.log"),
                 ],
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
                 preexec_fn=_die_with_parent,
             )  # fmt: skip
-            client = redis.Redis(port=port, socket_connect_timeout=0.5)
+            assert self.proc.stdin is not None
+            with contextlib.suppress(BrokenPipeError):
+                self.proc.stdin.write(f'requirepass "{self.password}"\n'.encode())
+            with contextlib.suppress(BrokenPipeError):
+                self.proc.stdin.close()
+            client = redis.Redis(port=port, password=self.password, socket_connect_timeout=0.5)
             try:
                 _wait(lambda c=client: _pings(c), time.monotonic() + timeout, "The Redis server", self.proc)
             except StackError:
@@ -181,9 +197,12 @@ class LocalStack:
     """Also run the dashboard on this port (0: any free one); None: no dashboard."""
     dashboard: subprocess.Popen[bytes] | None = None
     dashboard_url: str = ""
+    dashboard_token: str | None = field(default=None, repr=False)
     _tmp: tempfile.TemporaryDirectory[str] | None = None
 
     def start(self, timeout: float = 20.0) -> LocalStack:
+        if not self.handler_token:
+            self.handler_token = new_secret()  # the handler and worker of this stack share it; nobody else has it
         try:
             if self.redis_url is None:
                 if self.data_dir is None:
@@ -206,6 +225,8 @@ class LocalStack:
         env.pop("REDIS_URL", None)
         if self.handler_token:
             env["CCX_HANDLER_TOKEN"] = self.handler_token
+        if self.dashboard_token:
+            env["CCX_DASHBOARD_TOKEN"] = self.dashboard_token
         return env
 
     def _spawn(
@@ -244,10 +265,18 @@ class LocalStack:
             raise StackError(f"The worker did not start: {line.strip()}")
 
     def start_dashboard(self, timeout: float) -> None:
+        if not self.dashboard_token:
+            self.dashboard_token = new_secret()
         args = ["--host", "127.0.0.1", "--port", str(self.dashboard_port)]
         self.dashboard, line = self._spawn("The dashboard", _python_module("runner.dashboard", *args), timeout)
-        # "ccx dashboard on http://127.0.0.1:PORT/"
+        # "ccx dashboard on http://127.0.0.1:PORT/ (...)"
         self.dashboard_url = line.split(" on ", 1)[1].split()[0]
+
+    @property
+    def dashboard_login_url(self) -> str:
+        from runner.dashboard.server import login_url
+
+        return login_url(self.dashboard_url, self.dashboard_token or "") if self.dashboard_url else ""
 
     def stop(self) -> None:
         """Stop the dashboard and the worker first (nothing new starts), then the handler, then Redis."""
@@ -281,3 +310,51 @@ def _read_line(proc: subprocess.Popen[bytes], timeout: float, what: str) -> str:
         proc.wait(5)
         raise StackError(f"{what} exited with code {proc.returncode} while starting.")
     return line
+
+
+STACK_FILE = "stack.json"
+"""While ``ccx up`` runs, where it says how to reach it (a private file: the Redis URL holds the password)."""
+
+
+def stack_file() -> Path:
+    return config_dir() / STACK_FILE
+
+
+def write_stack_file(stack: LocalStack) -> Path:
+    path = stack_file()
+    info = {
+        "pid": os.getpid(),
+        "redis_url": stack.redis_url,
+        "handler_url": stack.handler_url,
+        "dashboard_url": stack.dashboard_url,
+        "queue": stack.queue,
+    }
+    write_private(path, orjson.dumps(info).decode() + "\n")
+    return path
+
+
+def remove_stack_file() -> None:
+    """Remove the stack file if it is this process's."""
+    path = stack_file()
+    with contextlib.suppress(OSError, ValueError):
+        if orjson.loads(path.read_bytes()).get("pid") == os.getpid():
+            path.unlink()
+
+
+def running_stack_redis_url() -> str | None:
+    """The Redis URL of the ``ccx up`` running on this machine for this user, if one is running."""
+    try:
+        text = read_secret(stack_file(), "stack")
+        info = orjson.loads(text) if text else None
+    except (ValueError, OSError):  # unreadable or not ours: as if no stack ran
+        return None
+    if not isinstance(info, dict) or not isinstance(info.get("pid"), int):
+        return None
+    try:
+        os.kill(info["pid"], 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    url = info.get("redis_url")
+    return url if isinstance(url, str) else None

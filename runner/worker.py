@@ -30,7 +30,8 @@ from rq.serializers import JSONSerializer
 from runner import events
 from runner.cancel import cancel_dependents
 from runner.config import PATIENT_RETRIES, Settings, redact_url, redis_client
-from runner.job import warm_up
+from runner.handler_client import check_transport, tls_context
+from runner.job import configure, warm_up
 from runner.spec import TaskResult
 from runner.store import TaskStore
 
@@ -203,6 +204,10 @@ def run_worker(settings: Settings, *, standby: bool = False, burst: bool = False
     # `finally` below, or the lock would outlive this process by its whole TTL.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _stop_before_work)
+    settings = settings.with_local_token()
+    check_transport(settings.handler_url, settings.handler_token, settings.allow_insecure)
+    tls_context(settings.handler_url, settings.handler_ca)  # a bad CA file is a bad setting: say so now
+    configure(settings)
     client = redis_client(settings.redis_url, retries=PATIENT_RETRIES)
     client.ping()
     store = TaskStore(client, settings.log_maxlen, settings.log_ttl)

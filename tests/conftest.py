@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -79,3 +80,14 @@ def runner(stack: LocalStack) -> Iterator[Runner]:
 
 __all__ = ["wait_until"]
 os.environ.pop("CLAUDECODE", None)
+
+# Token files, the Redis password and the stack file go to a directory of this run's own,
+# never the user's ~/.config (every process the tests start inherits this).
+_CONFIG_DIR = tempfile.TemporaryDirectory(prefix="ccx-test-config-")
+os.environ["CCX_CONFIG_DIR"] = _CONFIG_DIR.name
+for _name in ("CCX_HANDLER_TOKEN", "CCX_DASHBOARD_TOKEN", "CCX_HANDLER_TOKEN_FILE", "REDIS_URL", "CCX_REDIS_URL"):
+    os.environ.pop(_name, None)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    _CONFIG_DIR.cleanup()

@@ -1,15 +1,17 @@
 """Who may use the dashboard: the token check, its cookie, and the Host and Origin checks.
 
-Without a token the dashboard binds loopback only, and two checks keep other
-web sites out: the ``Host`` header must name the loopback (so a DNS-rebinding
-page cannot read the API), and a WebSocket's ``Origin`` must be the dashboard
-itself (so a page elsewhere cannot submit or cancel tasks through the browser).
-
-With a token, the browser presents it once (``/?token=…``); the dashboard answers
-with a cookie holding a value derived from the token (never the token itself)
-and redirects to the same address without it. Scripts may send
+The dashboard always has a token (given, or made once in a private file, as
+Jupyter does). The browser presents it once (``/?token=…``, the login URL the
+dashboard prints); the dashboard answers with an ``HttpOnly``, ``SameSite=Strict``
+cookie holding a value derived from the token (never the token itself) and
+redirects to the same address without it. Scripts may send
 ``Authorization: Bearer <token>`` instead. Every comparison is constant-time,
 and the token is never logged or echoed.
+
+Two more checks keep other web sites out: bound to loopback, the ``Host`` header
+must name the loopback (a DNS-rebinding page cannot talk to it), and a
+WebSocket's ``Origin`` must be the dashboard itself. Submit and cancel travel only
+over that WebSocket, so every state-changing request passes both checks.
 """
 
 from __future__ import annotations
@@ -91,8 +93,8 @@ class Auth:
         return f"ccx_dashboard_{self.port}"
 
     def host_allowed(self, headers: Headers) -> bool:
-        """Without a token only loopback names are served (a defence against DNS rebinding)."""
-        if self.token:
+        """Bound to loopback (or without a token), only loopback names are served: a defence against DNS rebinding."""
+        if self.token and not is_loopback(self.bind_host):
             return True
         name = host_name(headers.get("Host", ""))
         return name in LOOPBACK_NAMES or is_loopback(name) or name == self.bind_host.lower()
@@ -128,7 +130,7 @@ class Auth:
             if not token_matches(supplied[-1], self.token):
                 return Decision(Verdict.LOGIN, wrong_token=True)
             rest = urlencode([(name, value) for name, value in query if name != TOKEN_PARAM])
-            cookie = f"{self.cookie_name}={self._session}; Path=/; HttpOnly; SameSite=Lax; Max-Age={COOKIE_MAX_AGE}"
+            cookie = f"{self.cookie_name}={self._session}; Path=/; HttpOnly; SameSite=Strict; Max-Age={COOKIE_MAX_AGE}"
             return Decision(
                 Verdict.REDIRECT, location=(parts.path or "/") + (f"?{rest}" if rest else ""), set_cookie=cookie
             )

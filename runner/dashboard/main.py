@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 
-from runner.config import Settings
+from handler.config import ConfigError, parse_port
+from handler.secretfile import DASHBOARD_TOKEN_FILE, config_dir, load_or_create
+from runner.config import Settings, check_redis_url
 from runner.dashboard.server import DEFAULT_HOST, DEFAULT_PORT, DashboardConfig, run
 
 
@@ -19,18 +22,14 @@ def build_parser(prog: str = "python -m runner.dashboard") -> argparse.ArgumentP
         default=os.environ.get("CCX_DASHBOARD_HOST") or DEFAULT_HOST,
         help="address to bind (CCX_DASHBOARD_HOST; default 127.0.0.1; any other needs a token)",
     )
-    parser.add_argument(
-        "--port",
-        type=int,
-        default=int(os.environ.get("CCX_DASHBOARD_PORT") or DEFAULT_PORT),
-        help="port, 0 for any free one (CCX_DASHBOARD_PORT; default 8766)",
-    )
+    parser.add_argument("--port", help="port, 0 for any free one (CCX_DASHBOARD_PORT; default 8766)")
     parser.add_argument("--redis-url", help="Redis URL (CCX_REDIS_URL / REDIS_URL; default redis://127.0.0.1:6379/0)")
     parser.add_argument("--queue", help="queue to show and submit to (CCX_QUEUE; default ccx)")
     parser.add_argument(
         "--token",
         default=os.environ.get("CCX_DASHBOARD_TOKEN") or None,
-        help="token the browser must present once as ?token=… (CCX_DASHBOARD_TOKEN); required off loopback",
+        help="token the browser must present once as ?token=… (CCX_DASHBOARD_TOKEN); "
+        "default: the private file ~/.config/cc-execute/dashboard.token, made if missing",
     )
     parser.add_argument("--log-level", default=os.environ.get("CCX_LOG_LEVEL", "INFO"), help="logging level")
     return parser
@@ -38,15 +37,27 @@ def build_parser(prog: str = "python -m runner.dashboard") -> argparse.ArgumentP
 
 def main(argv: list[str] | None = None, prog: str = "python -m runner.dashboard") -> int:
     args = build_parser(prog).parse_args(argv)
+    args.port_given = args.port is not None
+    if args.port is None:
+        args.port = os.environ.get("CCX_DASHBOARD_PORT") or str(DEFAULT_PORT)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # websockets logs every handshake and request path; the path can carry the token once.
     logging.getLogger("websockets").setLevel(logging.ERROR)
-    settings = Settings.from_env()
-    config = DashboardConfig(
-        host=args.host,
-        port=args.port,
-        redis_url=args.redis_url or settings.redis_url,
-        queue=args.queue or settings.queue,
-        token=args.token or None,
-    )
+    try:
+        settings = Settings.from_env()
+        token, source = args.token, "token from --token or CCX_DASHBOARD_TOKEN"
+        if not token:
+            path = config_dir() / DASHBOARD_TOKEN_FILE
+            token, source = load_or_create(path), f"token in {path}"
+        config = DashboardConfig(
+            host=args.host,
+            port=parse_port(args.port, "--port" if args.port_given else "CCX_DASHBOARD_PORT"),
+            redis_url=check_redis_url(args.redis_url, "--redis-url") if args.redis_url else settings.redis_url,
+            queue=args.queue or settings.queue,
+            token=token,
+            token_source=source,
+        )
+    except ConfigError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
     return run(config)

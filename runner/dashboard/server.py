@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from importlib import resources
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import orjson
 import redis
@@ -36,11 +36,10 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from handler.config import is_loopback
 from runner.client import RedisUnavailable, Runner
 from runner.config import redact_url
 from runner.dashboard import logview
-from runner.dashboard.auth import Auth, Verdict
+from runner.dashboard.auth import TOKEN_PARAM, Auth, Verdict
 from runner.dashboard.data import TASK_ID, Reader
 from runner.dashboard.live import Hub, Session
 
@@ -74,12 +73,19 @@ class DashboardConfig:
     queue: str = "ccx"
     token: str | None = None
 
+    token_source: str = ""
+    """Where the token came from (for the banner; never the token itself)."""
+
     def check(self) -> None:
-        if not is_loopback(self.host) and not self.token:
+        if not self.token:
             raise DashboardError(
-                f"Refusing to serve the dashboard on {self.host} without a token: anyone who can reach it could "
-                "submit and cancel tasks. Set CCX_DASHBOARD_TOKEN (or --token), or bind 127.0.0.1."
+                "The dashboard needs a token: pass --token, set CCX_DASHBOARD_TOKEN, or let it use its token file."
             )
+
+
+def login_url(url: str, token: str) -> str:
+    """The address that logs a browser in: the token once in the query, swapped for a cookie at once."""
+    return f"{url}?{urlencode({TOKEN_PARAM: token})}"
 
 
 def url_of(host: str, port: int) -> str:
@@ -239,7 +245,9 @@ async def serve_dashboard(
         hub = asyncio.create_task(dashboard.hub.run())
         try:
             if announce:
-                print(f"ccx dashboard on {url}", flush=True)
+                print(f"ccx dashboard on {url} ({config.token_source or 'token given'})", flush=True)
+                if sys.stdout.isatty():  # as Jupyter does: the user's own terminal gets a URL that logs in
+                    print(f"log in at {login_url(url, config.token or '')}", flush=True)
             log.info("dashboard on %s serving queue %s of %s", url, config.queue, redact_url(config.redis_url))
             if on_ready is not None:
                 ready = on_ready(url)

@@ -56,9 +56,9 @@ def handler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HandlerProcess
         process.stop()
 
 
-async def _exchange(url: str, message: str | bytes) -> dict | None:
+async def _exchange(handler: HandlerProcess, message: str | bytes) -> dict | None:
     """Send one message; return the reply to it, or None if the server closed the connection instead."""
-    client = await Client.connect(url)
+    client = await Client.connect(handler.url, handler.token)
     try:
         await client.send(message)
         while True:
@@ -75,7 +75,7 @@ async def _exchange(url: str, message: str | bytes) -> dict | None:
 @given(message=MESSAGES)
 def test_any_message_gets_an_answer_or_a_close(handler: HandlerProcess, message: str | bytes) -> None:
     """Whatever arrives, the client gets a JSON-RPC answer (or a close); the handler never dies."""
-    reply = arun(_exchange(handler.url, message))
+    reply = arun(_exchange(handler, message))
     assert handler.proc.poll() is None, handler.log_text()
     if reply is not None:
         assert reply.get("jsonrpc") == "2.0"
@@ -94,7 +94,9 @@ def test_thousands_of_dropped_connections_then_a_normal_run(handler: HandlerProc
                 writer.write(b"GET /ws HTTP/1.1\r\nHost: x\r\n")
                 writer.close()
                 return
-            async with connect(handler.url, compression=None, proxy=None) as ws:
+            async with connect(
+                handler.url, compression=None, proxy=None, additional_headers={"Authorization": f"Bearer {handler.token}"}
+            ) as ws:
                 if n % 3 == 1:
                     await ws.send(
                         json.dumps({"jsonrpc": "2.0", "id": n, "method": "execute", "params": {"argv": ["true"]}})
@@ -103,7 +105,7 @@ def test_thousands_of_dropped_connections_then_a_normal_run(handler: HandlerProc
         for start in range(0, 2000, 100):
             await asyncio.gather(*(one(n) for n in range(start, start + 100)), return_exceptions=True)
 
-        async with await Client.connect(handler.url) as client:
+        async with await Client.connect(handler.url, handler.token) as client:
             exchange = await client.run("after", ["true"], within=60)
             assert exchange.result["exit_code"] == 0
 
@@ -115,11 +117,11 @@ def test_huge_messages_are_refused_without_harm(handler: HandlerProcess) -> None
     """A 20 MB message closes that connection (1009); the next client is served normally."""
 
     async def go() -> None:
-        client = await Client.connect(handler.url)
+        client = await Client.connect(handler.url, handler.token)
         with pytest.raises(ConnectionClosed):
             await client.send("x" * (20 * 1024 * 1024))
             await client.receive(timeout=10)
-        async with await Client.connect(handler.url) as again:
+        async with await Client.connect(handler.url, handler.token) as again:
             assert (await again.run(1, ["true"])).result["exit_code"] == 0
 
     arun(go(), timeout=60)

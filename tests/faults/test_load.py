@@ -1,4 +1,9 @@
-"""Load: many tasks from concurrent submitters, each run exactly once, in FIFO order per submitter."""
+"""Load: many tasks from concurrent submitters, each run exactly once, in FIFO order per submitter.
+
+Sized to finish in seconds on a busy 2-core machine (400 tasks); the same check at
+10,000 tasks is ``CCX_LOAD_TASKS=10000 ./scripts/test tests/faults/test_load.py``
+(about 5 minutes on 2 cores), and ``python -m bench --only scale`` measures the rates.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ import orjson
 from runner.client import Runner
 from runner.stack import LocalStack
 
-TASKS = int(os.environ.get("CCX_LOAD_TASKS", "10000"))
+TASKS = int(os.environ.get("CCX_LOAD_TASKS", "400"))
 SUBMITTERS = 8
 
 SUBMITTER = """
@@ -25,7 +30,7 @@ print(orjson.dumps(ids).decode())
 """
 
 
-def test_ten_thousand_tasks_from_eight_submitters_each_run_exactly_once(
+def test_many_tasks_from_eight_submitters_each_run_exactly_once(
     stack: LocalStack, runner: Runner, tmp_path: Path
 ) -> None:
     """Every task runs once (the child appends its name to a file), in FIFO order per submitter; all results readable."""
@@ -41,14 +46,14 @@ def test_ten_thousand_tasks_from_eight_submitters_each_run_exactly_once(
     ]
     ids: dict[int, list[str]] = {}
     for who, proc in enumerate(procs):
-        out, _ = proc.communicate(timeout=600)
+        out, _ = proc.communicate(timeout=120)
         assert proc.returncode == 0
         ids[who] = orjson.loads(out)
     every = [task_id for who in ids for task_id in ids[who]]
     assert len(set(every)) == per * SUBMITTERS
     # Wait for the last submitted task of each submitter; FIFO means everything before it ran too.
     for who in ids:
-        assert runner.handle(ids[who][-1]).result(timeout=1800).success
+        assert runner.handle(ids[who][-1]).result(timeout=60 + TASKS * 0.2).success
     ran = marks.read_text().split()
     assert len(ran) == len(set(ran)) == per * SUBMITTERS, "a task ran twice or not at all"
     for who in ids:

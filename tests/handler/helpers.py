@@ -26,7 +26,8 @@ from typing import Any, TypeVar
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
-from handler.config import Allowlist, HandlerConfig
+from handler.allowlist import Allowlist
+from handler.config import HandlerConfig
 from handler.process import ProcessRun, RunLimits
 from handler.protocol import ExecuteParams, ExecuteResult
 from handler.server import Handler, bound_port, start_server
@@ -35,6 +36,10 @@ from tests.support.processes import pids_with_marker
 T = TypeVar("T")
 
 PY = sys.executable
+TOKEN = f"test-token-{uuid.uuid4().hex}"
+"""The token of in-process handlers (:func:`serving`); their clients send it unless told otherwise."""
+NO_TOKEN = ""
+"""Pass as ``token`` to connect without an Authorization header."""
 ROOT = Path(__file__).resolve().parents[2]
 """The repository root: children started with this ``cwd`` can import ``tests.handler.helpers``."""
 
@@ -255,8 +260,8 @@ class Client:
         self.backlog: list[dict[str, Any]] = []
 
     @classmethod
-    async def connect(cls, url: str, token: str | None = None, **options: Any) -> Client:
-        headers = {"Authorization": f"Bearer {token}"} if token is not None else None
+    async def connect(cls, url: str, token: str = NO_TOKEN, **options: Any) -> Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else None
         connection = await asyncio.wait_for(
             connect(url, additional_headers=headers, max_size=None, compression=None, proxy=None, **options), 10
         )
@@ -338,13 +343,17 @@ class Served:
     port: int
 
     async def client(self, token: str | None = None, **options: Any) -> Client:
-        return await Client.connect(self.url, token, **options)
+        """A client sending ``token`` (default: the handler's own; ``NO_TOKEN``: none)."""
+        return await Client.connect(
+            self.url, self.handler.config.token or NO_TOKEN if token is None else token, **options
+        )
 
 
 @contextlib.asynccontextmanager
 async def serving(**settings: Any) -> AsyncIterator[Served]:
-    """An in-process handler on an ephemeral loopback port; any executable is allowed unless ``allow`` says otherwise."""
-    config = HandlerConfig(**{"port": 0, "allow": Allowlist.parse("*"), **settings})
+    """An in-process handler on an ephemeral loopback port with :data:`TOKEN`; any executable is
+    allowed unless ``allow`` says otherwise."""
+    config = HandlerConfig(**{"port": 0, "allow": Allowlist.parse("*"), "token": TOKEN, **settings})
     handler, server = await start_server(config)
     port = bound_port(server)
     try:
@@ -360,12 +369,15 @@ class HandlerProcess:
 
     def __init__(self, *args: str, log: Path, env: dict[str, str] | None = None) -> None:
         self.log = log.open("wb")
+        self.token = f"test-token-{uuid.uuid4().hex}"
+        """Given to the handler in CCX_HANDLER_TOKEN (its environment, never its argv)."""
+        base = {k: v for k, v in os.environ.items() if not k.startswith("CCX_") or k == "CCX_CONFIG_DIR"}
         self.proc = subprocess.Popen(
             [PY, "-m", "handler", "--port", "0", *args],
             stdout=subprocess.PIPE,
             stderr=self.log,
             stdin=subprocess.DEVNULL,
-            env={**{k: v for k, v in os.environ.items() if not k.startswith("CCX_")}, **(env or {})},
+            env={**base, "CCX_HANDLER_TOKEN": self.token, **(env or {})},
             cwd=ROOT,
         )
         self.banner = ""
@@ -387,7 +399,7 @@ class HandlerProcess:
                     raise AssertionError(f"handler exited before listening: {self.log_text()}")
                 line += chunk
         self.banner = line.decode().strip()
-        self.port = int(self.banner.split("ws://127.0.0.1:", 1)[1].split("/", 1)[0])
+        self.port = int(self.banner.split("://127.0.0.1:", 1)[1].split("/", 1)[0])
         return self.banner
 
     @property
@@ -395,7 +407,8 @@ class HandlerProcess:
         return f"ws://127.0.0.1:{self.port}/ws"
 
     def log_text(self) -> str:
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         return Path(self.log.name).read_text(errors="replace")
 
     def stop(self, timeout: float = 20.0) -> int:

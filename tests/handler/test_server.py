@@ -21,8 +21,9 @@ from websockets.protocol import State
 from websockets.uri import parse_uri
 
 from handler import __version__, protocol
-from handler.config import Allowlist
+from handler.allowlist import Allowlist
 from tests.handler.helpers import (
+    NO_TOKEN,
     PY,
     ROOT,
     Client,
@@ -336,7 +337,9 @@ def test_a_client_that_stops_answering_pings_is_dropped_and_its_run_killed(token
             # A hand-driven client: it answers pings only when we feed it data, and we never will.
             reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
             silent = ClientProtocol(parse_uri(served.url))
-            silent.send_request(silent.connect())
+            handshake = silent.connect()
+            handshake.headers["Authorization"] = f"Bearer {served.handler.config.token}"
+            silent.send_request(handshake)
             writer.write(b"".join(silent.data_to_send()))
             while silent.state is State.CONNECTING:
                 silent.receive_data(await asyncio.wait_for(reader.read(65536), 10))
@@ -531,8 +534,10 @@ def test_an_oversized_message_closes_that_connection_with_1009_and_the_server_ke
 # --------------------------------------------------------------------------- auth and binding
 
 
-@pytest.mark.parametrize("supplied", [None, "wrong", "s3cret-but-longer", ""], ids=["none", "wrong", "prefix", "empty"])
-def test_with_a_token_clients_without_the_right_one_get_401(supplied: str | None) -> None:
+@pytest.mark.parametrize(
+    "supplied", [NO_TOKEN, "wrong", "s3cret-but-longer", " "], ids=["none", "wrong", "prefix", "blank"]
+)
+def test_with_a_token_clients_without_the_right_one_get_401(supplied: str) -> None:
     """A handler with a token refuses the upgrade with HTTP 401 unless the bearer token matches."""
 
     async def scenario() -> None:
@@ -558,20 +563,20 @@ def test_with_a_token_the_right_one_is_let_in_and_health_needs_none() -> None:
 
 
 def test_the_cli_refuses_a_public_address_without_a_token() -> None:
-    """``python -m handler --host 0.0.0.0`` without a token exits non-zero explaining why, and never listens."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CCX_")}
+    """``python -m handler --host 0.0.0.0 --no-token`` exits with status 2 explaining why, and never listens."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CCX_") or k == "CCX_CONFIG_DIR"}
     done = subprocess.run(
-        [PY, "-m", "handler", "--host", "0.0.0.0", "--port", "0"],
+        [PY, "-m", "handler", "--host", "0.0.0.0", "--port", "0", "--no-token"],
         capture_output=True,
         text=True,
         timeout=60,
         env=env,
         cwd=ROOT,
     )
-    assert done.returncode != 0
+    assert done.returncode == 2
     assert "listening" not in done.stdout
     assert "Refusing to listen on 0.0.0.0 without a token" in done.stderr
-    assert "CCX_HANDLER_TOKEN" in done.stderr
+    assert "--no-token" in done.stderr
 
 
 def test_the_cli_serves_on_an_ephemeral_port_and_sigterm_stops_every_run(tmp_path: Path, token: str) -> None:
@@ -581,7 +586,7 @@ def test_the_cli_serves_on_an_ephemeral_port_and_sigterm_stops_every_run(tmp_pat
         assert banner.startswith("ccx handler listening on ws://127.0.0.1:") and "/ws" in banner
 
         async def scenario() -> dict[str, Any]:
-            async with await Client.connect(handler.url) as client:
+            async with await Client.connect(handler.url, handler.token) as client:
                 await _still_serves(client)
                 await client.execute("job", spawner(token, "setsid"))
                 exchange = await client.read_until_output("job", "ready")
@@ -638,7 +643,7 @@ def test_a_client_that_stops_reading_keeps_the_handler_memory_bounded(tmp_path: 
         handler_process = psutil.Process(handler.proc.pid)
 
         async def scenario() -> tuple[int, int]:
-            async with await Client.connect(handler.url) as client:
+            async with await Client.connect(handler.url, handler.token) as client:
                 await client.execute(1, [PY, "-c", WRITER, str(total), pattern])
                 started = await client.next_for(1)
                 pid = started["params"]["pid"]
@@ -673,3 +678,29 @@ def test_a_client_that_stops_reading_keeps_the_handler_memory_bounded(tmp_path: 
         received, peak = arun(scenario(), timeout=85)
         assert received == total
         assert peak < limit, f"handler RSS reached {peak / 2**20:.0f} MB while streaming"
+
+
+@pytest.mark.parametrize("origin", ["https://evil.example", "http://127.0.0.1:8765", "null"])
+def test_a_browser_origin_is_refused_with_403_even_with_the_token(origin: str) -> None:
+    """Any page may open ws://127.0.0.1 in a browser; an upgrade carrying Origin is refused unless listed."""
+
+    async def scenario() -> None:
+        async with serving() as served:
+            with pytest.raises(InvalidStatus) as refused:
+                await served.client(origin=origin)
+            assert refused.value.response.status_code == 403
+            assert b"--allow-origin" in refused.value.response.body
+
+    arun(scenario())
+
+
+def test_a_listed_origin_is_let_in_with_the_token_and_still_needs_it() -> None:
+    async def scenario() -> None:
+        async with serving(allowed_origins=frozenset({"https://app.example"})) as served:
+            async with await served.client(origin="https://app.example") as client:
+                await _still_serves(client)
+            with pytest.raises(InvalidStatus) as refused:
+                await served.client(token=NO_TOKEN, origin="https://app.example")
+            assert refused.value.response.status_code == 401
+
+    arun(scenario())

@@ -82,6 +82,12 @@ class Runner:
         try:
             self.redis.ping()
         except redis.RedisError as exc:
+            if isinstance(exc, redis.AuthenticationError) or "authenticat" in str(exc).lower() or "NOAUTH" in str(exc):
+                raise RedisUnavailable(
+                    f"Redis at {redact_url(self.settings.redis_url)} refused this client's password (or its lack of one): "
+                    "put the password in REDIS_URL (redis://:PASSWORD@host:port/0); a `ccx up` stack keeps its own in "
+                    "~/.config/cc-execute/redis.password."
+                ) from None
             raise RedisUnavailable(
                 f"Redis is unreachable at {redact_url(self.settings.redis_url)} ({exc}): start it (e.g. `ccx up`) or set REDIS_URL."
             ) from None

@@ -95,7 +95,10 @@ def test_thousands_of_dropped_connections_then_a_normal_run(handler: HandlerProc
                 writer.close()
                 return
             async with connect(
-                handler.url, compression=None, proxy=None, additional_headers={"Authorization": f"Bearer {handler.token}"}
+                handler.url,
+                compression=None,
+                proxy=None,
+                additional_headers={"Authorization": f"Bearer {handler.token}"},
             ) as ws:
                 if n % 3 == 1:
                     await ws.send(

@@ -102,7 +102,9 @@ def test_without_a_token_the_handler_makes_one_in_a_private_file_and_requires_it
 
 
 def test_no_token_is_loopback_only_and_warned_about(tmp_path: Path) -> None:
-    with HandlerProcess("--no-token", "--allow", "true", log=tmp_path / "handler.log", env={"CCX_HANDLER_TOKEN": ""}) as handler:
+    with HandlerProcess(
+        "--no-token", "--allow", "true", log=tmp_path / "handler.log", env={"CCX_HANDLER_TOKEN": ""}
+    ) as handler:
         assert "no token" in handler.wait_ready()
 
         async def scenario() -> None:

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import selectors
+import stat
 import subprocess
 import sys
 import tempfile
@@ -90,6 +91,7 @@ emit({{"type": "result", "subtype": "success", "is_error": False, "result": "Don
 class Dashboard:
     proc: subprocess.Popen[bytes]
     url: str
+    token: str
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -102,13 +104,16 @@ class Dashboard:
 
 
 def start_dashboard(redis_url: str, queue: str, log_path: Path, *extra: str, timeout: float = 30) -> Dashboard:
-    """``python -m runner.dashboard --port 0``; its first stdout line names its address."""
+    """``python -m runner.dashboard --port 0`` with a token of its own (in its environment, as ``ccx up``
+    gives it); its first stdout line names its address."""
     log = log_path.open("ab")
+    token = "dash-" + uuid.uuid4().hex
     proc = subprocess.Popen(
         [PY, "-m", "runner.dashboard", "--port", "0", "--redis-url", redis_url, "--queue", queue, *extra],
         stdout=subprocess.PIPE,
         stderr=log,
         stdin=subprocess.DEVNULL,
+        env={**os.environ, "CCX_DASHBOARD_TOKEN": token},
     )
     log.close()
     assert proc.stdout is not None
@@ -120,7 +125,12 @@ def start_dashboard(redis_url: str, queue: str, log_path: Path, *extra: str, tim
         proc.kill()
         proc.wait()
         raise AssertionError(f"the dashboard did not start: {line!r}; log: {log_path.read_text()[-2000:]}")
-    return Dashboard(proc, line.split(" on ", 1)[1].strip())
+    return Dashboard(proc, line.split(" on ", 1)[1].split()[0], token)
+
+
+def signed(board: Dashboard, url: str) -> str:
+    """``url`` with the login token: the dashboard swaps it for its cookie and redirects to ``url``."""
+    return f"{url}{'&' if '?' in url else '?'}token={board.token}"
 
 
 @pytest.fixture
@@ -200,7 +210,7 @@ def test_submit_from_the_page_then_output_streams_live_and_replays_after_reload(
         f"while not os.path.exists({str(go)!r}): time.sleep(0.02)\n"
         "print('all done', sys.argv[1], flush=True)\n",
     )
-    page.goto(dashboard.url)
+    page.goto(signed(dashboard, dashboard.url))
     expect(page.locator("#conn")).to_have_text("live")
     submit_from_page(page, "command", argv=f"{PY} {script} {token}", timeout="120")
     expect(page.locator("#submit-ok")).to_contain_text("Submitted")
@@ -252,7 +262,7 @@ def test_cancel_a_running_task_from_its_page(runner: Runner, dashboard: Dashboar
     handle = runner.submit(
         agent="command", argv=[PY, "-c", "import time; print('sleeping', flush=True); time.sleep(600)", marker]
     )
-    page.goto(task_url(dashboard, handle.id))
+    page.goto(signed(dashboard, task_url(dashboard, handle.id)))
     expect(page.locator("#output")).to_contain_text("sleeping")
     expect(page.locator("#task-status")).to_have_text("running")
     assert pids_with_marker(marker), "the task's process should be running"
@@ -285,7 +295,7 @@ def test_queue_view_orders_queued_tasks_and_cancels_one(
     first = runner.submit(agent="command", argv=["echo", "first-in-line"])
     second = runner.submit(agent="command", argv=["echo", "second-in-line"])
     try:
-        page.goto(dashboard.url)
+        page.goto(signed(dashboard, dashboard.url))
         running = page.locator(f'#running [data-task-id="{blocker.id}"]')
         expect(running).to_be_visible()
         expect(running.locator(".prog")).to_contain_text("lines")  # live progress from the job's meta
@@ -313,7 +323,7 @@ def test_invalid_submissions_show_the_spec_error(runner: Runner, dashboard: Dash
     from playwright.sync_api import expect
 
     page = browser_page
-    page.goto(dashboard.url)
+    page.goto(signed(dashboard, dashboard.url))
     expect(page.locator("#conn")).to_have_text("live")
     error = page.locator("#submit-error")
     for agent, fields, message in [
@@ -353,7 +363,7 @@ def test_claude_task_shows_a_transcript_with_a_raw_toggle_and_its_cost(
             handle = runner.submit(
                 "Create a FastAPI app with a health endpoint", env={"STANDIN_GO": str(go), "SECRET_KEY": "hunter2"}
             )
-            page.goto(task_url(board, handle.id))
+            page.goto(signed(board, task_url(board, handle.id)))
             output = page.locator("#output")
             expect(output).to_contain_text("● session 5f1c9a2e-demo · model claude-sonnet-4-5")
             expect(output).to_contain_text("→ Write(app.py)")
@@ -372,7 +382,7 @@ def test_claude_task_shows_a_transcript_with_a_raw_toggle_and_its_cost(
             expect(output).to_contain_text('{"type": "system", "subtype": "init"')
             page.locator('#mode button[data-mode="transcript"]').click()
             expect(output).not_to_contain_text('"type"')
-            page.goto(board.url)
+            page.goto(signed(board, board.url))
             recent = page.locator(f'#recent [data-task-id="{handle.id}"]')
             expect(recent).to_contain_text("$0.0412")
             expect(recent).to_contain_text("claude")
@@ -400,7 +410,7 @@ def test_huge_output_stays_bounded_in_the_page_and_older_pages_load(
     blocker_marker = f"dash-hold-{uuid.uuid4().hex[:10]}"
     blocker = runner.submit(agent="command", argv=[PY, "-c", "import time; time.sleep(600)", blocker_marker])
     handle = runner.submit(agent="command", argv=[PY, "-c", script])
-    page.goto(task_url(dashboard, handle.id))
+    page.goto(signed(dashboard, task_url(dashboard, handle.id)))
     expect(page.locator("#task-status")).to_have_text("queued")  # the page follows before the first byte
     runner.cancel(blocker.id)
     output = page.locator("#output")
@@ -460,7 +470,7 @@ def test_with_a_token_the_browser_must_present_it_once(stack: LocalStack, browse
         expect(page).to_have_url(board.url)  # redirected to the address without the token
         expect(page.locator("#conn")).to_have_text("live")  # the WebSocket is admitted with the cookie
         cookies = page.context.cookies(board.url)
-        assert len(cookies) == 1 and cookies[0]["httpOnly"]
+        assert len(cookies) == 1 and cookies[0]["httpOnly"] and cookies[0]["sameSite"] == "Strict"
         assert token not in cookies[0]["value"]
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(board.url + "api/queue", timeout=10)
@@ -477,21 +487,39 @@ def test_with_a_token_the_browser_must_present_it_once(stack: LocalStack, browse
 
 
 @pytest.mark.timeout(60)
-def test_a_non_loopback_host_without_a_token_is_refused() -> None:
-    with pytest.raises(DashboardError, match="without a token"):
-        DashboardConfig(host="0.0.0.0").check()
+def test_the_dashboard_never_serves_without_a_token(tmp_path: Path, redis_url: str) -> None:
+    """No token given: it makes one in a private file and says where (never what); a bad setting is one sentence."""
+    with pytest.raises(DashboardError, match="needs a token"):
+        DashboardConfig(host="127.0.0.1").check()
     DashboardConfig(host="0.0.0.0", token="t").check()
-    DashboardConfig(host="::1").check()
-    done = subprocess.run(
-        [PY, "-m", "runner.dashboard", "--host", "0.0.0.0", "--port", "0"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={k: v for k, v in os.environ.items() if k != "CCX_DASHBOARD_TOKEN"},
+    env = {k: v for k, v in os.environ.items() if k != "CCX_DASHBOARD_TOKEN"} | {"CCX_CONFIG_DIR": str(tmp_path)}
+    proc = subprocess.Popen(
+        [PY, "-m", "runner.dashboard", "--port", "0", "--redis-url", redis_url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
     )
-    assert done.returncode == 2
-    assert "Refusing to serve the dashboard on 0.0.0.0 without a token" in done.stderr
-    assert "Traceback" not in done.stderr
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode()
+        token_file = tmp_path / "dashboard.token"
+        assert f"token in {token_file}" in line and token_file.read_text().strip() not in line
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        url = line.split(" on ", 1)[1].split()[0]
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url + "api/queue", timeout=10)
+        assert refused.value.code == 401
+    finally:
+        proc.terminate()
+        proc.wait(15)
+    for args, expected in (
+        (["--port", "99999"], "--port must be a port number from 0 to 65535"),
+        (["--redis-url", "http://x"], "--redis-url must be a redis://, rediss:// or unix:// URL"),
+    ):
+        done = subprocess.run(
+            [PY, "-m", "runner.dashboard", *args], capture_output=True, text=True, timeout=30, env=env
+        )
+        assert done.returncode == 2 and expected in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
 def _headers(**values: str) -> Headers:
@@ -510,7 +538,7 @@ def test_token_check() -> None:
     right = auth.decide(f"/tasks/abc?token={token.replace(' ', '+')}&x=1", _headers(Host=host))
     assert right.verdict is Verdict.REDIRECT
     assert right.location == "/tasks/abc?x=1"
-    assert "HttpOnly" in right.set_cookie and "SameSite=Lax" in right.set_cookie
+    assert "HttpOnly" in right.set_cookie and "SameSite=Strict" in right.set_cookie
     assert token not in right.set_cookie and session_value(token) in right.set_cookie
     assert auth.decide("/", _headers(Host=host, Cookie=cookie)).verdict is Verdict.ALLOW
     assert auth.decide("/", _headers(Host=host, Cookie=f"{auth.cookie_name}=0000")).verdict is Verdict.LOGIN
@@ -659,13 +687,13 @@ def take_screenshots(out_dir: Path) -> None:
                         device_scale_factor=1,
                     )
                     page = context.pages[0] if context.pages else context.new_page()
-                    page.goto(board.url)
+                    page.goto(signed(board, board.url))
                     expect(page.locator("#queued [data-task-id]")).to_have_count(3)
                     expect(page.locator("#running .prog")).to_contain_text("6 lines")
                     page.fill("#f-task", "Add rate limiting to the public API")
                     page.fill("#f-tools", "Edit, Bash")
                     page.screenshot(path=str(out_dir / "dashboard-queue.png"))
-                    page.goto(task_url(board, running.id))
+                    page.goto(signed(board, task_url(board, running.id)))
                     expect(page.locator("#output")).to_contain_text("3 passed")
                     expect(page.locator("#task-facts")).to_contain_text("6 lines")
                     page.screenshot(path=str(out_dir / "dashboard-task.png"))

@@ -56,6 +56,8 @@ def test_only_loopback_ports_are_published_and_the_exposed_handler_needs_a_token
         for port in service.get("ports", []):
             assert port.startswith("127.0.0.1:"), port
     assert "CCX_HANDLER_TOKEN" in SERVICES["handler"]["environment"]
+    assert "--requirepass" in SERVICES["redis"]["command"], "Redis needs a password"
+    assert "${CCX_REDIS_PASSWORD" in SERVICES["worker"]["environment"]["REDIS_URL"]
     assert "--json" in " ".join(SERVICES["dashboard"]["command"])  # rq-dashboard must read our JSON jobs
 
 

@@ -121,7 +121,13 @@ def ccx_up(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
         lines = [first] + [proc.stdout.readline() for _ in range(3)]
         assert [line.split()[0] for line in lines] == ["redis", "handler", "worker", "dashboard"], lines
         env["TEST_DASHBOARD_URL"] = lines[3].split()[1]
-        yield f"redis://127.0.0.1:{port}/0", {**env, "REDIS_URL": f"redis://127.0.0.1:{port}/0"}
+        secrets_dir = tmp_path / ".config" / "cc-execute"
+        assert f"(token in {secrets_dir / 'dashboard.token'})" in lines[3]
+        env["TEST_DASHBOARD_TOKEN"] = (secrets_dir / "dashboard.token").read_text().strip()
+        password = (secrets_dir / "redis.password").read_text().strip()
+        assert password not in "".join(lines), "the banner shows the Redis URL without its password"
+        # No REDIS_URL: the other commands find the stack through its private stack file.
+        yield f"redis://:{password}@127.0.0.1:{port}/0", env
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -159,7 +165,10 @@ def test_up_then_submit_follow_result_list_cancel_from_other_processes(ccx_up: t
     assert cancelled.returncode == 0 and "stopping" in cancelled.stdout
     waited = ccx("result", long_id, "--wait", "30", "--json", env=env)
     assert waited.returncode == 1 and orjson.loads(waited.stdout)["cancelled"] is True
-    with urllib.request.urlopen(env["TEST_DASHBOARD_URL"] + "api/queue", timeout=10) as response:
+    request = urllib.request.Request(
+        env["TEST_DASHBOARD_URL"] + "api/queue", headers={"Authorization": f"Bearer {env['TEST_DASHBOARD_TOKEN']}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
         assert long_id in response.read().decode()  # the dashboard `ccx up` started serves this queue
 
 
@@ -180,3 +189,56 @@ def test_every_command_has_help() -> None:
     ):
         proc = ccx(command, "--help")
         assert proc.returncode == 0 and "usage" in proc.stdout.lower(), command
+
+
+def test_up_secrets_are_private_and_a_client_without_them_is_refused(ccx_up: tuple[str, dict[str, str]]) -> None:
+    """The embedded Redis wants the password `ccx up` keeps in a 0600 file; without it, one sentence and exit 3."""
+    url, env = ccx_up
+    secrets_dir = Path(env["HOME"]) / ".config" / "cc-execute"
+    for name in ("redis.password", "handler.token", "dashboard.token", "stack.json"):
+        assert (secrets_dir / name).stat().st_mode & 0o077 == 0, name
+    no_password = url.split("@", 1)[1]
+    refused = ccx("list", "--redis-url", f"redis://{no_password}", env=env)
+    assert refused.returncode == 3 and "refused this client's password" in refused.stderr, refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        (
+            ["up", "--redis-port", "99999"],
+            {},
+            "Invalid value for '--redis-port': 99999 is not in the range 0<=x<=65535.",
+        ),
+        (
+            ["list"],
+            {"CCX_WORKER_LOCK_TTL": "abc"},
+            "CCX_WORKER_LOCK_TTL must be a number of seconds greater than 0, not 'abc'.",
+        ),
+        (["list"], {"CCX_OUTPUT_LIMIT": "lots"}, "CCX_OUTPUT_LIMIT must be a whole number of at least 1, not 'lots'."),
+        (["list"], {"REDIS_URL": "http://127.0.0.1:6379"}, "REDIS_URL must be a redis://, rediss:// or unix:// URL"),
+        (["worker"], {"CCX_HANDLER_URL": "http://h:1/ws"}, "CCX_HANDLER_URL must be a ws:// or wss:// URL"),
+        (
+            ["worker"],
+            {"CCX_ALLOW_INSECURE": "maybe"},
+            "CCX_ALLOW_INSECURE must be 1 or 0 (true or false), not 'maybe'.",
+        ),
+        (
+            ["handler", "--port", "99999"],
+            {},
+            "--port must be a port number from 0 to 65535 (0: any free one), not '99999'.",
+        ),
+        (["handler"], {"CCX_HANDLER_PORT": "abc"}, "CCX_HANDLER_PORT must be a port number from 0 to 65535"),
+        (["dashboard"], {"CCX_DASHBOARD_PORT": "-5"}, "CCX_DASHBOARD_PORT must be a port number from 0 to 65535"),
+    ],
+)
+def test_a_bad_setting_is_one_sentence_naming_it_with_exit_2(
+    args: list[str], env: dict[str, str], expected: str, tmp_path: Path
+) -> None:
+    done = ccx(*args, env=clean_env(HOME=str(tmp_path), **env))
+    assert done.returncode == 2, done
+    assert expected in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    # Flag values click checks itself come with click's usage lines around the one sentence.
+    assert len(done.stderr.strip().splitlines()) == (4 if "Invalid value" in expected else 1), done.stderr

@@ -135,7 +135,7 @@ def test_fuzzed_argv_runs_nothing_outside_the_allowlist(handler: HandlerProcess,
     marker = tmp_path / "ran"
     reply = arun(
         _exchange(
-            handler.url,
+            handler,
             json.dumps({"jsonrpc": "2.0", "id": 1, "method": "execute", "params": {"argv": ["touch", str(marker)]}}),
         )
     )

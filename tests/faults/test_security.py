@@ -23,7 +23,7 @@ import redis
 
 from runner import events
 from runner.client import RedisUnavailable, Runner
-from runner.stack import LocalStack, RedisServer, find_redis_server, free_port
+from runner.stack import LocalStack, RedisServer, find_redis_server, free_port, terminate
 from tests.handler.helpers import ROOT
 from tests.runner import test_dashboard
 from tests.runner.test_dashboard import signed, start_dashboard
@@ -136,15 +136,12 @@ def test_rediss_works_end_to_end_against_a_tls_redis_server(tmp_path: Path, queu
     password = uuid.uuid4().hex
     data = tmp_path / "redis"
     data.mkdir()
-    proc = subprocess.Popen(
+    proc = _redis(
         [binary, "-", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
          "--tls-cert-file", str(certs.cert), "--tls-key-file", str(certs.key), "--tls-ca-cert-file", str(certs.ca),
          "--tls-auth-clients", "no", "--save", "", "--appendonly", "no"],
-        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        password,
     )  # fmt: skip
-    assert proc.stdin is not None
-    proc.stdin.write(f'requirepass "{password}"\n'.encode())
-    proc.stdin.close()
     url = f"rediss://:{password}@127.0.0.1:{port}/0?ssl_ca_certs={certs.ca}"
     try:
         client = redis.Redis.from_url(url, socket_timeout=5)
@@ -161,8 +158,7 @@ def test_rediss_works_end_to_end_against_a_tls_redis_server(tmp_path: Path, queu
             events_seen = [e["type"] for e in runner.handle(result.id).events(timeout=10)]
             assert events_seen[-1] == "result"
     finally:
-        proc.terminate()
-        proc.wait(15)
+        terminate(proc)
 
 
 def _pings(client: redis.Redis) -> bool:
@@ -194,13 +190,16 @@ def _first_line(proc: subprocess.Popen[bytes], timeout: float = 30) -> str:
 
 def _stop(*procs: subprocess.Popen[bytes] | None) -> None:
     for proc in procs:
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        terminate(proc)
+
+
+def _redis(argv: list[str], password: str) -> subprocess.Popen[bytes]:
+    """``argv`` (a ``redis-server -`` command line) with ``password`` given on stdin, as the embedded stack does."""
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert proc.stdin is not None
+    proc.stdin.write(f'requirepass "{password}"\n'.encode())
+    proc.stdin.close()
+    return proc
 
 
 @pytest.mark.timeout(180)
@@ -228,14 +227,11 @@ def test_two_machines_the_token_goes_only_over_tls(tmp_path: Path) -> None:
             ws_url = "ws://" + wss_url[len("wss://") :]
             password = uuid.uuid4().hex
             redis_port = 6390
-            redis_proc = subprocess.Popen(
+            redis_proc = _redis(
                 b.argv(find_redis_server(), "-", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
                        "--appendonly", "no", "--dir", str(tmp_path)),
-                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                password,
             )  # fmt: skip
-            assert redis_proc.stdin is not None
-            redis_proc.stdin.write(f'requirepass "{password}"\n'.encode())
-            redis_proc.stdin.close()
             redis_url = f"redis://:{password}@127.0.0.1:{redis_port}/0"
             worker_env = {**base, "CCX_REDIS_URL": redis_url, "CCX_HANDLER_TOKEN": token, "CCX_QUEUE": "remote"}
 

@@ -41,6 +41,7 @@ UNKNOWN_RUN = -32004
 DUPLICATE_ID = -32005
 SHUTTING_DOWN = -32006
 ENV_NOT_ALLOWED = -32007
+STALE_FENCE = -32008
 
 
 class ProtocolError(Exception):
@@ -71,6 +72,9 @@ class ExecuteParams:
     env: dict[str, str | None] | None = None
     timeout: float | None = None
     stdin: str | None = None
+    fence: dict[str, Any] | None = None
+    """``{"key": <queue>, "token": <n>}``: runs of one key never overlap, and a newer token wins (see
+    :mod:`runner.lock`). The handler refuses an older token and stops the runs it has with one."""
 
     def to_params(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -156,7 +160,18 @@ def parse_execute_params(params: dict[str, Any], request_id: Any = None) -> Exec
     stdin = params.get("stdin")
     if stdin is not None and not isinstance(stdin, str):
         raise _invalid("'stdin' must be a string.", request_id)
-    return ExecuteParams(argv=list(argv), cwd=cwd, env=env, timeout=timeout, stdin=stdin)
+    fence = params.get("fence")
+    if fence is not None and not (
+        isinstance(fence, dict)
+        and set(fence) == {"key", "token"}
+        and isinstance(fence["key"], str)
+        and fence["key"]
+        and isinstance(fence["token"], int)
+        and not isinstance(fence["token"], bool)
+        and fence["token"] >= 0
+    ):
+        raise _invalid('\'fence\' must be {"key": a non-empty string, "token": a whole number}.', request_id)
+    return ExecuteParams(argv=list(argv), cwd=cwd, env=env, timeout=timeout, stdin=stdin, fence=fence)
 
 
 def parse_cancel_params(params: dict[str, Any], request_id: Any = None) -> str | int:

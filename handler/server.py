@@ -12,7 +12,7 @@ import hmac
 import logging
 import ssl
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import orjson
@@ -38,11 +38,23 @@ def _json_response(status: int, reason: str, body: dict[str, Any], extra: dict[s
     return Response(status, reason, headers, payload)
 
 
+@dataclass
+class FencedRun:
+    """A run that carries a fencing token: runs of one key never overlap, the newest token wins."""
+
+    token: int
+    run: ProcessRun
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+
 class Handler:
     """Shared state of one handler process: its settings, the slots and every live session."""
 
     def __init__(self, config: HandlerConfig) -> None:
         self.config = config
+        self.fences: dict[str, int] = {}
+        """The newest fencing token seen for each key (a queue)."""
+        self.fenced: dict[str, list[FencedRun]] = {}
         self.slots = FifoSlots(config.max_concurrent)
         self.limits = RunLimits(grace=config.grace)
         self.sessions: set[Session] = set()
@@ -89,6 +101,38 @@ class Handler:
                     {"WWW-Authenticate": "Bearer"},
                 )
         return None
+
+    def admit(self, key: str, token: int, run: ProcessRun, request_id: Any) -> tuple[FencedRun, list[FencedRun]]:
+        """Register a fenced run; refuse an older token; stop (and return) the runs with an older one.
+
+        The caller waits for the returned runs to end before starting its own: two runs of one key
+        never overlap, even with ``--max-concurrent`` above 1 and a worker that lost its lock.
+        """
+        newest = self.fences.get(key, -1)
+        if token < newest:
+            raise ProtocolError(
+                protocol.STALE_FENCE,
+                f"Refused: a newer worker (fencing token {newest}) serves queue '{key}', and this one's token "
+                f"{token} is stale (it lost its lock); the task is left to the newer worker.",
+                request_id,
+            )
+        self.fences[key] = token
+        runs = self.fenced.setdefault(key, [])
+        older = [entry for entry in runs if entry.token < token]
+        for entry in older:
+            log.warning("stopping a run of queue %r with fencing token %d: token %d arrived", key, entry.token, token)
+            entry.run.cancel()
+        entry = FencedRun(token, run)
+        runs.append(entry)
+        return entry, older
+
+    def release_fence(self, key: str, entry: FencedRun) -> None:
+        entry.ended.set()
+        runs = self.fenced.get(key, [])
+        if entry in runs:
+            runs.remove(entry)
+        if not runs:
+            self.fenced.pop(key, None)
 
     async def handle(self, connection: ServerConnection) -> None:
         session = Session(self, connection)
@@ -186,14 +230,24 @@ class Session:
             await self.connection.send(protocol.output_notification(req.id, stream, seq, data), text=True)
 
         run = ProcessRun(params, emit, self.handler.limits, check)
+        fenced: tuple[FencedRun, list[FencedRun]] | None = None
+        if params.fence is not None:
+            fenced = self.handler.admit(params.fence["key"], params.fence["token"], run, req.id)
         self.runs[req.id] = run
         # Take the place in line now, synchronously: arrival order is the order runs start in.
         waiter = self.handler.slots.join()
-        task = asyncio.create_task(self.execute(req.id, run, waiter))
+        task = asyncio.create_task(self.execute(req.id, run, waiter, fenced, params.fence))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def execute(self, request_id: Any, run: ProcessRun, waiter: asyncio.Future[None] | None) -> None:
+    async def execute(
+        self,
+        request_id: Any,
+        run: ProcessRun,
+        waiter: asyncio.Future[None] | None,
+        fenced: tuple[FencedRun, list[FencedRun]] | None = None,
+        fence: dict[str, Any] | None = None,
+    ) -> None:
         slots = self.handler.slots
         try:
             if waiter is not None:
@@ -208,6 +262,12 @@ class Session:
                     await self.send(protocol.response(request_id, asdict(run.not_started_result())))
                     return
             try:
+                if fenced is not None and fenced[1]:
+                    # Runs of this queue with an older token are being stopped: start once they are gone.
+                    await asyncio.gather(*(entry.ended.wait() for entry in fenced[1]))
+                    if run.cancel_requested.is_set():
+                        await self.send(protocol.response(request_id, asdict(run.not_started_result())))
+                        return
                 try:
                     pid = await run.start()
                 except ProtocolError as exc:
@@ -215,7 +275,18 @@ class Session:
                     return
                 await self.send(protocol.notification(protocol.PROCESS_STARTED, {"id": request_id, "pid": pid}))
                 result = await run.wait()
-                await self.send(protocol.response(request_id, asdict(result)))
+                if result.cancelled and self.handler.stopping:
+                    # Not the user's cancel: the handler is going away. The worker runs the task again.
+                    await self.send(
+                        protocol.error_response(
+                            request_id,
+                            protocol.SHUTTING_DOWN,
+                            "The handler shut down while the task ran (its processes were stopped); "
+                            "the task is run again once a handler is back.",
+                        )
+                    )
+                else:
+                    await self.send(protocol.response(request_id, asdict(result)))
             finally:
                 slots.release()
         except Exception:
@@ -227,6 +298,8 @@ class Session:
             )
         finally:
             self.runs.pop(request_id, None)
+            if fenced is not None and fence is not None:
+                self.handler.release_fence(fence["key"], fenced[0])
 
 
 async def start_server(config: HandlerConfig) -> tuple[Handler, Server]:

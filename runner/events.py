@@ -66,6 +66,21 @@ def cancel_key(task_id: str) -> str:
     return f"{PREFIX}:task:{task_id}:cancel"
 
 
+def lease_key(task_id: str) -> str:
+    """The run lease: set (with a TTL) by the work-horse relaying the run, renewed while it runs."""
+    return f"{PREFIX}:task:{task_id}:lease"
+
+
+def lock_key(queue: str) -> str:
+    """The queue's single-worker lock (value ``host:pid:nonce``)."""
+    return f"{PREFIX}:worker:{queue}:lock"
+
+
+def fence_key(queue: str) -> str:
+    """The queue's fencing token: one more with every lock acquisition."""
+    return f"{PREFIX}:worker:{queue}:fence"
+
+
 def index_key(queue: str) -> str:
     return f"{PREFIX}:tasks:{queue}"
 

@@ -580,7 +580,8 @@ def test_the_cli_refuses_a_public_address_without_a_token() -> None:
 
 
 def test_the_cli_serves_on_an_ephemeral_port_and_sigterm_stops_every_run(tmp_path: Path, token: str) -> None:
-    """``python -m handler --port 0`` announces its address; on SIGTERM it ends the runs (escapees too) and exits 0."""
+    """``python -m handler --port 0`` announces its address; on SIGTERM it ends the runs (escapees too), answers
+    them with -32006 (an interruption, not a user's cancel: the worker runs the task again) and exits 0."""
     with HandlerProcess("--allow", "*", log=tmp_path / "handler.log") as handler:
         banner = handler.wait_ready()
         assert banner.startswith("ccx handler listening on ws://127.0.0.1:") and "/ws" in banner
@@ -591,10 +592,10 @@ def test_the_cli_serves_on_an_ephemeral_port_and_sigterm_stops_every_run(tmp_pat
                 await client.execute("job", spawner(token, "setsid"))
                 exchange = await client.read_until_output("job", "ready")
                 handler.proc.terminate()
-                return (await client.finish("job", exchange=exchange)).result
+                return (await client.finish("job", exchange=exchange)).error
 
-        result = arun(scenario())
-        assert result["cancelled"] is True
+        error = arun(scenario())
+        assert error["code"] == -32006 and "shut down while the task ran" in error["message"]
         assert handler.proc.wait(30) == 0
     wait_until(lambda: not pids_with_marker(token), 5, what="every process of the run to be gone")
 
@@ -704,3 +705,44 @@ def test_a_listed_origin_is_let_in_with_the_token_and_still_needs_it() -> None:
             assert refused.value.response.status_code == 401
 
     arun(scenario())
+
+
+# --------------------------------------------------------------------------- fencing
+
+
+# A child that leaves its pid in <dir>/<name>.pid, says whether a process of an earlier pid file is alive, then
+# stays for <hold> seconds.
+LONER = r"""
+import os, sys, time, pathlib
+directory, name, hold = pathlib.Path(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+def alive(pid):
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+others = [int(p.read_text()) for p in directory.glob("*.pid")]
+(directory / f"{name}.pid").write_text(str(os.getpid()))
+print("overlap" if any(alive(pid) for pid in others) else "alone", flush=True)
+time.sleep(hold)
+"""
+
+
+def test_a_newer_fencing_token_stops_the_older_run_first_and_an_older_token_is_refused(tmp_path: Path) -> None:
+    """Two workers of one queue (the old one lost its lock): with --max-concurrent 2, the newer token's run
+    starts only once the older token's run is gone, and the old worker cannot start another."""
+
+    async def scenario() -> None:
+        async with serving(max_concurrent=2) as served, await served.client() as old, await served.client() as new:
+            await old.execute("a", [PY, "-c", LONER, str(tmp_path), "a", "60"], fence={"key": "q", "token": 1})
+            first = await old.read_until_output("a", "alone")
+            assert first.output() == "alone\n"
+            exchange = await new.run("b", [PY, "-c", LONER, str(tmp_path), "b", "0"], fence={"key": "q", "token": 2})
+            assert (exchange.output(), exchange.result["exit_code"]) == ("alone\n", 0)
+            stopped = await old.finish("a")
+            assert stopped.result["cancelled"] is True
+            stale = await old.run("c", ["true"], fence={"key": "q", "token": 1})
+            assert stale.error["code"] == -32008 and "stale" in stale.error["message"]
+            other_queue = await old.run("d", ["true"], fence={"key": "other", "token": 1})
+            assert other_queue.result["exit_code"] == 0
+
+    arun(scenario(), 60)

@@ -1,0 +1,184 @@
+"""What stops two agents of one queue at once: the queue lock, its fencing token, and each run's lease.
+
+* **The queue lock** (``ccx:worker:<queue>:lock``, a key with a TTL) says which
+  worker serves a queue. A thread renews it; the renewal has its own connection
+  with short socket timeouts, so a partition or a Redis outage never blocks it.
+  When the lock expired while this worker was cut off and nobody took it
+  meanwhile, the worker takes it back; only another holder is a real conflict.
+* **The fencing token** (``ccx:worker:<queue>:fence``) grows by one with every
+  acquisition, in the same Lua call. Every run carries it to the handler, which
+  refuses a run of the queue with an older token and stops the runs it has with
+  one, and ``mark_started`` refuses a stale token. So a worker that was paused or
+  partitioned past its lock's TTL cannot start an agent next to its successor's,
+  whatever the network or the clocks do.
+* **The run lease** (``ccx:task:<id>:lease``) is renewed by the process that
+  relays the run (the work-horse), not by the worker. A task is taken for
+  abandoned only once its lease has expired; a new lock holder waits for a live
+  lease to end before it starts anything, so the real result of a run whose
+  worker merely paused is kept.
+* **A dead predecessor on this host** (its pid is gone, or is our own pid in a
+  fresh container) is taken over at once instead of after the TTL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from runner import events
+
+log = logging.getLogger("ccx.worker")
+
+
+lock_key = events.lock_key
+fence_key = events.fence_key
+
+# KEYS: lock, fence. ARGV: owner, ttl_ms. Returns the new fencing token, or 0 when the lock is held.
+_ACQUIRE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return redis.call('INCR', KEYS[2]) end
+return 0
+"""
+# KEYS: lock, fence. ARGV: owner, ttl_ms, fence. 1: renewed; 2: had expired, nobody took it, taken back; 0: lost.
+_RENEW = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+if not holder and redis.call('GET', KEYS[2]) == ARGV[3] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 2
+end
+return 0
+"""
+# KEYS: lock. ARGV: the value to delete (only if it is still that).
+_DELETE_IF = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class WorkerLocked(Exception):
+    """Another worker holds the queue's lock."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except (OSError, IndexError):
+        return False
+
+
+def holder_is_dead_here(holder: str) -> bool:
+    """True when ``holder`` (``host:pid:nonce``) names this host and a process that is gone (or is us)."""
+    parts = holder.split(":")
+    if len(parts) < 3 or not parts[-2].isdigit():
+        return False
+    host, pid = ":".join(parts[:-2]), int(parts[-2])
+    if host != socket.gethostname():
+        return False
+    return pid == os.getpid() or not _pid_alive(pid)
+
+
+class QueueLock:
+    """The queue's single-worker lock with its fencing token; a thread renews it every third of its TTL."""
+
+    def __init__(self, client: redis.Redis, queue: str, ttl: float) -> None:
+        # Its own connection, with timeouts: a renewal must fail fast, never hang on a dead link.
+        kwargs = dict(client.connection_pool.connection_kwargs)
+        kwargs.update(
+            socket_timeout=max(ttl / 4, 0.5), socket_connect_timeout=max(ttl / 4, 0.5), retry=Retry(NoBackoff(), 0)
+        )
+        kwargs.pop("retry_on_error", None)
+        pool_class = client.connection_pool.connection_class
+        self.client = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool_class, **kwargs))
+        self.queue = queue
+        self.key = lock_key(queue)
+        self.fence_key = fence_key(queue)
+        self.ttl = ttl
+        self.ttl_ms = int(ttl * 1000)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.fence = 0
+        self.lost = threading.Event()
+        self.lost_to: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._acquire = self.client.register_script(_ACQUIRE)
+        self._renew = self.client.register_script(_RENEW)
+        self._delete_if = self.client.register_script(_DELETE_IF)
+
+    def holder(self) -> str | None:
+        value = self.client.get(self.key)
+        return value.decode() if value else None
+
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free, or held by a dead worker of this host; sets :attr:`fence`."""
+        fence = int(self._acquire(keys=[self.key, self.fence_key], args=[self.owner, self.ttl_ms]))
+        if not fence:
+            holder = self.holder()
+            if holder and holder_is_dead_here(holder) and self._delete_if(keys=[self.key], args=[holder]):
+                log.warning("the previous worker of queue '%s' (%s) is gone; taking over now", self.queue, holder)
+                fence = int(self._acquire(keys=[self.key, self.fence_key], args=[self.owner, self.ttl_ms]))
+        self.fence = fence or self.fence
+        return bool(fence)
+
+    def acquire(self, wait: bool = False, poll: float = 1.0) -> None:
+        """Take the lock; with ``wait``, stand by (through Redis outages too) until it can be taken."""
+        while True:
+            try:
+                if self.try_acquire():
+                    break
+                if not wait:
+                    raise WorkerLocked(
+                        f"Another worker ({self.holder()}) already serves queue '{self.queue}'; only one worker may "
+                        "run per queue. Stop it first, or start this one with --standby to take over when it stops."
+                    )
+            except redis.RedisError as exc:
+                if not wait:
+                    raise
+                log.warning("standing by: Redis is unreachable (%s); trying again", exc)
+            time.sleep(poll)
+        self._thread = threading.Thread(target=self._keep, name="ccx-lock", daemon=True)
+        self._thread.start()
+
+    def _keep(self) -> None:
+        interval = self.ttl / 3
+        while not self._stop.wait(interval):
+            try:
+                outcome = self._renew(
+                    keys=[self.key, self.fence_key], args=[self.owner, self.ttl_ms, str(self.fence)]
+                )
+            except redis.RedisError as exc:
+                # Cut off from Redis: the run goes on; the handler's fencing keeps us safe if another worker
+                # takes over meanwhile. Keep trying; the next renewal that gets through decides.
+                log.warning("could not renew the worker lock (%s); the running task goes on", exc)
+                continue
+            if outcome == 2:
+                log.warning("the worker lock had expired while Redis was unreachable; nobody took it, taken back")
+            elif not outcome:
+                self.lost_to = self._holder_or_none()
+                log.error(
+                    "lost the lock of queue '%s' to %s (this worker was cut off or paused longer than its TTL)",
+                    self.queue,
+                    self.lost_to or "another worker",
+                )
+                self.lost.set()
+                return
+
+    def _holder_or_none(self) -> str | None:
+        try:
+            return self.holder()
+        except redis.RedisError:
+            return None
+
+    def release(self) -> None:
+        self._stop.set()
+        with contextlib.suppress(redis.RedisError):
+            self._delete_if(keys=[self.key], args=[self.owner])

@@ -11,6 +11,7 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from runner import events
+from runner.errors import UnknownTask
 from runner.spec import TaskResult
 from runner.store import TaskStore
 
@@ -19,14 +20,6 @@ log = logging.getLogger("ccx.runner")
 CANCELLED = "cancelled"
 CANCELLING = "cancelling"
 ALREADY_ENDED = "ended"
-
-
-class UnknownTask(LookupError):
-    def __init__(self, task_id: str) -> None:
-        super().__init__(
-            f"No task with id {task_id} is known to this Redis (it may have expired); check the id and --redis-url."
-        )
-        self.task_id = task_id
 
 
 def fetch_job(client: redis.Redis, task_id: str) -> Job | None:
@@ -80,3 +73,12 @@ def cancel_dependents(store: TaskStore, job: Job, what_happened: str, include_af
         reason = f"Not run: it was to run after task {job.id}, which {what_happened}; submit it with after_any to run regardless."
         with contextlib.suppress(UnknownTask):
             cancel_task(store, dependent_id, reason)
+
+
+def release_dependents(store: TaskStore, job: Job, succeeded: bool) -> None:
+    """Mark ``queued`` the dependents RQ now runs: all of them after a success, the ``after_any`` ones after
+    a failure (the others were cancelled). Their record said ``deferred`` until now."""
+    for dependent_id in job.dependent_ids:
+        dependent = fetch_job(store.client, dependent_id)
+        if dependent is not None and (succeeded or dependent.allow_dependency_failures):
+            store.released(dependent_id, dependent.origin)

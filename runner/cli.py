@@ -23,16 +23,11 @@ import redis
 
 from handler.config import ConfigError
 from runner import events
-from runner.cancel import UnknownTask
 from runner.client import RedisUnavailable, Runner
 from runner.config import DEFAULT_REDIS_URL, Settings, check_handler_url, check_redis_url, redact_url
+from runner.errors import EXIT_TASK_FAILED, EXIT_UNAVAILABLE, EXIT_USAGE, CcxError, UnknownTask
 from runner.render import Renderer, summary
-from runner.spec import SpecError
 from runner.stack import LocalStack, StackError, default_data_dir
-
-EXIT_TASK_FAILED = 1
-EXIT_USAGE = 2
-EXIT_UNAVAILABLE = 3
 
 
 def _fail(message: str, code: int) -> None:
@@ -47,12 +42,10 @@ def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except (SpecError, ValueError) as exc:
+        except CcxError as exc:  # each carries its exit status (runner/errors.py)
+            _fail(str(exc), exc.exit_status)
+        except ValueError as exc:  # the handler's ConfigError among them
             _fail(str(exc), EXIT_USAGE)
-        except UnknownTask as exc:
-            _fail(str(exc), EXIT_USAGE)
-        except (RedisUnavailable, StackError) as exc:
-            _fail(str(exc), EXIT_UNAVAILABLE)
         except TimeoutError as exc:
             _fail(f"{exc} It is still queued or running; check later with `ccx status`.", EXIT_TASK_FAILED)
         except redis.RedisError as exc:

@@ -20,6 +20,7 @@ from rq.serializers import JSONSerializer
 from runner import events
 from runner.cancel import cancel_task, fetch_job
 from runner.config import Settings, check_redis_url, redact_url, redis_client
+from runner.errors import Unavailable
 from runner.spec import TaskResult, TaskSpec
 from runner.store import TaskRecord, TaskStore
 
@@ -28,7 +29,7 @@ JOB_TIMEOUT_MARGIN = 120
 """Seconds RQ allows beyond the task's own timeout: the handler's kill grace and result writing fit in it."""
 
 
-class RedisUnavailable(ConnectionError):
+class RedisUnavailable(Unavailable):
     """Redis cannot be reached; the message names the URL and what to do."""
 
 

@@ -81,6 +81,10 @@ class Settings:
     log_ttl: int = events.DEFAULT_LOG_TTL
     lock_ttl: float = 30.0
     """Seconds the worker's lock outlives its last renewal: how soon a crashed worker can be replaced."""
+    interrupted_retries: int = 1
+    """Times a task interrupted by the infrastructure (handler or worker stopping or dying) runs again."""
+    handler_wait: float = 30.0
+    """Seconds a task waits for an unreachable handler (e.g. restarting) before its attempt is interrupted."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -95,6 +99,8 @@ class Settings:
         log_maxlen = _env("CCX_LOG_MAXLEN")
         log_ttl = _env("CCX_LOG_TTL")
         lock_ttl = _env("CCX_WORKER_LOCK_TTL")
+        retries = _env("CCX_INTERRUPTED_RETRIES")
+        handler_wait = _env("CCX_HANDLER_WAIT")
         insecure = _env("CCX_ALLOW_INSECURE")
         return cls(
             redis_url=check_redis_url(redis_url, redis_name),
@@ -107,6 +113,8 @@ class Settings:
             log_maxlen=parse_int(log_maxlen, "CCX_LOG_MAXLEN", 1) if log_maxlen else events.DEFAULT_LOG_MAXLEN,
             log_ttl=parse_int(log_ttl, "CCX_LOG_TTL", 1) if log_ttl else events.DEFAULT_LOG_TTL,
             lock_ttl=parse_seconds(lock_ttl, "CCX_WORKER_LOCK_TTL", positive=True) if lock_ttl else 30.0,
+            interrupted_retries=parse_int(retries, "CCX_INTERRUPTED_RETRIES", 0) if retries else 1,
+            handler_wait=parse_seconds(handler_wait, "CCX_HANDLER_WAIT") if handler_wait else 30.0,
         )
 
     def with_local_token(self) -> Settings:

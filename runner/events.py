@@ -22,6 +22,8 @@ import orjson
 import redis
 import redis.asyncio
 
+from runner.errors import UnknownTask
+
 PREFIX = "ccx"
 LIFECYCLE_CHANNEL = f"{PREFIX}:events"
 
@@ -29,6 +31,8 @@ LIFECYCLE_CHANNEL = f"{PREFIX}:events"
 STARTED = "started"
 OUTPUT = "output"
 RESULT = "result"
+INTERRUPTED = "interrupted"
+"""An attempt ended by the infrastructure (a handler or worker stopping or dying); the task runs again."""
 # Lifecycle types on LIFECYCLE_CHANNEL (and the task statuses they set).
 QUEUED = "queued"
 DEFERRED = "deferred"
@@ -253,7 +257,7 @@ def read_events(
                     yield ended
                     return
                 if not client.exists(info_key(task_id)):
-                    raise LookupError(f"No task with id {task_id} is known to this Redis (it may have expired).")
+                    raise UnknownTask(task_id)
             continue
         for entry_id, fields in response[0][1]:
             last = entry_id
@@ -283,6 +287,8 @@ def wait_for_result(
         raw = client.hget(info_key(task_id), "result")
         if raw is not None:
             return orjson.loads(raw)
+        if not client.exists(info_key(task_id)):
+            raise UnknownTask(task_id)
         wait = block_ms
         if deadline is not None:
             left = deadline - time.monotonic()

@@ -28,6 +28,7 @@ from handler.protocol import (
     ExecuteResult,
     request,
 )
+from runner.errors import Unavailable
 
 OnOutput = Callable[[str, int, str], Awaitable[None]]
 OnStarted = Callable[[int], Awaitable[None]]
@@ -36,8 +37,12 @@ EXECUTE_ID = 1
 CANCEL_ID = 2
 
 
-class HandlerUnavailable(Exception):
+class HandlerUnavailable(Unavailable):
     """The handler could not be reached, refused us, or went away mid-run."""
+
+
+class HandlerUnreachable(HandlerUnavailable):
+    """No connection could be opened: nothing ran, so trying again later is safe."""
 
 
 class HandlerError(Exception):
@@ -81,13 +86,14 @@ def _connect_options(url: str, token: str | None, ca: str | None, allow_insecure
 
 
 def _unreachable(url: str, exc: BaseException) -> HandlerUnavailable:
+    """Why a connection could not be opened: a certificate problem is final, a refusal may pass."""
     if isinstance(exc, ssl.SSLCertVerificationError):
         return HandlerUnavailable(
             f"The handler at {url} presented a certificate this worker does not trust ({exc.verify_message}): "
             "set CCX_HANDLER_CA to the CA that signed it."
         )
     cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else (str(exc) or type(exc).__name__)
-    return HandlerUnavailable(
+    return HandlerUnreachable(
         f"Could not reach the handler at {url} ({cause}): start it with `ccx handler` (or `ccx up`), or set CCX_HANDLER_URL."
     )
 

@@ -14,6 +14,8 @@ import logging
 import os
 import signal
 import time
+import uuid
+from typing import Any
 
 import redis
 from rq import get_current_job
@@ -21,13 +23,21 @@ from rq.job import Job
 
 from handler.config import ConfigError
 from handler.memory import pin_malloc_thresholds
-from handler.protocol import EXECUTABLE_NOT_ALLOWED, EXECUTABLE_NOT_FOUND, ExecuteParams, ExecuteResult
+from handler.protocol import (
+    EXECUTABLE_NOT_ALLOWED,
+    EXECUTABLE_NOT_FOUND,
+    SHUTTING_DOWN,
+    STALE_FENCE,
+    ExecuteParams,
+    ExecuteResult,
+)
 from runner import events
 from runner.agents import get_agent
-from runner.cancel import cancel_dependents
+from runner.cancel import cancel_dependents, release_dependents
 from runner.config import Settings, async_redis_client
 from runner.events import EventWriter
-from runner.handler_client import HandlerError, HandlerUnavailable, execute_remote, probe_handler
+from runner.handler_client import HandlerError, HandlerUnavailable, HandlerUnreachable, execute_remote, probe_handler
+from runner.lock import RENEW_LEASE
 from runner.spec import SpecError, TaskResult, TaskSpec
 from runner.store import TaskStore
 
@@ -38,12 +48,18 @@ _PR_SET_PDEATHSIG = 1
 
 _settings: Settings | None = None
 """The worker's settings, set before it forks: every work-horse inherits them (one path, not the environment)."""
+_fence: int | None = None
+"""The fencing token of the worker's queue lock (see runner/lock.py); None under a plain ``rq worker``."""
+
+REQUEUE_META = "ccx_requeue"
+"""Job meta set by a work-horse whose task must go back to the front of the queue (why, in a word)."""
 
 
-def configure(settings: Settings) -> None:
+def configure(settings: Settings, fence: int | None = None) -> None:
     """Called by the worker once its settings are final (flags over environment over token file)."""
-    global _settings
+    global _settings, _fence
     _settings = settings
+    _fence = fence
 
 
 def current_settings() -> Settings:
@@ -53,6 +69,10 @@ def current_settings() -> Settings:
 
 class TaskFailed(Exception):
     """Raised after the result is recorded, so RQ files the job as failed (and dependents wait or are cancelled)."""
+
+
+class TaskRequeued(Exception):
+    """Raised when the task goes back to the front of its queue (interrupted, or this worker is stale)."""
 
 
 def die_with_parent() -> None:
@@ -78,6 +98,8 @@ def run_task(spec_data: dict) -> dict:
     store = TaskStore(job.connection, settings.log_maxlen, settings.log_ttl)
     try:
         result = run_job(job, spec_data, settings, store)
+    except TaskRequeued:
+        raise
     except Exception as exc:
         # Whatever went wrong, the task must end with a result, never stay "running" forever.
         log.exception("task %s: internal error in the worker", job.id)
@@ -90,8 +112,16 @@ def run_task(spec_data: dict) -> dict:
         store.finalize(result, job.origin)
     if not result.success:
         cancel_dependents(store, job, "was cancelled" if result.cancelled else "failed", include_after_any=False)
+    release_dependents(store, job, result.success)
+    if not result.success:
         raise TaskFailed(result.error or "The task failed.")
     return result.to_dict()
+
+
+def _requeue(job: Job, why: str) -> TaskRequeued:
+    job.meta[REQUEUE_META] = why
+    job.save_meta()
+    return TaskRequeued(why)
 
 
 def run_job(job: Job, spec_data: dict, settings: Settings, store: TaskStore) -> TaskResult:
@@ -112,16 +142,40 @@ def run_job(job: Job, spec_data: dict, settings: Settings, store: TaskStore) -> 
         )
         store.finalize(result, queue)
         return result
-    store.mark_started(task_id, queue)
+    run_id = f"{_fence if _fence is not None else '-'}:{uuid.uuid4().hex[:12]}"
+    lease_ms = int(settings.lock_ttl * 1000)
+    started = store.start(task_id, queue, run_id, _fence, lease_ms)
+    if started == -1:
+        log.warning(
+            "task %s: another worker serves queue %s now (this one lost its lock); handing it back", task_id, queue
+        )
+        raise _requeue(job, "stale")
+    if started == 0:
+        record = store.get(task_id)
+        return record.result if record is not None and record.result is not None else TaskResult(id=task_id)
     pin_malloc_thresholds()  # the work-horse is where output frames pass: see handler/memory.py
-    result = asyncio.run(relay(task_id, spec, settings, job.key.decode() if isinstance(job.key, bytes) else job.key))
+    job_key = job.key.decode() if isinstance(job.key, bytes) else job.key
+    result = asyncio.run(relay(task_id, spec, settings, job_key, queue=queue, run_id=run_id))
     result.started_at = started_at
     result.ended_at = events.now_iso()
     if result.duration_ms is None:
         result.duration_ms = round((time.monotonic() - began) * 1000, 3)
     result.metadata = spec.metadata
-    if not store.finalize(result, queue):
-        log.info("task %s already had a result (cancelled meanwhile); keeping that one", task_id)
+    attempts = store.attempts(task_id)
+    if result.interrupted:
+        attempts.append({"started_at": started_at, "ended_at": result.ended_at, "error": result.error})
+        if result.error == STALE_RUN:
+            raise _requeue(job, "stale")
+        if len(attempts) <= settings.interrupted_retries and store.interrupt(task_id, queue, run_id, attempts):
+            log.warning(
+                "task %s interrupted (%s); it runs again (attempt %d)", task_id, result.error, len(attempts) + 1
+            )
+            raise _requeue(job, "interrupted")
+        result.error = f"{result.error} It was tried {len(attempts)} time(s); resubmit it to try again."
+        attempts.pop()
+    result.attempts = attempts
+    if not store.finalize(result, queue, run_id):
+        log.info("task %s already had a result, or was started again elsewhere; keeping that", task_id)
     log.info(
         "task %s %s in %.0f ms%s",
         task_id,
@@ -132,11 +186,33 @@ def run_job(job: Job, spec_data: dict, settings: Settings, store: TaskStore) -> 
     return result
 
 
-async def relay(task_id: str, spec: TaskSpec, settings: Settings, job_key: str | None = None) -> TaskResult:
-    """Run ``spec`` on the handler, writing every frame to the task's events; build the result."""
+STALE_RUN = "This worker lost its queue to a newer one, which runs the task instead."
+
+
+async def relay(
+    task_id: str,
+    spec: TaskSpec,
+    settings: Settings,
+    job_key: str | None = None,
+    queue: str | None = None,
+    run_id: str = "",
+) -> TaskResult:
+    """Run ``spec`` on the handler, writing every frame to the task's events; build the result.
+
+    While it runs, it renews the task's run lease (when ``run_id`` is given): this process, not the
+    worker, is what proves the run alive.
+    """
     agent = get_agent(spec.agent)
     parser = agent.parser(settings.output_limit)
-    params = ExecuteParams(argv=agent.argv(spec), cwd=spec.cwd, env=agent.env(spec) or None, timeout=spec.timeout)
+    fence = {"key": queue, "token": _fence} if queue is not None and _fence is not None else None
+    params = ExecuteParams(
+        argv=agent.argv(spec),
+        cwd=spec.cwd,
+        env=agent.env(spec) or None,
+        timeout=spec.timeout,
+        stdin=agent.stdin(spec),
+        fence=fence,
+    )
     client = async_redis_client(settings.redis_url)
     writer = EventWriter(client, task_id, settings.log_maxlen, job_key=job_key)
     writer.start()
@@ -146,6 +222,7 @@ async def relay(task_id: str, spec: TaskSpec, settings: Settings, job_key: str |
     pubsub = client.pubsub()
     relay_done = asyncio.Event()
     watcher = asyncio.create_task(_watch_cancel(client, pubsub, task_id, cancel, relay_done))
+    lease = asyncio.create_task(_keep_lease(client, task_id, run_id, settings.lock_ttl)) if run_id else None
 
     async def on_output(stream: str, seq: int, data: str) -> None:
         parser.feed(stream, data)
@@ -153,24 +230,27 @@ async def relay(task_id: str, spec: TaskSpec, settings: Settings, job_key: str |
 
     execute_result: ExecuteResult | None = None
     error: str | None = None
+    interrupted = False
     try:
-        execute_result = await execute_remote(
-            settings.handler_url,
-            params,
-            on_output,
-            token=settings.handler_token,
-            cancel=cancel,
-            ca=settings.handler_ca,
-            allow_insecure=settings.allow_insecure,
-        )
+        execute_result = await _execute_waiting_for_handler(settings, params, on_output, cancel)
     except HandlerError as exc:
         if exc.code == EXECUTABLE_NOT_FOUND:
             error = agent.not_found_message(params.argv[0])
         elif exc.code == EXECUTABLE_NOT_ALLOWED:
             error = exc.message
+        elif exc.code == SHUTTING_DOWN:
+            error, interrupted = exc.message, True
+        elif exc.code == STALE_FENCE:
+            error, interrupted = STALE_RUN, True
         else:
             error = f"The handler could not run the task: {exc.message}"
-    except (HandlerUnavailable, ConfigError) as exc:
+    except HandlerUnreachable as exc:
+        url = settings.handler_url
+        error = str(exc).replace(f"at {url} (", f"at {url} for {settings.handler_wait:g} s (CCX_HANDLER_WAIT; ", 1)
+    except HandlerUnavailable as exc:
+        # The handler went away mid-run: the infrastructure, not the task.
+        error, interrupted = str(exc), not cancel.is_set()
+    except ConfigError as exc:
         error = str(exc)
     except redis.RedisError as exc:
         error = f"Lost the connection to Redis while streaming the task's output ({exc}); the task was stopped."
@@ -179,7 +259,9 @@ async def relay(task_id: str, spec: TaskSpec, settings: Settings, job_key: str |
         # stops on `relay_done`, and is not waited for beyond a short bound either way.
         relay_done.set()
         watcher.cancel()
-        await asyncio.wait({watcher}, timeout=2)
+        if lease is not None:
+            lease.cancel()
+        await asyncio.wait({watcher, *([lease] if lease else [])}, timeout=2)
         try:
             await writer.close()
         except redis.RedisError as exc:
@@ -190,7 +272,7 @@ async def relay(task_id: str, spec: TaskSpec, settings: Settings, job_key: str |
             await asyncio.wait_for(client.aclose(), 2)
 
     if execute_result is None:
-        return TaskResult(id=task_id, error=error, agent={"name": agent.name})
+        return TaskResult(id=task_id, error=error, agent={"name": agent.name}, interrupted=interrupted)
     outcome = parser.finish(execute_result)
     if execute_result.timed_out:
         error = f"The task timed out after {spec.timeout:g} s and was stopped; its whole process tree was killed."
@@ -213,6 +295,40 @@ async def relay(task_id: str, spec: TaskSpec, settings: Settings, job_key: str |
         agent=outcome.info or {"name": agent.name},
         log_key=events.log_key(task_id),
     )
+
+
+async def _execute_waiting_for_handler(
+    settings: Settings, params: ExecuteParams, on_output: Any, cancel: asyncio.Event
+) -> ExecuteResult:
+    """``execute_remote``, trying again for up to ``settings.handler_wait`` seconds while no connection
+    can be opened (a handler restarting): nothing ran yet, so trying again is safe."""
+    deadline = time.monotonic() + settings.handler_wait
+    delay = 0.2
+    while True:
+        try:
+            return await execute_remote(
+                settings.handler_url,
+                params,
+                on_output,
+                token=settings.handler_token,
+                cancel=cancel,
+                ca=settings.handler_ca,
+                allow_insecure=settings.allow_insecure,
+            )
+        except HandlerUnreachable:
+            if time.monotonic() + delay > deadline or cancel.is_set():
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+async def _keep_lease(client: redis.asyncio.Redis, task_id: str, run_id: str, ttl: float) -> None:
+    """Renew the run lease every third of ``ttl`` while the run goes on (only while it is still ours)."""
+    renew = client.register_script(RENEW_LEASE)
+    while True:
+        await asyncio.sleep(ttl / 3)
+        with contextlib.suppress(redis.RedisError):
+            await renew(keys=[events.lease_key(task_id)], args=[run_id, int(ttl * 1000)])
 
 
 async def _watch_cancel(

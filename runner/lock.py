@@ -35,6 +35,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from runner import events
+from runner.errors import Conflict
 
 log = logging.getLogger("ccx.worker")
 
@@ -64,7 +65,14 @@ return 0
 """
 
 
-class WorkerLocked(Exception):
+# KEYS: lease. ARGV: run id, ttl_ms. Renews the run lease only while it is still this run's.
+RENEW_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+
+class WorkerLocked(Conflict):
     """Another worker holds the queue's lock."""
 
 
@@ -152,9 +160,7 @@ class QueueLock:
         interval = self.ttl / 3
         while not self._stop.wait(interval):
             try:
-                outcome = self._renew(
-                    keys=[self.key, self.fence_key], args=[self.owner, self.ttl_ms, str(self.fence)]
-                )
+                outcome = self._renew(keys=[self.key, self.fence_key], args=[self.owner, self.ttl_ms, str(self.fence)])
             except redis.RedisError as exc:
                 # Cut off from Redis: the run goes on; the handler's fencing keeps us safe if another worker
                 # takes over meanwhile. Keep trying; the next renewal that gets through decides.

@@ -10,6 +10,8 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from runner.errors import UsageError
+
 DEFAULT_TIMEOUT = 3600.0
 """Seconds a task may run when the submitter gives no timeout: long enough for an agent, never forever."""
 
@@ -28,7 +30,7 @@ OPTIONAL_FIELDS = (
 """Fields only some agents use (see each agent's ``options``)."""
 
 
-class SpecError(ValueError):
+class SpecError(UsageError):
     """A task spec that cannot run; the message names the field and what it must be."""
 
 
@@ -148,6 +150,10 @@ class TaskResult:
     agent: dict[str, Any] = field(default_factory=dict)
     log_key: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    interrupted: bool = False
+    """The last attempt was ended by the infrastructure (a handler or worker stopping or dying), not the task."""
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    """Earlier attempts that were interrupted, oldest first: ``started_at``, ``ended_at``, ``error``."""
 
     @property
     def status(self) -> str:

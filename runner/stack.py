@@ -24,11 +24,12 @@ import orjson
 import redis
 
 from handler.secretfile import config_dir, new_secret, read_secret, write_private
+from runner.errors import Unavailable
 
 _PR_SET_PDEATHSIG = 1
 
 
-class StackError(RuntimeError):
+class StackError(Unavailable):
     """A part of the stack could not start; the message says which and why."""
 
 
@@ -186,6 +187,8 @@ class LocalStack:
     handler_port: int = 0
     handler_token: str | None = None
     allow: str = "*"
+    handler_args: tuple[str, ...] = ()
+    """More ``ccx handler`` flags (e.g. ``("--max-concurrent", "2")``)."""
     queue: str = "ccx"
     env: dict[str, str] = field(default_factory=dict)
     worker_output: int | None = subprocess.DEVNULL
@@ -252,7 +255,7 @@ class LocalStack:
         return proc, line
 
     def start_handler(self, timeout: float) -> None:
-        args = ["--host", "127.0.0.1", "--port", str(self.handler_port), "--allow", self.allow]
+        args = ["--host", "127.0.0.1", "--port", str(self.handler_port), "--allow", self.allow, *self.handler_args]
         self.handler, line = self._spawn("The handler", _python_module("handler", *args), timeout)
         # "ccx handler listening on ws://127.0.0.1:PORT/ws (...)"
         self.handler_url = line.split(" listening on ", 1)[1].split()[0]

@@ -34,20 +34,61 @@ redis.call('PUBLISH', KEYS[4], ARGV[n - 2])
 return 1
 """
 
-# Like _UPDATE_SCRIPT, then marks the task done (KEYS[5], a one-entry stream result waiters block on)
-# and sets the expiry of the finished task's keys. ARGV[last] = ttl.
+# Like _UPDATE_SCRIPT, then marks the task done (KEYS[5], a one-entry stream result waiters block on),
+# drops the run lease (KEYS[6]) and sets the expiry of the finished task's keys.
+# ARGV: status, field/value pairs..., lifecycle event, log event, maxlen, ttl, run ('' = any run).
+# With a run id, only that run (the one the record says is current) may end the task.
 _FINALIZE_SCRIPT = """
 if redis.call('HEXISTS', KEYS[1], 'result') == 1 then return 0 end
 local n = #ARGV
+if ARGV[n] ~= '' and redis.call('HGET', KEYS[1], 'run') ~= ARGV[n] then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1])
-for i = 2, n - 4, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[n - 1], '*', 'e', ARGV[n - 2])
-redis.call('PUBLISH', KEYS[3], ARGV[n - 2])
-redis.call('PUBLISH', KEYS[4], ARGV[n - 3])
+for i = 2, n - 5, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[n - 2], '*', 'e', ARGV[n - 3])
+redis.call('PUBLISH', KEYS[3], ARGV[n - 3])
+redis.call('PUBLISH', KEYS[4], ARGV[n - 4])
 redis.call('XADD', KEYS[5], '*', 'status', ARGV[1])
-redis.call('EXPIRE', KEYS[1], ARGV[n])
-redis.call('EXPIRE', KEYS[2], ARGV[n])
-redis.call('EXPIRE', KEYS[5], ARGV[n])
+redis.call('DEL', KEYS[6])
+redis.call('EXPIRE', KEYS[1], ARGV[n - 1])
+redis.call('EXPIRE', KEYS[2], ARGV[n - 1])
+redis.call('EXPIRE', KEYS[5], ARGV[n - 1])
+return 1
+"""
+
+# Starting a run. KEYS: info, log, channel, lifecycle, fence, lease.
+# ARGV: started_at, lifecycle event, log event, maxlen, fencing token ('' = unfenced), run id, lease ms.
+# Returns 1 started, 0 the task already ended, -1 the fencing token is stale (a newer worker serves the queue).
+_START_SCRIPT = """
+if redis.call('HEXISTS', KEYS[1], 'result') == 1 then return 0 end
+if ARGV[5] ~= '' and redis.call('GET', KEYS[5]) ~= ARGV[5] then return -1 end
+redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1], 'run', ARGV[6])
+redis.call('SET', KEYS[6], ARGV[6], 'PX', ARGV[7])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'e', ARGV[3])
+redis.call('PUBLISH', KEYS[3], ARGV[3])
+redis.call('PUBLISH', KEYS[4], ARGV[2])
+return 1
+"""
+
+# An interrupted attempt: back to queued, the attempt recorded. KEYS: info, log, channel, lifecycle, lease.
+# ARGV: run id ('' = any), attempts JSON, lifecycle event, log event, maxlen.
+_INTERRUPT_SCRIPT = """
+if redis.call('HEXISTS', KEYS[1], 'result') == 1 then return 0 end
+if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'run') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'queued', 'attempts', ARGV[2])
+redis.call('HDEL', KEYS[1], 'run')
+redis.call('DEL', KEYS[5])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'e', ARGV[4])
+redis.call('PUBLISH', KEYS[3], ARGV[4])
+redis.call('PUBLISH', KEYS[4], ARGV[3])
+return 1
+"""
+
+
+# A dependent released by its predecessor's end: deferred -> queued. KEYS: info, lifecycle. ARGV: lifecycle event.
+_RELEASE_SCRIPT = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'deferred' then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'queued')
+redis.call('PUBLISH', KEYS[2], ARGV[1])
 return 1
 """
 
@@ -89,6 +130,9 @@ class TaskStore:
         self.log_ttl = log_ttl
         self._update = client.register_script(_UPDATE_SCRIPT)
         self._finalize = client.register_script(_FINALIZE_SCRIPT)
+        self._start = client.register_script(_START_SCRIPT)
+        self._interrupt = client.register_script(_INTERRUPT_SCRIPT)
+        self._release = client.register_script(_RELEASE_SCRIPT)
 
     @staticmethod
     def _keys(task_id: str) -> list[str]:
@@ -125,25 +169,60 @@ class TaskStore:
         pipe.zremrangebyrank(index, 0, -index_cap - 1)
         pipe.publish(events.LIFECYCLE_CHANNEL, lifecycle(status, task_id, queue, at=submitted_at))
 
-    def mark_started(self, task_id: str, queue: str, pid: int | None = None) -> bool:
+    def start(self, task_id: str, queue: str, run: str, fence: int | None, lease_ms: int) -> int:
+        """Mark the task running as ``run`` and take its run lease, if ``fence`` is still the queue's token.
+
+        Returns 1 (started), 0 (the task already ended), or -1 (a newer worker serves the queue).
+        """
         at = events.now_iso()
         started = {"type": events.STARTED, "task_id": task_id, "at": at}
-        return bool(
-            self._update(
-                keys=self._keys(task_id),
+        return int(
+            self._start(
+                keys=[*self._keys(task_id), events.fence_key(queue), events.lease_key(task_id)],
                 args=[
-                    events.RUNNING,
-                    "started_at",
                     at,
                     lifecycle(events.RUNNING, task_id, queue, at=at),
                     orjson.dumps(started),
+                    self.log_maxlen,
+                    "" if fence is None else str(fence),
+                    run,
+                    lease_ms,
+                ],
+            )
+        )
+
+    def interrupt(self, task_id: str, queue: str, run: str, attempts: list[dict[str, Any]]) -> bool:
+        """Put a task whose attempt was interrupted back to ``queued``, recording the attempts so far."""
+        last = attempts[-1]
+        event = {"type": events.INTERRUPTED, "task_id": task_id, "attempt": len(attempts), **last}
+        return bool(
+            self._interrupt(
+                keys=[*self._keys(task_id), events.lease_key(task_id)],
+                args=[
+                    run,
+                    orjson.dumps(attempts),
+                    lifecycle(events.QUEUED, task_id, queue, at=last.get("ended_at"), interrupted=last.get("error")),
+                    orjson.dumps(event),
                     self.log_maxlen,
                 ],
             )
         )
 
-    def finalize(self, result: TaskResult, queue: str) -> bool:
-        """Record ``result`` as the task's outcome; False when it already had one."""
+    def released(self, task_id: str, queue: str) -> bool:
+        """A deferred task whose predecessor ended so that it will run: its status becomes ``queued``."""
+        event = lifecycle(events.QUEUED, task_id, queue, at=events.now_iso())
+        return bool(self._release(keys=[events.info_key(task_id), events.LIFECYCLE_CHANNEL], args=[event]))
+
+    def attempts(self, task_id: str) -> list[dict[str, Any]]:
+        raw = self.client.hget(events.info_key(task_id), "attempts")
+        return orjson.loads(raw) if raw else []
+
+    def finalize(self, result: TaskResult, queue: str, run: str = "") -> bool:
+        """Record ``result`` as the task's outcome; False when it already had one.
+
+        With ``run``, only if that run is still the task's current one (a run whose worker lost the
+        queue and whose task was started again elsewhere cannot overwrite the new run's outcome).
+        """
         result.log_key = result.log_key or events.log_key(result.id)
         payload = orjson.dumps(result.to_dict())
         at = result.ended_at or events.now_iso()
@@ -156,7 +235,7 @@ class TaskStore:
         }
         return bool(
             self._finalize(
-                keys=[*self._keys(result.id), events.done_key(result.id)],
+                keys=[*self._keys(result.id), events.done_key(result.id), events.lease_key(result.id)],
                 args=[
                     result.status,
                     "result",
@@ -167,6 +246,7 @@ class TaskStore:
                     event,
                     self.log_maxlen,
                     self.log_ttl,
+                    run,
                 ],
             )
         )

@@ -10,28 +10,24 @@ never left "started".
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import signal
-import socket
-import threading
 import time
-import uuid
 
 import redis
 from rq import Queue, Worker
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.job_lifecycle import record_job_failure
-from rq.registry import StartedJobRegistry
+from rq.registry import CanceledJobRegistry, FailedJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 
 from runner import events
 from runner.cancel import cancel_dependents
 from runner.config import PATIENT_RETRIES, Settings, redact_url, redis_client
 from runner.handler_client import check_transport, tls_context
-from runner.job import configure, warm_up
+from runner.job import REQUEUE_META, configure, warm_up
+from runner.lock import QueueLock, WorkerLocked
 from runner.spec import TaskResult
 from runner.store import TaskStore
 
@@ -45,72 +41,6 @@ WORKER_DIED = (
     "The worker running this task died (it was killed or crashed) before the task finished; "
     "its processes were stopped. Resubmit the task to run it again."
 )
-
-# Renew only if we still own it: never extend another worker's lock.
-_RENEW_SCRIPT = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-_RELEASE_SCRIPT = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-
-class WorkerLocked(Exception):
-    """Another worker holds the queue's lock."""
-
-
-def lock_key(queue: str) -> str:
-    return f"{events.PREFIX}:worker:{queue}:lock"
-
-
-class QueueLock:
-    """The queue's single-worker lock; a thread renews it every third of its TTL."""
-
-    def __init__(self, client: redis.Redis, queue: str, ttl: float) -> None:
-        self.client = client
-        self.key = lock_key(queue)
-        self.ttl_ms = int(ttl * 1000)
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.lost = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._renew = client.register_script(_RENEW_SCRIPT)
-        self._release = client.register_script(_RELEASE_SCRIPT)
-
-    def holder(self) -> str | None:
-        value = self.client.get(self.key)
-        return value.decode() if value else None
-
-    def acquire(self, wait: bool = False, poll: float = 1.0) -> None:
-        while not self.client.set(self.key, self.owner, nx=True, px=self.ttl_ms):
-            if not wait:
-                raise WorkerLocked(
-                    f"Another worker ({self.holder()}) already serves queue '{self.key.split(':')[2]}'; "
-                    "only one worker may run per queue. Stop it first, or start this one with --standby to take over when it stops."
-                )
-            time.sleep(poll)
-        self._thread = threading.Thread(target=self._keep, name="ccx-lock", daemon=True)
-        self._thread.start()
-
-    def _keep(self) -> None:
-        interval = self.ttl_ms / 3000
-        while not self._stop.wait(interval):
-            try:
-                if not self._renew(keys=[self.key], args=[self.owner, self.ttl_ms]):
-                    log.error("lost the worker lock %s (another worker took over?); stopping", self.key)
-                    self.lost.set()
-                    return
-            except redis.RedisError as exc:  # Redis restarting: keep trying until the TTL runs out
-                log.warning("could not renew the worker lock: %s", exc)
-
-    def release(self) -> None:
-        self._stop.set()
-        with contextlib.suppress(redis.RedisError):
-            self._release(keys=[self.key], args=[self.owner])
 
 
 class CcxWorker(Worker):
@@ -127,6 +57,15 @@ class CcxWorker(Worker):
             return
         super().execute_job(job, queue)
 
+    def _requeue_front(self, job: Job, queue: Queue, execution: object) -> None:
+        """Put an interrupted (or stale) task back at the front of its queue; its dependents keep waiting."""
+        with self.connection.pipeline() as pipeline:
+            self.cleanup_execution(job, pipeline=pipeline, execution=execution)  # type: ignore[arg-type]
+            pipeline.execute()
+        job.meta.pop(REQUEUE_META, None)
+        job.save_meta()
+        queue.enqueue_job(job, at_front=True)
+
     def handle_job_failure(
         self,
         job: Job,
@@ -141,20 +80,22 @@ class CcxWorker(Worker):
         reaches its own finalize; without this its task would stay "running" forever.
         Finalizing is done at most once, so a result the horse did record is kept.
         """
+        if job.get_meta(refresh=True).get(REQUEUE_META):
+            self._requeue_front(job, queue, execution)
+            return
         super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)  # type: ignore[arg-type]
         store = TaskStore(self.connection, self.settings.log_maxlen, self.settings.log_ttl)
         result = TaskResult(id=job.id, error=HORSE_DIED, ended_at=events.now_iso(), log_key=events.log_key(job.id))
         if store.finalize(result, queue.name):
             log.warning("task %s: its work-horse died (%s); marked failed", job.id, exc_string.strip())
             cancel_dependents(store, job, "failed", include_after_any=False)
+        file_in_rq_registry(self.connection, job, queue, store)
 
     def heartbeat(self, timeout: int | None = None, pipeline: object = None) -> None:
         if self.lock is not None and self.lock.lost.is_set() and not self._stop_requested:
-            # Another worker owns the queue now and will run the next task: stop ours at
-            # once, or two agents would run at the same time.
+            # Another worker owns the queue now: take no new task. The running one goes on: the
+            # handler's fencing stops it if the new worker starts a run, and otherwise its result counts.
             self._stop_requested = True
-            if self.horse_pid:
-                self.kill_horse()
         super().heartbeat(timeout, pipeline)  # type: ignore[arg-type]
 
 
@@ -164,25 +105,67 @@ def _log_failure(job: Job, exc_type: type, exc_value: BaseException, traceback: 
     return False
 
 
-def recover_abandoned(client: redis.Redis, queue_name: str, store: TaskStore) -> list[str]:
-    """End tasks a dead predecessor left 'started': failed, with an error that says so.
+def file_in_rq_registry(client: redis.Redis, job: Job, queue: Queue, store: TaskStore) -> None:
+    """Put an ended-but-unsuccessful task where RQ's tools look: FailedJobRegistry with its one-line error,
+    or CanceledJobRegistry (status ``canceled``) when someone cancelled it while it ran."""
+    record = store.get(job.id)
+    if record is None or record.result is None or record.result.success:
+        return
+    if record.result.cancelled:
+        with client.pipeline() as pipe:
+            FailedJobRegistry(queue=queue).remove(job, pipeline=pipe)
+            job.set_status(JobStatus.CANCELED, pipeline=pipe)
+            CanceledJobRegistry(queue=queue).add(job, ttl=job.failure_ttl or -1, pipeline=pipe)
+            pipe.execute()
+    else:
+        # What RQ's default failure handling records (registry entry and a failed Result), but with the
+        # task's one-sentence error instead of a traceback.
+        with client.pipeline() as pipe:
+            job._handle_failure(record.result.error or "The task failed.", pipeline=pipe)
+            pipe.execute()
 
-    Called while holding the queue's lock, so nothing else can be running them.
+
+def recover_abandoned(client: redis.Redis, queue_name: str, store: TaskStore, settings: Settings) -> list[str]:
+    """Deal with tasks a predecessor left 'started', before serving anything.
+
+    A task whose run lease is still renewed is still running (its worker only paused or was cut off):
+    wait for it to end, and keep its result. A task whose lease expired was abandoned: it is interrupted
+    and goes back to the front of the queue (up to ``interrupted_retries`` times), else it fails.
+    Called while holding the queue's lock.
     """
     queue = Queue(queue_name, connection=client, serializer=JSONSerializer)
     registry = StartedJobRegistry(queue=queue)
     recovered = []
     for entry in client.zrange(registry.key, 0, -1):
         job_id = registry.parse_job_id(entry)
+        waited = False
+        while client.exists(events.lease_key(job_id)):
+            if not waited:
+                log.warning("task %s is still running under the previous worker; waiting for it to end", job_id)
+                waited = True
+            time.sleep(0.5)
         try:
             job = Job.fetch(job_id, connection=client, serializer=JSONSerializer)
         except NoSuchJobError:
             job = None
-        if job is not None and job.get_status(refresh=True) == JobStatus.STARTED:
+        record = store.get(job_id)
+        if job is not None and record is not None and record.result is None:
+            attempts = store.attempts(job_id)
+            attempts.append({"started_at": record.started_at, "ended_at": events.now_iso(), "error": WORKER_DIED})
+            if len(attempts) <= settings.interrupted_retries and store.interrupt(job_id, queue_name, "", attempts):
+                client.zrem(registry.key, entry)
+                queue.enqueue_job(job, at_front=True)
+                log.warning("task %s was running when the previous worker died; it runs again", job_id)
+                recovered.append(job_id)
+                continue
             with client.pipeline() as pipe:
                 record_job_failure(job, WORKER_DIED, pipe)
                 pipe.execute()
-            result = TaskResult(id=job_id, error=WORKER_DIED, ended_at=events.now_iso(), log_key=events.log_key(job_id))
+            attempts.pop()
+            result = TaskResult(
+                id=job_id, error=WORKER_DIED, ended_at=events.now_iso(), log_key=events.log_key(job_id),
+                interrupted=True, attempts=attempts,
+            )  # fmt: skip
             store.finalize(result, queue_name)
             queue.enqueue_dependents(job)
             cancel_dependents(store, job, "failed", include_after_any=False)
@@ -207,7 +190,6 @@ def run_worker(settings: Settings, *, standby: bool = False, burst: bool = False
     settings = settings.with_local_token()
     check_transport(settings.handler_url, settings.handler_token, settings.allow_insecure)
     tls_context(settings.handler_url, settings.handler_ca)  # a bad CA file is a bad setting: say so now
-    configure(settings)
     client = redis_client(settings.redis_url, retries=PATIENT_RETRIES)
     client.ping()
     store = TaskStore(client, settings.log_maxlen, settings.log_ttl)
@@ -217,8 +199,9 @@ def run_worker(settings: Settings, *, standby: bool = False, burst: bool = False
         if holder:
             print(f"ccx worker: standing by; queue '{settings.queue}' is served by {holder}.", flush=True)
     lock.acquire(wait=standby)
+    configure(settings, lock.fence)
     try:
-        recover_abandoned(client, settings.queue, store)
+        recover_abandoned(client, settings.queue, store, settings)
         queue = Queue(settings.queue, connection=client, serializer=JSONSerializer)
         worker = CcxWorker(
             [queue],
@@ -241,4 +224,9 @@ def run_worker(settings: Settings, *, standby: bool = False, burst: bool = False
         worker.work(burst=burst, logging_level=logging_level, with_scheduler=False)
     finally:
         lock.release()
+    if lock.lost.is_set():
+        raise WorkerLocked(
+            f"This worker lost queue '{settings.queue}' to {lock.lost_to or 'another worker'} (it was cut off from "
+            f"Redis or paused for longer than CCX_WORKER_LOCK_TTL={settings.lock_ttl:g} s); that worker serves it now."
+        )
     return 0

@@ -65,3 +65,9 @@ def test_the_image_installs_the_project_and_the_claude_cli() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "@anthropic-ai/claude-code" in dockerfile and "pip install" in dockerfile
     assert 'ENTRYPOINT ["ccx"]' in dockerfile
+
+
+def test_every_service_comes_back_by_itself() -> None:
+    """A crash or a host reboot must not leave the queue without its worker (or Redis, or the handler)."""
+    for name, service in SERVICES.items():
+        assert service.get("restart") in ("unless-stopped", "always"), f"{name} has no restart policy"

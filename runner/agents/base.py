@@ -194,6 +194,10 @@ class Agent(abc.ABC):
     def argv(self, spec: TaskSpec) -> list[str]:
         """The command line for ``spec``; never a shell string."""
 
+    def stdin(self, spec: TaskSpec) -> str | None:
+        """Text for the child's standard input (None: none)."""
+        return None
+
     def env(self, spec: TaskSpec) -> dict[str, str | None]:
         """Environment changes for the child: the spec's own, merged last."""
         return dict(spec.env or {})

@@ -85,6 +85,10 @@ class ClaudeParser(JsonEventParser):
         return detail
 
 
+ARGV_PROMPT_LIMIT = 64 * 1024
+"""Bytes of prompt passed on the command line; a longer prompt goes through stdin."""
+
+
 class ClaudeAgent(Agent):
     name = "claude"
     display_name = "Claude Code"
@@ -109,10 +113,17 @@ class ClaudeAgent(Agent):
         ):
             if value:
                 argv += [flag, value]
+        if self.stdin(spec) is not None:
+            return argv  # `claude -p` reads the prompt from its standard input
         # The prompt goes last, after `--`: options such as --allowedTools take several
         # values, and a prompt starting with `-` must not be read as an option. Being
         # its own argv element, quotes, `$` and newlines reach the CLI unchanged.
         return [*argv, "--", spec.task]
+
+    def stdin(self, spec: TaskSpec) -> str | None:
+        # Linux caps one argv string at 128 KiB (MAX_ARG_STRLEN): a longer prompt would fail to exec
+        # with "Argument list too long". Those go through standard input instead.
+        return spec.task if len(spec.task.encode()) > ARGV_PROMPT_LIMIT else None
 
     def env(self, spec: TaskSpec) -> dict[str, str | None]:
         # The CLI refuses to start inside another Claude Code session when CLAUDECODE is set.

@@ -15,7 +15,7 @@ import orjson
 import redis.asyncio
 
 from runner import events
-from runner.worker import lock_key
+from runner.events import lock_key
 
 QUEUED_SHOWN = 200
 """Queued tasks listed (the count says how many more wait)."""

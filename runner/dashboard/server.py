@@ -42,6 +42,7 @@ from runner.dashboard import logview
 from runner.dashboard.auth import TOKEN_PARAM, Auth, Verdict
 from runner.dashboard.data import TASK_ID, Reader
 from runner.dashboard.live import Hub, Session
+from runner.errors import UsageError
 
 log = logging.getLogger("ccx.dashboard")
 
@@ -61,7 +62,7 @@ _COMMON = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"
 _ASSETS = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8"}
 
 
-class DashboardError(Exception):
+class DashboardError(UsageError):
     """The dashboard cannot start; the message says what to change."""
 
 

@@ -9,8 +9,10 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 
+from runner import events
 from runner.client import Runner
 from runner.stack import LocalStack, RedisServer
 from tests.support.processes import pids_with_marker, wait_until
@@ -83,27 +85,60 @@ def test_a_killed_follower_does_not_affect_the_task(stack: LocalStack, runner: R
     assert text == "".join(f"tick {i}\n" for i in range(20))
 
 
-def test_handler_killed_mid_task_fails_it_and_a_restarted_handler_kills_the_orphans(
-    stack: LocalStack, runner: Runner
+def test_handler_killed_mid_task_is_an_interruption_the_task_runs_again_once_it_is_back(
+    stack: LocalStack, runner: Runner, tmp_path: Path
 ) -> None:
-    """SIGKILL on the handler: the task fails with a clear error; the restarted handler stops its orphans; the queue moves on."""
+    """SIGKILL on the handler: the attempt is interrupted (not failed, not cancelled); the task waits for the
+    handler, the restarted handler stops the orphans of the dead one, then the task runs again and succeeds,
+    its first attempt recorded; the queue moves on."""
     token = uuid.uuid4().hex
-    handle = runner.submit(
-        agent="command", argv=["sh", "-c", f"setsid {PY} -c 'import time; time.sleep(1000)' {token} & wait", token]
+    flag = tmp_path / "first-attempt"
+    script = (
+        f"if [ -e {flag} ]; then echo second attempt; else touch {flag}; "
+        f"setsid {PY} -c 'import time; time.sleep(1000)' {token} & wait; fi"
     )
+    handle = runner.submit(agent="command", argv=["sh", "-c", script, token])
     wait_until(lambda: len(pids_with_marker(token)) >= 2, 30, what="the task and its escaped grandchild")
     assert stack.handler is not None
     port = stack.handler_url.rsplit(":", 1)[1].split("/")[0]
     stack.handler.kill()
     stack.handler.wait(10)
-    result = handle.result(timeout=30)
-    assert (
-        result.success is False
-        and "closed the connection" in (result.error or "")
-        and stack.handler_url in (result.error or "")
-    )
+    wait_until(lambda: any(e["type"] == "interrupted" for e in _logged(runner, handle.id)), 30, what="the interruption")
     assert pids_with_marker(token), "a SIGKILLed handler cannot stop anything: its runs are orphans until it restarts"
     stack.handler_port = int(port)
     stack.start_handler(20)
     wait_until(lambda: not pids_with_marker(token), 20, what="the restarted handler to stop the orphans")
+    result = handle.result(timeout=60)
+    assert (result.success, result.output) == (True, "second attempt\n")
+    (first,) = result.attempts
+    assert "closed the connection" in first["error"] and stack.handler_url in first["error"]
     assert runner.submit(agent="command", argv=["echo", "after"]).result(timeout=30).output == "after\n"
+
+
+def _logged(runner: Runner, task_id: str) -> list[dict]:
+    return [orjson.loads(fields[b"e"]) for _, fields in runner.redis.xrange(events.log_key(task_id))]
+
+
+def test_handler_restarted_with_sigterm_mid_task_the_task_runs_again_and_its_dependent_runs(
+    stack: LocalStack, runner: Runner, tmp_path: Path
+) -> None:
+    """A clean stop of the handler (docker stop, systemd restart) is not a cancel: the task is interrupted,
+    runs again once the handler is back, and the task submitted after it runs too."""
+    flag = tmp_path / "first-attempt"
+    script = f"if [ -e {flag} ]; then echo second attempt; else touch {flag}; echo first; sleep 1000; fi"
+    handle = runner.submit(agent="command", argv=["sh", "-c", script])
+    dependent = runner.submit(agent="command", argv=["echo", "dependent ran"], after=handle.id)
+    wait_until(lambda: flag.exists(), 30, what="the first attempt to start")
+    assert stack.handler is not None
+    port = int(stack.handler_url.rsplit(":", 1)[1].split("/")[0])
+    stack.handler.terminate()
+    assert stack.handler.wait(30) == 0
+    stack.handler_port = port
+    stack.start_handler(20)
+    result = handle.result(timeout=60)
+    assert (result.success, result.cancelled, result.output) == (True, False, "second attempt\n")
+    assert [a["error"] for a in result.attempts] == [
+        "The handler shut down while the task ran (its processes were stopped); the task is run again once a "
+        "handler is back."
+    ]
+    assert dependent.result(timeout=60).output == "dependent ran\n"

@@ -249,3 +249,27 @@ def test_after_a_task_that_already_ended_badly_never_waits_forever(runner: Runne
     runner.cancel(queued_then_cancelled.id)
     late = runner.submit(agent="command", argv=["true"], after=queued_then_cancelled.id, after_any=True)
     assert late.result(timeout=10).cancelled
+
+
+def test_result_and_events_of_an_unknown_id_raise_the_same_error(redis_url: str, queue_name: str) -> None:
+    """Neither waits forever on an id this Redis never saw: both raise UnknownTask (a usage error, exit 2)."""
+    from runner.errors import EXIT_USAGE, UnknownTask
+
+    runner = Runner(redis_url=redis_url, queue=queue_name)
+    handle = runner.handle("no-such-task")
+    with pytest.raises(UnknownTask, match="No task with id no-such-task") as from_result:
+        handle.result(timeout=30)
+    with pytest.raises(UnknownTask, match="No task with id no-such-task"):
+        list(handle.events(timeout=30))
+    assert from_result.value.exit_status == EXIT_USAGE
+
+
+def test_a_dependent_is_queued_not_deferred_once_its_predecessor_succeeded(runner: Runner) -> None:
+    gate = runner.submit(agent="command", argv=["true"])
+    # The dependent waits behind a slow task, so its status can be seen between its release and its start.
+    blocker = runner.submit(agent="command", argv=[sys.executable, "-c", "import time; time.sleep(3)"])
+    dependent = runner.submit(agent="command", argv=["echo", "after"], after=gate.id)
+    assert gate.result(timeout=30).success
+    wait_until(lambda: runner.get(blocker.id).status == "running", 30, what="the slow task")  # type: ignore[union-attr]
+    assert runner.get(dependent.id).status == "queued"  # type: ignore[union-attr]
+    assert dependent.result(timeout=30).output == "after\n"

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import orjson
 from rq import Queue
@@ -53,12 +54,25 @@ def test_a_second_worker_on_the_same_queue_is_refused(stack: LocalStack) -> None
     assert b"already serves queue" in err and b"--standby" in err
 
 
-def test_worker_killed_mid_task_fails_the_task_and_the_next_one_runs(stack: LocalStack, runner: Runner) -> None:
-    """SIGKILL on the worker: the child dies, the log keeps its output, a new worker fails the task and moves on."""
+ONCE = """
+import os, sys, time
+flag = sys.argv[1]
+if os.path.exists(flag):
+    print("second attempt", flush=True)
+else:
+    open(flag, "w").close()
+    print("before-kill", flush=True)
+    time.sleep(1000)
+"""
+
+
+def test_worker_killed_mid_task_the_task_runs_again_first_and_the_next_one_after(
+    stack: LocalStack, runner: Runner, tmp_path: Path
+) -> None:
+    """SIGKILL on the worker: the child dies, the log keeps its output; a new worker takes over at once (the
+    dead one was on this host), runs the interrupted task again before anything else, then the next one."""
     token = uuid.uuid4().hex
-    handle = runner.submit(
-        agent="command", argv=[PY, "-c", "import time; print('before-kill', flush=True); time.sleep(1000)", token]
-    )
+    handle = runner.submit(agent="command", argv=[PY, "-c", ONCE, str(tmp_path / "flag"), token])
     following = runner.submit(agent="command", argv=["echo", "next"])
     log = events.log_key(handle.id)
     wait_until(
@@ -70,14 +84,21 @@ def test_worker_killed_mid_task_fails_the_task_and_the_next_one_runs(stack: Loca
     stack.worker.wait(10)
     # The work-horse dies with its worker, the handler sees the connection drop and kills the child.
     wait_until(lambda: not pids_with_marker(token), 20, what="the task's process to be gone")
-    replacement = start_worker(stack, "--standby")
+    replacement = start_worker(stack)  # no --standby: the dead holder is taken over at once
     try:
         result = handle.result(timeout=60)
-        assert result.success is False
-        assert result.error == WORKER_DIED
-        printed = "".join(e["data"] for e in handle.events(timeout=10) if e["type"] == "output")
-        assert printed == "before-kill\n"
+        assert (result.success, result.output) == (True, "second attempt\n")
+        assert [a["error"] for a in result.attempts] == [WORKER_DIED]
+        seen = list(handle.events(timeout=10))
+        printed = "".join(e["data"] for e in seen if e["type"] == "output")
+        assert printed == "before-kill\nsecond attempt\n"
+        assert [e["type"] for e in seen if e["type"] in ("started", "interrupted")] == [
+            "started",
+            "interrupted",
+            "started",
+        ]
         assert following.result(timeout=60).output == "next\n"
+        assert runner.get(following.id).started_at > result.ended_at  # type: ignore[union-attr,operator]
     finally:
         stop(replacement)
 
@@ -99,9 +120,10 @@ def test_a_pickle_payload_is_never_unpickled(stack: LocalStack, runner: Runner, 
     assert stack.worker is not None and stack.worker.poll() is None
 
 
-def test_handler_down_fails_the_task_quickly_with_the_url(redis_url: str, queue_name: str) -> None:
-    """No handler at the URL: the task fails at once with an error naming the URL and what to do."""
-    stack = LocalStack(redis_url=redis_url, queue=queue_name)
+def test_handler_down_fails_the_task_after_the_wait_with_the_url(redis_url: str, queue_name: str) -> None:
+    """No handler at the URL: after waiting CCX_HANDLER_WAIT for it, the task fails with an error naming the URL,
+    how long it waited and what to do."""
+    stack = LocalStack(redis_url=redis_url, queue=queue_name, env={"CCX_HANDLER_WAIT": "1.5"})
     stack.start()
     try:
         assert stack.handler is not None
@@ -111,6 +133,7 @@ def test_handler_down_fails_the_task_quickly_with_the_url(redis_url: str, queue_
         result = client.submit(agent="command", argv=["true"]).result(timeout=30)
         assert result.success is False
         assert stack.handler_url in (result.error or "") and "ccx handler" in (result.error or "")
+        assert "for 1.5 s" in (result.error or "")
         assert pid_alive(stack.worker.pid)  # type: ignore[union-attr]
     finally:
         stack.stop()
@@ -141,3 +164,32 @@ def test_a_killed_work_horse_still_ends_its_task_with_a_result(stack: LocalStack
     assert result.success is False and result.error == HORSE_DIED
     wait_until(lambda: not pids_with_marker(token), 20, what="the task's process to be gone")
     assert following.result(timeout=30).output == "next\n"
+
+
+def test_rq_tools_see_failed_and_cancelled_tasks(stack: LocalStack, runner: Runner) -> None:
+    """`rq info` and RQ's registries agree with cc-execute: a failed task is in FailedJobRegistry with its
+    one-line error, a task cancelled while running is in CanceledJobRegistry, and no task is logged as a
+    traceback."""
+    from rq.job import Job
+    from rq.registry import CanceledJobRegistry, FailedJobRegistry, FinishedJobRegistry
+
+    ok = runner.submit(agent="command", argv=["true"])
+    bad = runner.submit(agent="command", argv=[PY, "-c", "import sys; sys.exit(3)"])
+    long = runner.submit(agent="command", argv=[PY, "-c", "import time; print('up', flush=True); time.sleep(600)"])
+    assert ok.result(timeout=30).success and not bad.result(timeout=30).success
+    wait_until(lambda: runner.get(long.id).status == "running", 30, what="the long task to run")  # type: ignore[union-attr]
+    assert runner.cancel(long.id) == "cancelling"
+    assert long.result(timeout=30).cancelled
+    queue = runner.queue
+    wait_until(lambda: CanceledJobRegistry(queue=queue).get_job_ids() == [long.id], 10, what="the canceled registry")
+    assert FailedJobRegistry(queue=queue).get_job_ids() == [bad.id]
+    assert FinishedJobRegistry(queue=queue).get_job_ids() == [ok.id]
+    failed = Job.fetch(bad.id, connection=runner.redis, serializer=runner.queue.serializer)
+    latest = failed.latest_result()
+    assert latest is not None and latest.exc_string == bad.result(timeout=1).error == "The command exited with code 3."
+    info = subprocess.run(
+        [PY, "-m", "rq.cli", "info", "--url", stack.redis_url or "", "--only-queues", "--raw", stack.queue],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert info.returncode == 0, info.stderr
+    assert f"queue {stack.queue} 0" in info.stdout, info.stdout

@@ -137,6 +137,21 @@ def test_plain_answer(runner: Runner, stack: LocalStack, home: Path, workdir: Pa
     assert events[-1]["type"] == "result" and events[-1]["session_id"] == result.agent["session_id"]
 
 
+def test_a_prompt_too_long_for_argv_goes_through_stdin(
+    runner: Runner, stack: LocalStack, home: Path, workdir: Path
+) -> None:
+    """Linux refuses one argv string over 128 KiB; a 300 KiB prompt reaches the model whole, via stdin."""
+    prompt = "Summarise this log.\n" + "".join(f"line {n:06d} of the build log\n" for n in range(10_000))
+    assert len(prompt.encode()) > 128 * 1024
+    with FakeAnthropic(script=[Reply.text("Summarised")]) as api:
+        handle = runner.submit(prompt, cwd=str(workdir), env=task_env(stack, claude_env(api.url, home)))
+        result = result_of(handle)
+        main_requests = api.main_requests
+    assert result.success, result.error
+    assert result.output == "Summarised"
+    assert len(main_requests) == 1 and prompt.strip() in "".join(user_texts(main_requests[0]))
+
+
 def test_allowed_write_creates_the_file_in_cwd(runner: Runner, stack: LocalStack, home: Path, workdir: Path) -> None:
     script = [Reply.tool_use("Write", {"file_path": "hello.txt", "content": "hi there\n"}), Reply.text("written")]
     with FakeAnthropic(script=script) as api:

@@ -126,8 +126,11 @@ class Settings:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
-PATIENT_RETRIES = 12
-"""Retries (backoff capped at 2 s, about 15 s in all) for the worker side: it rides out a Redis restart."""
+PATIENT_RETRIES = 1800
+"""Retries (backoff capped at 2 s: about an hour in all) for the worker side: it waits out a Redis
+restart, outage or partition instead of failing the task that runs (whose output then waits in the pipes)."""
+SOCKET_TIMEOUT = 30.0
+"""Seconds a reply may take: a half-open connection (a partition) fails and is retried, never hangs."""
 QUICK_RETRIES = 2
 """Retries for orchestrator calls: a Redis that is down is reported at once, not after a long wait."""
 
@@ -139,6 +142,7 @@ def redis_client(url: str, retries: int = QUICK_RETRIES) -> redis.Redis:
         retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=retries),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         socket_connect_timeout=5,
+        socket_timeout=SOCKET_TIMEOUT,
         health_check_interval=30,
         driver_info=None,  # skip CLIENT SETINFO: two round trips per new connection
     )
@@ -152,6 +156,7 @@ def async_redis_client(url: str) -> redis.asyncio.Redis:
         retry=AsyncRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=PATIENT_RETRIES),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         socket_connect_timeout=5,
+        socket_timeout=SOCKET_TIMEOUT,
         driver_info=None,
     )
 

@@ -328,7 +328,7 @@ async def _keep_lease(client: redis.asyncio.Redis, task_id: str, run_id: str, tt
     while True:
         await asyncio.sleep(ttl / 3)
         with contextlib.suppress(redis.RedisError):
-            await renew(keys=[events.lease_key(task_id)], args=[run_id, int(ttl * 1000)])
+            await renew(keys=[events.lease_key(task_id), events.info_key(task_id)], args=[run_id, int(ttl * 1000)])
 
 
 async def _watch_cancel(

@@ -65,9 +65,15 @@ return 0
 """
 
 
-# KEYS: lease. ARGV: run id, ttl_ms. Renews the run lease only while it is still this run's.
+# KEYS: lease, the task's record. ARGV: run id, ttl_ms. Renews the run lease only while the run is still
+# the task's current one; a lease that expired while Redis was unreachable is taken again.
 RENEW_LEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if not holder and redis.call('HGET', KEYS[2], 'run') == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 2
+end
 return 0
 """
 

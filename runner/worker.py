@@ -190,8 +190,9 @@ def run_worker(settings: Settings, *, standby: bool = False, burst: bool = False
     settings = settings.with_local_token()
     check_transport(settings.handler_url, settings.handler_token, settings.allow_insecure)
     tls_context(settings.handler_url, settings.handler_ca)  # a bad CA file is a bad setting: say so now
+    redis_client(settings.redis_url).ping()  # a wrong URL or a Redis that is down is said at once
+    # From here on, outages are waited out (see PATIENT_RETRIES), never a reason to stop serving.
     client = redis_client(settings.redis_url, retries=PATIENT_RETRIES)
-    client.ping()
     store = TaskStore(client, settings.log_maxlen, settings.log_ttl)
     lock = QueueLock(client, settings.queue, settings.lock_ttl)
     if standby:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,8 +16,10 @@ import pytest
 
 from runner import events
 from runner.client import Runner
-from runner.stack import LocalStack, RedisServer
-from tests.support.processes import pids_with_marker, wait_until
+from runner.stack import LocalStack, RedisServer, find_redis_server
+from tests.handler.helpers import ROOT
+from tests.support.netns import Machine, Network
+from tests.support.processes import first_line, pids_with_marker, redis_with_password, stop_all, wait_until
 
 PY = sys.executable
 
@@ -142,3 +146,123 @@ def test_handler_restarted_with_sigterm_mid_task_the_task_runs_again_and_its_dep
         "handler is back."
     ]
     assert dependent.result(timeout=60).output == "dependent ran\n"
+
+
+TICKER = """
+import sys, time
+for i in range(int(sys.argv[1])):
+    print(f"tick {i}", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+@pytest.mark.timeout(240)
+def test_a_redis_outage_longer_than_the_lock_ttl_is_waited_out(tmp_path: Path, queue_name: str) -> None:
+    """Redis goes away for 4 times the lock's TTL while a task prints, three more queued: the worker survives,
+    keeps its queue (nobody else took it), the running task completes with every line, and the queued ones
+    run after it, each exactly once and in order."""
+    server = RedisServer(tmp_path / "redis").start()
+    marks = tmp_path / "marks"
+    try:
+        with LocalStack(redis_url=server.url, queue=queue_name, env={"CCX_WORKER_LOCK_TTL": "2"}) as stack:
+            runner = Runner(redis_url=server.url, queue=queue_name)
+            running = runner.submit(agent="command", argv=[PY, "-c", TICKER, "40", "0.25"])
+            queued = [
+                runner.submit(agent="command", argv=["sh", "-c", f'echo "$0" >> {marks}', f"q{n}"]) for n in range(3)
+            ]
+            wait_until(lambda: runner.get(running.id).status == "running", 30, what="the task to run")  # type: ignore[union-attr]
+            server.stop()
+            outage_began = time.monotonic()
+            time.sleep(8)  # the fault itself: Redis stays down for 4 x CCX_WORKER_LOCK_TTL
+            server.start()
+            result = running.result(timeout=120)
+            assert result.success, result.error
+            printed = "".join(e["data"] for e in running.events(timeout=30) if e["type"] == "output")
+            assert printed == "".join(f"tick {i}\n" for i in range(40))
+            for handle in queued:
+                assert handle.result(timeout=60).success
+            assert marks.read_text().split() == ["q0", "q1", "q2"]
+            assert stack.worker is not None and stack.worker.poll() is None, "the worker kept serving"
+            assert time.monotonic() - outage_began >= 8
+    finally:
+        server.stop()
+
+
+SUBMIT_AND_WAIT = """
+import sys, orjson
+from runner.client import Runner
+runner = Runner(redis_url=sys.argv[1], queue=sys.argv[2])
+ids = [runner.submit(agent="command", argv=argv).id for argv in orjson.loads(sys.argv[3])]
+print(orjson.dumps(ids).decode(), flush=True)
+results = [runner.handle(task_id).result(timeout=float(sys.argv[4])).to_dict() for task_id in ids]
+print(orjson.dumps(results).decode(), flush=True)
+"""
+
+
+@pytest.mark.timeout(240)
+def test_a_worker_partitioned_longer_than_its_lock_ttl_keeps_its_queue_and_the_next_task_runs(
+    tmp_path: Path,
+) -> None:
+    """Machine A has Redis and the handler; machine B the worker. B's link goes down for 4 x the lock's TTL
+    mid-task. Nobody else took the queue, so after the restore the worker takes its lock and the run's lease
+    back: the task completes with every line, and the task queued behind it runs by itself."""
+    with Network() as net:
+        a, b = net.machine("a"), net.machine("b")
+        base = {**{k: v for k, v in os.environ.items() if not k.startswith("CCX_")}, "CCX_CONFIG_DIR": str(tmp_path)}
+        token, password = "tok-" + uuid.uuid4().hex, uuid.uuid4().hex
+        handler = worker = redis_proc = None
+        try:
+            redis_proc = redis_with_password(
+                a.argv(find_redis_server(), "-", "--port", "6390", "--bind", a.address, "--save", "",
+                       "--appendonly", "no", "--dir", str(tmp_path)),
+                password,
+            )  # fmt: skip
+            redis_url = f"redis://:{password}@{a.address}:6390/0"
+            handler = subprocess.Popen(
+                a.argv(PY, "-m", "handler", "--host", a.address, "--port", "0", "--allow", "*"),
+                env={**base, "CCX_HANDLER_TOKEN": token}, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL, cwd=ROOT,
+            )  # fmt: skip
+            handler_url = first_line(handler).split(" listening on ", 1)[1].split()[0]
+            worker_log = (tmp_path / "worker.log").open("wb")
+            worker = subprocess.Popen(
+                b.argv(PY, "-m", "runner.cli", "worker"),
+                env={**base, "CCX_REDIS_URL": redis_url, "CCX_HANDLER_URL": handler_url, "CCX_HANDLER_TOKEN": token,
+                     "CCX_ALLOW_INSECURE": "1", "CCX_QUEUE": "remote", "CCX_WORKER_LOCK_TTL": "3"},
+                stdout=subprocess.PIPE, stderr=worker_log, stdin=subprocess.DEVNULL, cwd=ROOT,
+            )  # fmt: skip
+            worker_log.close()
+            assert "serving queue 'remote'" in first_line(worker, 60)
+            tasks = [[PY, "-c", TICKER, "60", "0.25"], ["echo", "next ran"]]
+            submitter = subprocess.Popen(
+                a.argv(PY, "-c", SUBMIT_AND_WAIT, redis_url, "remote", orjson.dumps(tasks).decode(), "150"),
+                env=base, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+            )  # fmt: skip
+            first_line(submitter, 60)  # the ids: both submitted
+            wait_until(lambda: "tick 3" in _ticks_so_far(a, redis_url), 60, what="the task to print")
+            net.unplug(b)
+            time.sleep(12)  # the fault itself: B is cut off for 4 x CCX_WORKER_LOCK_TTL
+            net.plug(b)
+            out, err = submitter.communicate(timeout=180)
+            results = orjson.loads(out.splitlines()[-1])
+            assert [r["success"] for r in results] == [True, True], (results, err)
+            assert results[1]["output"] == "next ran\n"
+            assert results[0]["output"] == "".join(f"tick {i}\n" for i in range(60))
+            # The partition outlasted the lock (renewals failed for 4 x its TTL); nobody else held it meanwhile,
+            # so the worker took it back (a renewal delivered late by TCP may do that silently) and never lost it.
+            logged = (tmp_path / "worker.log").read_text()
+            assert logged.count("could not renew the worker lock") >= 4 and "lost the lock" not in logged
+            assert worker.poll() is None, "the worker kept serving"
+        finally:
+            stop_all(worker, handler, redis_proc)
+
+
+def _ticks_so_far(machine: Machine, redis_url: str) -> str:
+    """The output so far of the queue's newest running task, read from inside ``machine``."""
+    code = (
+        "import sys, redis; from runner import events; c = redis.Redis.from_url(sys.argv[1]); "
+        "ids = c.zrevrange(events.index_key('remote'), 0, -1); "
+        "print(b''.join(f[b'e'] for i in ids for _, f in c.xrange(events.log_key(i.decode()))).decode())"
+    )
+    done = subprocess.run(machine.argv(PY, "-c", code, redis_url), capture_output=True, text=True, timeout=30, cwd=ROOT)
+    return done.stdout

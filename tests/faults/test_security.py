@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import http.server
 import os
-import selectors
 import shutil
 import stat
 import subprocess
@@ -29,7 +28,7 @@ from tests.runner import test_dashboard
 from tests.runner.test_dashboard import signed, start_dashboard
 from tests.support.certs import make_certs
 from tests.support.netns import Network
-from tests.support.processes import wait_until
+from tests.support.processes import first_line, redis_with_password, stop_all, wait_until
 
 PY = sys.executable
 browser_page = test_dashboard.browser_page  # the dashboard tests' headless Chromium fixture
@@ -136,7 +135,7 @@ def test_rediss_works_end_to_end_against_a_tls_redis_server(tmp_path: Path, queu
     password = uuid.uuid4().hex
     data = tmp_path / "redis"
     data.mkdir()
-    proc = _redis(
+    proc = redis_with_password(
         [binary, "-", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
          "--tls-cert-file", str(certs.cert), "--tls-key-file", str(certs.key), "--tls-ca-cert-file", str(certs.ca),
          "--tls-auth-clients", "no", "--save", "", "--appendonly", "no"],
@@ -179,29 +178,6 @@ print(orjson.dumps(result.to_dict()).decode())
 """
 
 
-def _first_line(proc: subprocess.Popen[bytes], timeout: float = 30) -> str:
-    assert proc.stdout is not None
-    with selectors.DefaultSelector() as selector:
-        selector.register(proc.stdout, selectors.EVENT_READ)
-        if not selector.select(timeout):
-            raise AssertionError(f"no output within {timeout} s")
-    return proc.stdout.readline().decode()
-
-
-def _stop(*procs: subprocess.Popen[bytes] | None) -> None:
-    for proc in procs:
-        terminate(proc)
-
-
-def _redis(argv: list[str], password: str) -> subprocess.Popen[bytes]:
-    """``argv`` (a ``redis-server -`` command line) with ``password`` given on stdin, as the embedded stack does."""
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    assert proc.stdin is not None
-    proc.stdin.write(f'requirepass "{password}"\n'.encode())
-    proc.stdin.close()
-    return proc
-
-
 @pytest.mark.timeout(180)
 def test_two_machines_the_token_goes_only_over_tls(tmp_path: Path) -> None:
     """Handler on machine A, Redis and worker on machine B (network namespaces joined by a bridge).
@@ -222,12 +198,12 @@ def test_two_machines_the_token_goes_only_over_tls(tmp_path: Path) -> None:
                 env={**base, "CCX_HANDLER_TOKEN": token}, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                 stdin=subprocess.DEVNULL, cwd=ROOT,
             )  # fmt: skip
-            wss_url = _first_line(handler).split(" listening on ", 1)[1].split()[0]
+            wss_url = first_line(handler).split(" listening on ", 1)[1].split()[0]
             assert wss_url.startswith(f"wss://{a.address}:")
             ws_url = "ws://" + wss_url[len("wss://") :]
             password = uuid.uuid4().hex
             redis_port = 6390
-            redis_proc = _redis(
+            redis_proc = redis_with_password(
                 b.argv(find_redis_server(), "-", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
                        "--appendonly", "no", "--dir", str(tmp_path)),
                 password,
@@ -248,7 +224,7 @@ def test_two_machines_the_token_goes_only_over_tls(tmp_path: Path) -> None:
                 env={**worker_env, "CCX_HANDLER_URL": wss_url, "CCX_HANDLER_CA": str(certs.ca)},
                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, cwd=ROOT,
             )  # fmt: skip
-            assert "serving queue 'remote'" in _first_line(worker, 60)
+            assert "serving queue 'remote'" in first_line(worker, 60)
             done = subprocess.run(
                 b.argv(PY, "-c", SUBMIT, redis_url, "remote"), capture_output=True, text=True, timeout=90, cwd=ROOT,
                 env=base,
@@ -257,7 +233,7 @@ def test_two_machines_the_token_goes_only_over_tls(tmp_path: Path) -> None:
             result = orjson.loads(done.stdout)
             assert (result["success"], result["output"]) == (True, "ran on the handler machine\n")
         finally:
-            _stop(worker, handler, redis_proc)
+            stop_all(worker, handler, redis_proc)
 
 
 # ---- a web page -----------------------------------------------------------------------------

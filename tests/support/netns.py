@@ -26,6 +26,8 @@ def _ip(*args: str) -> None:
 class Machine:
     name: str
     address: str
+    link: str = ""
+    """Its cable: the bridge-side end of its veth pair, in the LAN namespace."""
 
     def argv(self, *argv: str) -> list[str]:
         """``argv`` run inside this machine's network namespace."""
@@ -70,9 +72,16 @@ class Network:
         _ip("-n", self.lan, "link", "set", outside, "master", "br0", "up")
         _ip("-n", name, "addr", "add", f"{address}/24", "dev", inside)
         _ip("-n", name, "link", "set", inside, "up")
-        machine = Machine(name, address)
+        machine = Machine(name, address, outside)
         self.machines.append(machine)
         return machine
+
+    def unplug(self, machine: Machine) -> None:
+        """A partition: ``machine`` stays up but its packets go nowhere (its TCP connections stay half-open)."""
+        _ip("-n", self.lan, "link", "set", machine.link, "down")
+
+    def plug(self, machine: Machine) -> None:
+        _ip("-n", self.lan, "link", "set", machine.link, "up")
 
     def __exit__(self, *exc: object) -> None:
         for name in reversed(self.namespaces):

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import selectors
+import subprocess
 import time
 from collections.abc import Callable
 from typing import TypeVar
+
+from runner.stack import terminate
 
 T = TypeVar("T")
 
@@ -101,3 +105,28 @@ class PeakRss:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(5)
+
+
+def first_line(proc: subprocess.Popen[bytes], timeout: float = 30) -> str:
+    """The first line ``proc`` prints on stdout (a service's banner), within ``timeout`` seconds."""
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        if not selector.select(timeout):
+            raise AssertionError(f"no output within {timeout} s")
+    return proc.stdout.readline().decode()
+
+
+def stop_all(*procs: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM each (SIGKILL after 15 s), in order."""
+    for proc in procs:
+        terminate(proc)
+
+
+def redis_with_password(argv: list[str], password: str) -> subprocess.Popen[bytes]:
+    """``argv`` (a ``redis-server -`` command line) with ``password`` given on stdin, as the embedded stack does."""
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert proc.stdin is not None
+    proc.stdin.write(f'requirepass "{password}"\n'.encode())
+    proc.stdin.close()
+    return proc

@@ -104,7 +104,8 @@ class Runner:
         """Queue a task and return its handle; a bad spec raises :class:`~runner.spec.SpecError` at once.
 
         ``after`` runs this task only once that task has ended: by default only if it
-        succeeded (else this one is cancelled), with ``after_any=True`` in any case.
+        succeeded (else this one is cancelled), with ``after_any=True`` also if it failed.
+        A cancelled predecessor cancels its dependents either way: a cancel stops the line.
         """
         if isinstance(task, TaskSpec):
             spec = TaskSpec.from_dict({**task.to_dict(), **options})
@@ -154,9 +155,7 @@ class Runner:
         job = fetch_job(self.redis, task_id)
         if job is None or job.get_status() != JobStatus.DEFERRED:
             return  # RQ already let it run (after_any and a failed predecessor)
-        previous = fetch_job(self.redis, after)
-        cancelled_before_start = previous is not None and previous.get_status() == JobStatus.CANCELED
-        if not after_any or cancelled_before_start:
+        if not after_any or predecessor.result.cancelled:
             what = "was cancelled" if predecessor.result.cancelled else "failed"
             cancel_task(
                 self.store,

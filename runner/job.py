@@ -111,8 +111,11 @@ def run_task(spec_data: dict) -> dict:
         )
         store.finalize(result, job.origin)
     if not result.success:
-        cancel_dependents(store, job, "was cancelled" if result.cancelled else "failed", include_after_any=False)
-    release_dependents(store, job, result.success)
+        # after_any means "after it finished or failed"; a cancel stops the whole line (RQ's rule too).
+        what = "was cancelled" if result.cancelled else "failed"
+        cancel_dependents(store, job, what, include_after_any=result.cancelled)
+    if not result.cancelled:
+        release_dependents(store, job, result.success)
     if not result.success:
         raise TaskFailed(result.error or "The task failed.")
     return result.to_dict()

@@ -30,7 +30,7 @@ def test_the_stack_has_redis_handler_worker_and_dashboard() -> None:
 
 
 def test_ccx_services_run_real_subcommands() -> None:
-    for name in ("handler", "worker"):
+    for name in ("handler", "worker", "dashboard"):
         command = SERVICES[name]["command"]
         result = CliRunner().invoke(ccx, [command[0], "--help"])
         assert result.exit_code == 0, f"{name}: `ccx {command[0]}` is not a ccx command"
@@ -38,7 +38,7 @@ def test_ccx_services_run_real_subcommands() -> None:
 
 def test_environment_variables_are_the_ones_the_code_reads() -> None:
     known = code_env_names()
-    for name in ("handler", "worker"):
+    for name in ("handler", "worker", "dashboard"):
         for variable in SERVICES[name].get("environment", {}):
             if variable.startswith(("CCX_", "REDIS_")):
                 assert variable in known, f"{name} sets {variable}, which the code never reads"
@@ -58,7 +58,9 @@ def test_only_loopback_ports_are_published_and_the_exposed_handler_needs_a_token
     assert "CCX_HANDLER_TOKEN" in SERVICES["handler"]["environment"]
     assert "--requirepass" in SERVICES["redis"]["command"], "Redis needs a password"
     assert "${CCX_REDIS_PASSWORD" in SERVICES["worker"]["environment"]["REDIS_URL"]
-    assert "--json" in " ".join(SERVICES["dashboard"]["command"])  # rq-dashboard must read our JSON jobs
+    assert "--json" in " ".join(SERVICES["rq-dashboard"]["command"])  # rq-dashboard must read our JSON jobs
+    assert "six" in " ".join(SERVICES["rq-dashboard"]["command"])  # it imports six without declaring it
+    assert "CCX_DASHBOARD_TOKEN" in SERVICES["dashboard"]["environment"]
 
 
 def test_the_image_installs_the_project_and_the_claude_cli() -> None:

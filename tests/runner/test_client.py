@@ -245,10 +245,20 @@ def test_after_a_task_that_already_ended_badly_never_waits_forever(runner: Runne
     assert anyway.result(timeout=30).output == "anyway\n"
     assert not (tmp_path / "skipped").exists()
 
-    queued_then_cancelled = runner.submit(agent="command", argv=["true"], after=anyway.id)
-    runner.cancel(queued_then_cancelled.id)
+    # One meaning for after_any: after a finished or failed task. A cancelled one cancels every dependent,
+    # whether it was cancelled while queued or while running, and whether the dependent came before or after.
+    blocker = runner.submit(agent="command", argv=[sys.executable, "-c", "import time; time.sleep(600)"])
+    queued_then_cancelled = runner.submit(agent="command", argv=["true"])
+    early = runner.submit(agent="command", argv=["true"], after=queued_then_cancelled.id, after_any=True)
+    assert runner.cancel(queued_then_cancelled.id) == "cancelled"
     late = runner.submit(agent="command", argv=["true"], after=queued_then_cancelled.id, after_any=True)
-    assert late.result(timeout=10).cancelled
+    assert early.result(timeout=10).cancelled and late.result(timeout=10).cancelled
+    wait_until(lambda: runner.get(blocker.id).status == "running", 30, what="the blocker to run")  # type: ignore[union-attr]
+    dependent = runner.submit(agent="command", argv=["true"], after=blocker.id, after_any=True)
+    assert runner.cancel(blocker.id) == "cancelling"
+    assert blocker.result(timeout=30).cancelled
+    late_after_running = runner.submit(agent="command", argv=["true"], after=blocker.id, after_any=True)
+    assert dependent.result(timeout=30).cancelled and late_after_running.result(timeout=30).cancelled
 
 
 def test_result_and_events_of_an_unknown_id_raise_the_same_error(redis_url: str, queue_name: str) -> None:

@@ -11,12 +11,13 @@ import uuid
 from pathlib import Path
 
 import orjson
+import pytest
 from rq import Queue
 from rq.serializers import JSONSerializer
 
 from runner import events
 from runner.client import Runner
-from runner.stack import LocalStack
+from runner.stack import LocalStack, free_port
 from runner.worker import WORKER_DIED
 from tests.support.processes import pid_alive, pids_with_marker, wait_until
 
@@ -193,3 +194,61 @@ def test_rq_tools_see_failed_and_cancelled_tasks(stack: LocalStack, runner: Runn
     )  # fmt: skip
     assert info.returncode == 0, info.stderr
     assert f"queue {stack.queue} 0" in info.stdout, info.stdout
+
+
+@pytest.mark.timeout(120)
+def test_the_real_rq_dashboard_shows_right_counts_and_every_task_page(
+    stack: LocalStack, runner: Runner, tmp_path: Path
+) -> None:
+    """rq-dashboard (the one docker-compose ships) against finished, failed, cancelled and dependent tasks:
+    its counts match, and every task's page and JSON answer 200."""
+    import urllib.request
+
+    ok = runner.submit(agent="command", argv=["true"])
+    after_ok = runner.submit(agent="command", argv=["echo", "after ok"], after=ok.id)
+    bad = runner.submit(agent="command", argv=["false"])
+    after_bad = runner.submit(agent="command", argv=["true"], after=bad.id)
+    for handle in (ok, after_ok, bad, after_bad):
+        handle.result(timeout=30)
+    long = runner.submit(agent="command", argv=[PY, "-c", "import time; print('up', flush=True); time.sleep(600)"])
+    wait_until(lambda: runner.get(long.id).status == "running", 30, what="the long task")  # type: ignore[union-attr]
+    runner.cancel(long.id)
+    assert long.result(timeout=30).cancelled
+    port = free_port()
+    log = (tmp_path / "rq-dashboard.log").open("wb")
+    dashboard = subprocess.Popen(
+        [PY, "-c", "from rq_dashboard.cli import main; main()", "--bind", "127.0.0.1", "--port", str(port),
+         "--redis-url", stack.redis_url or "", "--json"],
+        stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    log.close()
+    base = f"http://127.0.0.1:{port}/0"
+
+    def get(path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(base + path, timeout=10) as reply:
+                return reply.status, reply.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+        except OSError:
+            return 0, b""
+
+    try:
+        wait_until(lambda: get("/data/queues.json")[0] == 200, 60, what="rq-dashboard to answer")
+        queues = {q["name"]: q for q in orjson.loads(get("/data/queues.json")[1])["queues"]}
+        ours = queues[stack.queue]
+        assert ours["count"] == 0
+        assert ours["failed_job_registry_count"] == 1
+        assert ours["finished_job_registry_count"] == 2
+        assert ours["canceled_job_registry_count"] == 2  # cancelled while running, and after_bad (never ran)
+        failed = orjson.loads(get(f"/data/jobs/{stack.queue}/failed/8/asc/1.json")[1])
+        assert [job["id"] for job in failed["jobs"]] == [bad.id]
+        # rq-dashboard 0.9 cannot show any job that has a dependency under RQ 3 (it calls .decode() on the
+        # str ids RQ 3 returns): its bug, not ours; docs/dashboard.md says so. Every other page answers.
+        for handle in (ok, bad, long):
+            assert get(f"/view/job/{handle.id}")[0] == 200, handle
+            detail = orjson.loads(get(f"/data/job/{handle.id}.json")[1])
+            assert detail["id"] == handle.id
+        assert orjson.loads(get(f"/data/job/{bad.id}.json")[1])["exc_info"] == "The command exited with code 1."
+    finally:
+        stop(dashboard)

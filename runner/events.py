@@ -31,6 +31,8 @@ LIFECYCLE_CHANNEL = f"{PREFIX}:events"
 STARTED = "started"
 OUTPUT = "output"
 RESULT = "result"
+GAP = "gap"
+"""Made by readers, never stored: ``missing`` output frames were trimmed from the log (CCX_LOG_MAXLEN)."""
 INTERRUPTED = "interrupted"
 """An attempt ended by the infrastructure (a handler or worker stopping or dying); the task runs again."""
 # Lifecycle types on LIFECYCLE_CHANNEL (and the task statuses they set).
@@ -241,6 +243,9 @@ def read_events(
     key = log_key(task_id)
     deadline = None if timeout is None else time.monotonic() + timeout
     last = after
+    # Output frames are numbered from 0 within each attempt: a jump means the log was trimmed past
+    # what this reader had (CCX_LOG_MAXLEN), and the reader is told how much is gone.
+    expected: int | None = 0 if after == "0-0" else None
     while True:
         wait = block_ms
         if deadline is not None:
@@ -262,8 +267,16 @@ def read_events(
         for entry_id, fields in response[0][1]:
             last = entry_id
             event = orjson.loads(fields[b"e"])
+            kind = event.get("type")
+            if kind == OUTPUT:
+                seq = event.get("seq", 0)
+                if expected is not None and seq > expected:
+                    yield {"type": GAP, "task_id": task_id, "missing": seq - expected, "from_seq": expected}
+                expected = seq + 1
+            elif kind == STARTED:
+                expected = 0
             yield event
-            if event.get("type") == RESULT:
+            if kind == RESULT:
                 return
 
 

@@ -139,6 +139,15 @@ class Renderer:
         kind = event.get("type")
         if self.progress is not None and kind == events.STARTED:
             self.progress.step = "running"
+        if kind == events.GAP:
+            self._notice(
+                f"[{event['missing']:,} earlier output frame(s) are no longer in the task's log: it keeps only "
+                "the newest CCX_LOG_MAXLEN entries]"
+            )
+            return
+        if kind == events.INTERRUPTED:
+            self._notice(f"[attempt {event.get('attempt')} interrupted: {event.get('error')} It runs again.]")
+            return
         if kind != events.OUTPUT:
             return
         if self.progress is None:
@@ -148,6 +157,17 @@ class Renderer:
         with self.progress.lock:
             self.progress.clear()
             self._write(event)
+
+    def _notice(self, text: str) -> None:
+        """A line about the task (not its output), on stderr, clear of the progress line."""
+        if self.progress is None:
+            self.err.write(text + "\n")
+            self.err.flush()
+            return
+        with self.progress.lock:
+            self.progress.clear()
+            self.err.write(text + "\n")
+            self.err.flush()
 
     def _write(self, event: dict[str, Any]) -> None:
         data = event.get("data", "")

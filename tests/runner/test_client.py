@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import subprocess
 import sys
 import threading
 import uuid
@@ -283,3 +284,30 @@ def test_a_dependent_is_queued_not_deferred_once_its_predecessor_succeeded(runne
     wait_until(lambda: runner.get(blocker.id).status == "running", 30, what="the slow task")  # type: ignore[union-attr]
     assert runner.get(dependent.id).status == "queued"  # type: ignore[union-attr]
     assert dependent.result(timeout=30).output == "after\n"
+
+
+def test_a_reader_of_a_trimmed_log_is_told_how_much_is_gone(redis_url: str, queue_name: str) -> None:
+    """With CCX_LOG_MAXLEN small, the log keeps only its newest entries; events() starts with a gap event
+    saying how many output frames are gone, and `ccx follow` prints a notice instead of starting silently mid-way."""
+    from runner import events as names
+    from runner.stack import LocalStack
+
+    # Lines a millisecond apart: hundreds of frames even when a busy machine coalesces several into one,
+    # so Redis's approximate trimming (whole nodes of 100 entries) surely drops the first ones.
+    code = "import sys, time\nfor i in range(2500):\n    print(i, flush=True)\n    time.sleep(0.001)"
+    with LocalStack(redis_url=redis_url, queue=queue_name, env={"CCX_LOG_MAXLEN": "10"}):
+        runner = Runner(redis_url=redis_url, queue=queue_name)
+        handle = runner.submit(agent="command", argv=[sys.executable, "-c", code])
+        assert handle.result(timeout=60).success
+        seen = list(handle.events(timeout=10))
+        outputs = [e for e in seen if e["type"] == names.OUTPUT]
+        assert seen[0]["type"] == names.GAP
+        assert seen[0]["missing"] == outputs[0]["seq"] > 0
+        assert [e["seq"] for e in outputs] == list(range(outputs[0]["seq"], outputs[-1]["seq"] + 1))
+        followed = subprocess.run(
+            [sys.executable, "-m", "runner.cli", "follow", handle.id, "--redis-url", redis_url, "--queue", queue_name],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert followed.returncode == 0
+        assert f"[{seen[0]['missing']:,} earlier output frame(s) are no longer in the task's log" in followed.stderr
+        assert followed.stdout.endswith("2499\n")

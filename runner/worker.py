@@ -13,12 +13,13 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from typing import Any
 
 import redis
 from rq import Queue, Worker
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
-from rq.job_lifecycle import record_job_failure
+from rq.job_lifecycle import call_exception_handlers, format_exc_info, record_job_failure
 from rq.registry import CanceledJobRegistry, FailedJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 
@@ -26,7 +27,7 @@ from runner import events
 from runner.cancel import cancel_dependents
 from runner.config import PATIENT_RETRIES, Settings, redact_url, redis_client
 from runner.handler_client import check_transport, tls_context
-from runner.job import REQUEUE_META, configure, warm_up
+from runner.job import REQUEUE_META, TaskFailed, TaskRequeued, configure, warm_up
 from runner.lock import QueueLock, WorkerLocked
 from runner.spec import TaskResult
 from runner.store import TaskStore
@@ -91,6 +92,16 @@ class CcxWorker(Worker):
             cancel_dependents(store, job, "failed", include_after_any=False)
         file_in_rq_registry(self.connection, job, queue, store)
 
+    def handle_exception(self, job: Job, *exc_info: Any) -> None:
+        """One line for a task that did not succeed (its result says why); a traceback only for our own bugs.
+
+        RQ's version logs every failure as a traceback at ERROR, with the job's arguments (the spec, env
+        included) attached to the log record.
+        """
+        if not isinstance(exc_info[1], (TaskFailed, TaskRequeued)):
+            log.error("task %s: internal error in the work-horse:\n%s", job.id, format_exc_info(exc_info))
+        call_exception_handlers(self._exc_handlers, job, *exc_info)
+
     def heartbeat(self, timeout: int | None = None, pipeline: object = None) -> None:
         if self.lock is not None and self.lock.lost.is_set() and not self._stop_requested:
             # Another worker owns the queue now: take no new task. The running one goes on: the
@@ -101,7 +112,8 @@ class CcxWorker(Worker):
 
 def _log_failure(job: Job, exc_type: type, exc_value: BaseException, traceback: object) -> bool:
     """Failures are already explained in the task's result: log one line, not a traceback."""
-    log.warning("task %s did not succeed: %s", job.id, exc_value)
+    if not isinstance(exc_value, TaskRequeued):  # the work-horse said why it goes back to the queue
+        log.warning("task %s did not succeed: %s", job.id, exc_value)
     return False
 
 

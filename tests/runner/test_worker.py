@@ -167,7 +167,7 @@ def test_a_killed_work_horse_still_ends_its_task_with_a_result(stack: LocalStack
     assert following.result(timeout=30).output == "next\n"
 
 
-def test_rq_tools_see_failed_and_cancelled_tasks(stack: LocalStack, runner: Runner) -> None:
+def test_rq_tools_see_failed_and_cancelled_tasks(stack: LocalStack, runner: Runner, tmp_path: Path) -> None:
     """`rq info` and RQ's registries agree with cc-execute: a failed task is in FailedJobRegistry with its
     one-line error, a task cancelled while running is in CanceledJobRegistry, and no task is logged as a
     traceback."""
@@ -194,6 +194,9 @@ def test_rq_tools_see_failed_and_cancelled_tasks(stack: LocalStack, runner: Runn
     )  # fmt: skip
     assert info.returncode == 0, info.stderr
     assert f"queue {stack.queue} 0" in info.stdout, info.stdout
+    logged = (tmp_path / "worker.log").read_text()
+    assert f"task {bad.id} did not succeed: The command exited with code 3." in logged
+    assert "Traceback" not in logged, "a task that did not succeed is one line in the log, not a traceback"
 
 
 @pytest.mark.timeout(120)

@@ -18,11 +18,11 @@ from typing import Any
 
 import orjson
 
-from bench import latency, memory, overhead, profiling, scale, streaming
+from bench import latency, memory, overhead, profiling, roundtrips, scale, streaming
 from bench.context import REPO, Context, bench_context
 from bench.report import Figure, machine, table
 
-SECTIONS = ("overhead", "latency", "streaming", "memory", "scale")
+SECTIONS = ("overhead", "roundtrips", "latency", "streaming", "memory", "scale")
 """In this order: latency is measured before the bulk streams load Redis's append-only file."""
 
 
@@ -98,6 +98,7 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
 def section_runners(sizes: Sizes) -> dict[str, Callable[[Context], list[Figure]]]:
     return {
         "overhead": lambda ctx: overhead.run(ctx, sizes.tasks),
+        "roundtrips": lambda ctx: roundtrips.run(ctx, max(10, sizes.tasks // 10)),
         "streaming": lambda ctx: streaming.run(ctx, sizes.bulk_bytes, sizes.lines, sizes.repeat),
         "latency": lambda ctx: latency.run(ctx, sizes.latency_lines),
         "memory": lambda ctx: memory.run(ctx, sizes.memory_bytes),

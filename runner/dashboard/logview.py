@@ -115,6 +115,8 @@ def _event_text(event: dict[str, Any]) -> tuple[str, str] | None:
         return ("err" if event.get("stream") == STDERR else "out", data)
     if kind == events.STARTED:
         return ("meta", f"▶ started {event.get('at', '')}\n")
+    if kind == events.INTERRUPTED:
+        return ("meta", f"\n⟲ attempt {event.get('attempt')} interrupted: {event.get('error')} It runs again.\n")
     if kind == events.RESULT and isinstance(event.get("result"), dict):
         return ("meta", "\n" + summary(event["result"]) + "\n")
     return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -26,7 +27,7 @@ from runner import events
 from runner.client import RedisUnavailable, Runner
 from runner.config import DEFAULT_REDIS_URL, Settings, check_handler_url, check_redis_url, redact_url
 from runner.errors import EXIT_TASK_FAILED, EXIT_UNAVAILABLE, EXIT_USAGE, CcxError, UnknownTask
-from runner.render import Renderer, summary
+from runner.render import Renderer, ago, summary
 from runner.stack import LocalStack, StackError, default_data_dir
 
 
@@ -211,6 +212,10 @@ def submit(follow_it: bool, **options: Any) -> None:
         _emit_json({"id": handle.id})
     else:
         click.echo(handle.id)
+    record = runner.get(handle.id) if after else None
+    if record is not None and record.result is not None and record.result.cancelled and not follow_it:
+        # Its predecessor had already failed or been cancelled: it will never run.
+        _fail(f"Task {handle.id} was cancelled at once. {record.result.error}", EXIT_TASK_FAILED)
     if follow_it:
         result = _follow(runner, handle.id, spec["agent"], as_json)
         sys.exit(0 if result.get("success") else EXIT_TASK_FAILED)
@@ -287,14 +292,21 @@ def status(task_id: str, redis_url: str | None, queue: str | None, as_json: bool
 
 
 @main.command(name="list")
-@click.option("--limit", type=int, default=20, show_default=True)
+@click.option("--limit", type=click.IntRange(1), default=20, show_default=True, help="at most this many tasks.")
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    help="only tasks with this status: queued, deferred, running, finished, failed, cancelled (repeatable).",
+)
 @redis_option
 @queue_option
 @json_option
 @friendly_errors
-def list_tasks(limit: int, redis_url: str | None, queue: str | None, as_json: bool) -> None:
-    """List the newest tasks of the queue with their status."""
-    records = _runner(redis_url, queue).list(limit)
+def list_tasks(limit: int, statuses: tuple[str, ...], redis_url: str | None, queue: str | None, as_json: bool) -> None:
+    """List the newest tasks of the queue: status, agent, when submitted and ended, what they run."""
+    wanted = [s for group in statuses for s in group.split(",") if s]
+    records = _runner(redis_url, queue).list(limit, status=wanted or None)
     if as_json:
         _emit_json(
             [
@@ -303,9 +315,21 @@ def list_tasks(limit: int, redis_url: str | None, queue: str | None, as_json: bo
             ]
         )
         return
+    if not records:
+        click.echo("no tasks" + (f" with status {', '.join(wanted)}" if wanted else "") + " in this queue.", err=True)
+        return
+    width = shutil.get_terminal_size((100, 24)).columns
+    head = f"{'ID':<36}  {'STATUS':<9}  {'AGENT':<7}  {'SUBMITTED':<11}  {'ENDED':<11}  "
+    room = max(20, width - len(head))
+    click.echo(head + "TASK")
     for record in records:
         what = " ".join(record.spec.argv or []) if record.spec.agent == "command" else record.spec.task
-        click.echo(f"{record.id}  {record.status:<9}  {record.spec.agent:<7}  {' '.join(what.split())[:60]}")
+        what = " ".join(what.split())
+        what = what if len(what) <= room else what[: room - 1] + "…"
+        click.echo(
+            f"{record.id:<36}  {record.status:<9}  {record.spec.agent:<7}  {ago(record.submitted_at):<11}  "
+            f"{ago(record.ended_at):<11}  {what}"
+        )
 
 
 @main.command()
@@ -316,12 +340,17 @@ def list_tasks(limit: int, redis_url: str | None, queue: str | None, as_json: bo
 @friendly_errors
 def cancel(task_id: str, redis_url: str | None, queue: str | None, as_json: bool) -> None:
     """Cancel a task: a queued one never runs, a running one is stopped."""
-    outcome = _runner(redis_url, queue).cancel(task_id)
+    runner = _runner(redis_url, queue)
+    outcome = runner.cancel(task_id)
     if as_json:
         _emit_json({"id": task_id, "outcome": outcome})
-    else:
-        click.echo(
-            {"cancelled": "cancelled", "cancelling": "stopping the running task", "ended": "already ended"}[outcome]
+    elif outcome != "ended":
+        click.echo({"cancelled": "cancelled", "cancelling": "stopping the running task"}[outcome])
+    if outcome == "ended":
+        record = runner.get(task_id)
+        _fail(
+            f"Task {task_id} had already ended ({record.status if record else 'ended'}); there was nothing to cancel.",
+            EXIT_TASK_FAILED,
         )
 
 
@@ -449,13 +478,21 @@ def up(
         password = load_or_create(secrets_dir / REDIS_PASSWORD_FILE, "Redis password")
         stack.redis = RedisServer(data_dir / "redis", port=redis_port, password=password)
     stopping = threading.Event()
+
+    def stop_requested(*_: object) -> None:
+        if not stopping.is_set():
+            click.echo("stopping: a running task is interrupted and runs again when the stack is back…", err=True)
+        stopping.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stopping.set())
+        signal.signal(sig, stop_requested)
+    started = False
     try:
         if stack.redis is not None:
             stack.redis.start()
             stack.redis_url = stack.redis.url
         stack.start()
+        started = True
         stack_path = write_stack_file(stack)
         rows = [
             ("redis", redact_url(stack.redis_url or ""), f"embedded, data in {data_dir}" if stack.redis else ""),
@@ -488,7 +525,8 @@ def up(
     finally:
         remove_stack_file()
         stack.stop()
-        click.echo("stopped.", err=True)
+        if started:
+            click.echo("stopped.", err=True)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from runner import events
 from runner.cancel import cancel_task, fetch_job
 from runner.config import Settings, check_redis_url, redact_url, redis_client
 from runner.errors import Unavailable
-from runner.spec import TaskResult, TaskSpec
+from runner.spec import SpecError, TaskResult, TaskSpec
 from runner.store import TaskRecord, TaskStore
 
 JOB_FUNCTION = "runner.job.run_task"
@@ -170,9 +170,13 @@ class Runner:
     def get(self, task_id: str) -> TaskRecord | None:
         return self.store.get(task_id)
 
-    def list(self, limit: int = 50) -> list[TaskRecord]:
-        """The newest tasks of this queue, newest first, with their status."""
-        return self.store.list(self.settings.queue, limit)
+    def list(self, limit: int = 50, status: str | list[str] | None = None) -> list[TaskRecord]:
+        """The newest tasks of this queue, newest first, with their status (only ``status`` ones, if given)."""
+        wanted = frozenset([status] if isinstance(status, str) else status) if status else None
+        unknown = (wanted or frozenset()) - set(events.STATUSES)
+        if unknown:
+            raise SpecError(f"Unknown status {sorted(unknown)[0]!r}: use one of {', '.join(events.STATUSES)}.")
+        return self.store.list(self.settings.queue, limit, wanted)
 
     def cancel(self, task_id: str, reason: str | None = None) -> str:
         return cancel_task(self.store, task_id, reason)

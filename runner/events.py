@@ -43,6 +43,7 @@ FINISHED = "finished"
 FAILED = "failed"
 CANCELLED = "cancelled"
 END_STATUSES = (FINISHED, FAILED, CANCELLED)
+STATUSES = (QUEUED, DEFERRED, RUNNING, *END_STATUSES)
 
 DEFAULT_LOG_MAXLEN = 100_000
 """Entries kept in a task's log (approximate trimming). At up to 512 KiB per frame this bounds a log."""

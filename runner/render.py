@@ -201,11 +201,39 @@ class Renderer:
             self._line(line)
 
 
+def ago(iso: str | None, now: float | None = None) -> str:
+    """``12 s ago``, ``3 min ago``, ``2 h ago``, ``4 days ago`` for an ISO 8601 time; ``-`` for none."""
+    if not iso:
+        return "-"
+    from datetime import datetime
+
+    then = datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+    seconds = max(0.0, (time.time() if now is None else now) - then)
+    for size, unit in ((86400, "day"), (3600, "h"), (60, "min")):
+        if seconds >= size:
+            count = int(seconds // size)
+            return f"{count} {unit}{'s' if unit == 'day' and count > 1 else ''} ago"
+    return f"{int(seconds)} s ago"
+
+
+def format_duration(ms: float) -> str:
+    """``3 ms``, ``1.25 s``, ``4 min 05 s``, ``2 h 03 min``: as precise as a person wants it."""
+    if ms < 1000:
+        return f"{ms:.0f} ms" if ms >= 1 else f"{ms:.1f} ms"
+    seconds = ms / 1000
+    if seconds < 60:
+        return f"{seconds:.2f} s"
+    minutes, seconds = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
 def summary(result: dict[str, Any]) -> str:
     """The one line that ends a run: status, duration, cost, and the error if any."""
-    seconds = (result.get("duration_ms") or 0) / 1000
     cost = (result.get("agent") or {}).get("total_cost_usd")
-    parts = [f"{seconds:.2f} s"]
+    parts = [format_duration(result.get("duration_ms") or 0)]
     if isinstance(cost, (int, float)):
         parts.append(f"${cost:.4f}")
     if result.get("success"):

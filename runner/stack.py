@@ -57,6 +57,23 @@ def find_redis_server() -> str:
     )
 
 
+def port_in_use(port: int) -> bool:
+    """True when something already listens on (or holds) 127.0.0.1:``port``."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def check_port_free(port: int, what: str, flag: str) -> None:
+    if port and port_in_use(port):
+        raise StackError(
+            f"Port {port} for the {what} is in use: is another `ccx up` running? Stop it, or pick another port with {flag}."
+        )
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -99,6 +116,7 @@ class RedisServer:
         return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 15.0) -> RedisServer:
+        check_port_free(self.port, "embedded Redis", "--redis-port")
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.data_dir, 0o700)  # the append-only file holds every task, env included
         for attempt in range(5):
@@ -255,6 +273,7 @@ class LocalStack:
         return proc, line
 
     def start_handler(self, timeout: float) -> None:
+        check_port_free(self.handler_port, "handler", "--handler-port")
         args = ["--host", "127.0.0.1", "--port", str(self.handler_port), "--allow", self.allow, *self.handler_args]
         self.handler, line = self._spawn("The handler", _python_module("handler", *args), timeout)
         # "ccx handler listening on ws://127.0.0.1:PORT/ws (...)"
@@ -268,6 +287,7 @@ class LocalStack:
             raise StackError(f"The worker did not start: {line.strip()}")
 
     def start_dashboard(self, timeout: float) -> None:
+        check_port_free(self.dashboard_port or 0, "dashboard", "--dashboard-port")
         if not self.dashboard_token:
             self.dashboard_token = new_secret()
         args = ["--host", "127.0.0.1", "--port", str(self.dashboard_port)]
@@ -284,7 +304,9 @@ class LocalStack:
     def stop(self) -> None:
         """Stop the dashboard and the worker first (nothing new starts), then the handler, then Redis."""
         terminate(self.dashboard, 15)
-        terminate(self.worker, 15)
+        # The worker's warm shutdown would wait for a running task however long it takes; after a few
+        # seconds it is killed instead: its task is interrupted and runs again when a worker is back.
+        terminate(self.worker, 3)
         terminate(self.handler, 15)
         if self.redis is not None:
             self.redis.stop()

@@ -268,14 +268,21 @@ class TaskStore:
             result=TaskResult.from_dict(orjson.loads(result)) if result else None,
         )
 
-    def list(self, queue: str, limit: int = 50) -> list[TaskRecord]:
-        """The newest ``limit`` tasks of ``queue``, newest first."""
-        ids = [task_id.decode() for task_id in self.client.zrevrange(events.index_key(queue), 0, limit - 1)]
-        records = []
-        for task_id in ids:
-            record = self.get(task_id)
-            if record is not None:
-                records.append(record)
+    def list(self, queue: str, limit: int = 50, statuses: frozenset[str] | None = None) -> list[TaskRecord]:
+        """The newest ``limit`` tasks of ``queue`` (with one of ``statuses``, if given), newest first."""
+        records: list[TaskRecord] = []
+        start, chunk = 0, max(limit, 50) if statuses else limit
+        while len(records) < limit:
+            ids = self.client.zrevrange(events.index_key(queue), start, start + chunk - 1)
+            if not ids:
+                break
+            start += chunk
+            for task_id in ids:
+                record = self.get(task_id.decode())
+                if record is not None and (not statuses or record.status in statuses):
+                    records.append(record)
+                    if len(records) == limit:
+                        break
         return records
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -93,6 +95,14 @@ def test_errors_are_one_sentence_with_a_non_zero_status(redis_url: str) -> None:
 @pytest.fixture
 def ccx_up(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
     """`ccx up` in the foreground on free ports; yields the Redis URL and an env for other ccx commands."""
+    with running_up(tmp_path) as (_, url, env):
+        yield url, env
+
+
+@contextlib.contextmanager
+def running_up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, dict[str, str]]]:
+    """`ccx up` started, its banner checked; yields the process, the Redis URL and an env for other commands;
+    stops it with SIGINT at the end (if it still runs) and checks it left nothing behind."""
     marker = uuid.uuid4().hex
     port = free_port()
     env = clean_env(CCX_TEST_MARKER=marker, HOME=str(tmp_path), CCX_QUEUE="cli-" + marker[:8])
@@ -127,9 +137,10 @@ def ccx_up(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
         password = (secrets_dir / "redis.password").read_text().strip()
         assert password not in "".join(lines), "the banner shows the Redis URL without its password"
         # No REDIS_URL: the other commands find the stack through its private stack file.
-        yield f"redis://:{password}@127.0.0.1:{port}/0", env
+        yield proc, f"redis://:{password}@127.0.0.1:{port}/0", env
     finally:
-        proc.send_signal(signal.SIGINT)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
         try:
             proc.wait(30)
         except subprocess.TimeoutExpired:
@@ -242,3 +253,60 @@ def test_a_bad_setting_is_one_sentence_naming_it_with_exit_2(
     assert "Traceback" not in done.stderr
     # Flag values click checks itself come with click's usage lines around the one sentence.
     assert len(done.stderr.strip().splitlines()) == (4 if "Invalid value" in expected else 1), done.stderr
+
+
+def test_a_second_up_on_a_busy_port_says_so_in_one_sentence(tmp_path: Path) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        done = ccx(
+            "up", "--redis-port", str(port), "--data-dir", str(tmp_path / "data"), env=clean_env(HOME=str(tmp_path))
+        )
+    assert done.returncode == 3
+    assert done.stderr.strip().splitlines() == [
+        f"ccx: Port {port} for the embedded Redis is in use: is another `ccx up` running? Stop it, or pick another "
+        "port with --redis-port."
+    ]
+
+
+def test_submit_after_a_failed_task_cancel_of_an_ended_one_and_list(ccx_up: tuple[str, dict[str, str]]) -> None:
+    _, env = ccx_up
+    failed = ccx("submit", "--agent", "command", "--", "false", env=env).stdout.strip()
+    assert ccx("result", failed, "--wait", "30", env=env).returncode == 1
+    after = ccx("submit", "--agent", "command", "--after", failed, "--", "true", env=env)
+    assert after.returncode == 1
+    dependent = after.stdout.strip()
+    assert after.stderr.strip() == (
+        f"ccx: Task {dependent} was cancelled at once. Not run: it was to run after task {failed}, which failed; "
+        "submit it with after_any to run regardless."
+    )
+    again = ccx("cancel", failed, env=env)
+    assert again.returncode == 1
+    assert again.stderr.strip() == f"ccx: Task {failed} had already ended (failed); there was nothing to cancel."
+    listed = ccx("list", env={**env, "COLUMNS": "120"})
+    lines = listed.stdout.splitlines()
+    assert lines[0].split() == ["ID", "STATUS", "AGENT", "SUBMITTED", "ENDED", "TASK"]
+    assert [line.split()[0] for line in lines[1:]] == [dependent, failed]
+    assert all(len(line) <= 120 for line in lines)
+    assert " s ago" in lines[2] and lines[2].rstrip().endswith("false")
+    only_failed = ccx("list", "--status", "failed", env=env).stdout.splitlines()
+    assert [line.split()[0] for line in only_failed[1:]] == [failed]
+    bad = ccx("list", "--status", "sleeping", env=env)
+    assert bad.returncode == 2 and "Unknown status 'sleeping'" in bad.stderr
+
+
+def test_sigint_to_up_alone_says_it_is_stopping_and_does_not_wait_for_the_task(tmp_path: Path) -> None:
+    """SIGINT sent to the `ccx up` process (not Ctrl-C in its terminal): it says so at once and stops within a
+    few seconds even while a task runs; the task is interrupted, not lost."""
+    with running_up(tmp_path) as (proc, _, env):
+        long = ccx("submit", "--agent", "command", "--", "sleep", "600", env=env).stdout.strip()
+        wait_until(lambda: ccx("status", long, env=env).stdout.strip() == "running", 30, what="the task to run")
+        began = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+        took = time.monotonic() - began
+        assert proc.stderr is not None
+        err = proc.stderr.read()
+    assert "stopping: a running task is interrupted and runs again when the stack is back" in err
+    assert took < 15, f"`ccx up` took {took:.1f} s to stop"

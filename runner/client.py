@@ -124,7 +124,13 @@ class Runner:
         with self.redis.pipeline() as pipe:
             # The record is written before the job can be dequeued, so the worker always finds it.
             self.store.create(
-                pipe, task_id, self.settings.queue, spec, events.DEFERRED if after else events.QUEUED, submitted_at
+                pipe,
+                task_id,
+                self.settings.queue,
+                spec,
+                events.DEFERRED if after else events.QUEUED,
+                submitted_at,
+                after=after,
             )
             pipe.execute()
         self.queue.enqueue_call(

@@ -162,7 +162,20 @@ class EventWriter:
         progress["bytes"] += len(data)
         progress["lines"] += data.count("\n")
         progress["frames"] += 1
-        await self.add(encode({"type": OUTPUT, "task_id": self.task_id, "seq": seq, "stream": stream, "data": data}))
+        # The totals so far ride along, so a reader's progress is exactly what it has shown (the dashboard).
+        await self.add(
+            encode(
+                {
+                    "type": OUTPUT,
+                    "task_id": self.task_id,
+                    "seq": seq,
+                    "stream": stream,
+                    "data": data,
+                    "bytes": progress["bytes"],
+                    "lines": progress["lines"],
+                }
+            )
+        )
 
     async def _run(self) -> None:
         try:

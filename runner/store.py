@@ -152,18 +152,19 @@ class TaskStore:
         status: str,
         submitted_at: str,
         index_cap: int = 10_000,
+        after: str | None = None,
     ) -> None:
         """Queue the writes that register a new task on ``pipe`` (the caller executes it with the enqueue)."""
-        pipe.hset(
-            events.info_key(task_id),
-            mapping={
-                "id": task_id,
-                "queue": queue,
-                "status": status,
-                "spec": orjson.dumps(spec.to_dict()),
-                "submitted_at": submitted_at,
-            },
-        )
+        mapping = {
+            "id": task_id,
+            "queue": queue,
+            "status": status,
+            "spec": orjson.dumps(spec.to_dict()),
+            "submitted_at": submitted_at,
+        }
+        if after:
+            mapping["after"] = after
+        pipe.hset(events.info_key(task_id), mapping=mapping)
         index = events.index_key(queue)
         pipe.zadd(index, {task_id: time.time()})
         pipe.zremrangebyrank(index, 0, -index_cap - 1)

@@ -31,7 +31,7 @@ MASK = "***"
 TASK_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 """What a task id may look like (they are UUIDs; this only keeps junk out of key names)."""
 
-_ROW_FIELDS = ("status", "spec", "submitted_at", "started_at", "ended_at", "queue")
+_ROW_FIELDS = ("status", "spec", "submitted_at", "started_at", "ended_at", "queue", "after")
 
 
 def rq_queue_key(queue: str) -> str:
@@ -104,7 +104,7 @@ class Reader:
         rows: dict[str, dict[str, Any]] = {}
         ended: list[str] = []
         for task_id, values in zip(task_ids, replies, strict=True):
-            status, spec_raw, submitted, started, ended_at, queue = values
+            status, spec_raw, submitted, started, ended_at, queue, after = values
             if spec_raw is None:
                 continue
             try:
@@ -118,6 +118,7 @@ class Reader:
                 "agent": spec.get("agent", "?"),
                 "title": title(spec),
                 "submitted_at": _text(submitted),
+                "after": _text(after),
                 "started_at": _text(started),
                 "ended_at": _text(ended_at),
                 "result": None,
@@ -176,11 +177,20 @@ class Reader:
             ),
             "queued": in_line,
             "queued_total": max(int(waiting_total), len(in_line)),
-            "deferred": sorted(
-                (r for r in others if r["status"] == events.DEFERRED), key=lambda r: r["submitted_at"] or ""
+            "deferred": await self._with_predecessors(
+                sorted((r for r in others if r["status"] == events.DEFERRED), key=lambda r: r["submitted_at"] or "")
             ),
             "recent": ended[:RECENT_SHOWN],
         }
+
+    async def _with_predecessors(self, deferred: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Each waiting task with the title and status of the task it waits for."""
+        predecessors = await self.rows(sorted({row["after"] for row in deferred if row.get("after")}))
+        for row in deferred:
+            before = predecessors.get(row.get("after") or "")
+            row["after_title"] = before["title"] if before else None
+            row["after_status"] = before["status"] if before else None
+        return deferred
 
     async def record(self, task_id: str) -> dict[str, Any] | None:
         """A task's record for its page: the result's output cut to its tail, the env's values masked."""

@@ -390,7 +390,15 @@ class Session:
             chunks = logview.make_chunks(entries, transcript)
             last = entries[-1][0]
             last_seq = _last_seq(chunks, last_seq)
-            await self.send({"type": "log", "task": task_id, "mode": "append", "chunks": chunks})
+            await self.send(
+                {
+                    "type": "log",
+                    "task": task_id,
+                    "mode": "append",
+                    "chunks": chunks,
+                    "progress": logview.latest_progress(entries),
+                }
+            )
             if any(event.get("type") == events.RESULT for _, event in entries):
                 await self._send_record(task_id)
                 return
@@ -415,6 +423,7 @@ class Session:
             "mode": "reset",
             "chunks": chunks,
             "more_before": more,
+            "progress": logview.latest_progress(entries),
         }
         first_seq = next((chunk["seq"][0] for chunk in chunks if chunk["seq"]), None)
         if sent_seq is not None and first_seq is not None and first_seq > sent_seq + 1:

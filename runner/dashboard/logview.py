@@ -122,6 +122,14 @@ def _event_text(event: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
+def latest_progress(entries: list[tuple[str, dict[str, Any]]]) -> dict[str, int] | None:
+    """The output totals carried by the newest output event among ``entries`` (see EventWriter.output)."""
+    for _, event in reversed(entries):
+        if event.get("type") == events.OUTPUT and isinstance(event.get("lines"), int):
+            return {"bytes": event.get("bytes", 0), "lines": event["lines"]}
+    return None
+
+
 def _add(parts: list[list[str]], kind: str, text: str) -> None:
     if parts and parts[-1][0] == kind:
         parts[-1][1] += text

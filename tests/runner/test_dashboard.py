@@ -483,6 +483,45 @@ def test_with_a_token_the_browser_must_present_it_once(stack: LocalStack, browse
     assert token not in (tmp_path / "dashboard.log").read_text(), "the token must never be logged"
 
 
+@pytest.mark.timeout(120)
+def test_a_waiting_task_names_its_predecessor_and_progress_tracks_the_output_shown(
+    runner: Runner, dashboard: Dashboard, browser_page: Any, tmp_path: Path
+) -> None:
+    """A deferred task shows which task it waits for (id and title); the running task's progress on its page
+    counts exactly the lines the page shows, even while the task is quiet."""
+    from playwright.sync_api import expect
+
+    page = browser_page
+    go = tmp_path / "go"
+    code = "import os, sys, time\nfor i in range(224):\n    print(f'line {i}')\nsys.stdout.flush()\n"
+    code += "while not os.path.exists(sys.argv[1]):\n    time.sleep(0.05)"
+    running = runner.submit(agent="command", argv=[PY, "-c", code, str(go)])
+    predecessor = runner.submit(agent="command", argv=["echo", "the predecessor"])
+    waiting = runner.submit(agent="command", argv=["echo", "the follower"], after=predecessor.id)
+    try:
+        page.goto(signed(dashboard, dashboard.url))
+        row = page.locator(f'#deferred [data-task-id="{waiting.id}"]')
+        expect(row).to_contain_text(f"after {predecessor.id[:8]} · echo the predecessor (queued)")
+        page.goto(task_url(dashboard, running.id))
+        expect(page.locator("#output")).to_contain_text("line 223")
+        expect(page.locator("#task-facts")).to_contain_text("224 lines")
+    finally:
+        go.touch()
+    assert waiting.result(timeout=60).output == "the follower\n"
+
+
+@pytest.mark.timeout(120)
+def test_an_unknown_task_page_shows_only_the_message(dashboard: Dashboard, browser_page: Any) -> None:
+    from playwright.sync_api import expect
+
+    page = browser_page
+    page.goto(signed(dashboard, task_url(dashboard, str(uuid.uuid4()))))
+    expect(page.locator("#task-title")).to_contain_text("No task")
+    for hidden in ("#output-card", "#spec-card", "#result-card", "#cancel"):
+        expect(page.locator(hidden)).to_be_hidden()
+    expect(page.locator("#task-facts")).to_be_empty()
+
+
 # ---- without a browser ---------------------------------------------------------------------
 
 

@@ -78,7 +78,8 @@
   }
 
   function progressText(id) {
-    const p = state.progress[id];
+    // The followed task's totals come with its output (exactly what the page shows); others from the queue.
+    const p = state.live && state.live.id === id ? state.live : state.progress[id];
     return p ? `${fmtBytes(p.bytes)} · ${fmtCount(p.lines)} lines` : "";
   }
 
@@ -179,7 +180,13 @@
         if (msg.record.id === state.taskId) renderTask(msg.record);
         break;
       case "log":
-        if (msg.task === state.taskId) output.handle(msg);
+        if (msg.task === state.taskId) {
+          output.handle(msg);
+          if (msg.progress) {
+            state.live = { id: msg.task, ...msg.progress };
+            renderProgress();
+          }
+        }
         break;
       case "missing":
         if (msg.task === state.taskId) renderMissing(msg.message);
@@ -299,7 +306,19 @@
     $("queued-count").textContent = q.queued_total ? `(${fmtCount(q.queued_total)})` : "";
     $("deferred-card").hidden = q.deferred.length === 0;
     $("deferred").replaceChildren(
-      ...q.deferred.map((row) => taskRow(row, { lead: badge("deferred"), info: h("span", { class: "when", text: fmtAgo(row.submitted_at) }) })),
+      ...q.deferred.map((row) =>
+        taskRow(row, {
+          lead: badge("deferred"),
+          info: h(
+            "span",
+            { class: "when" },
+            row.after
+              ? h("a", { href: `/tasks/${encodeURIComponent(row.after)}`, "data-nav": "", class: "after", title: row.after, text: `after ${row.after.slice(0, 8)} · ${row.after_title || "(expired)"}${row.after_status ? ` (${row.after_status})` : ""}` })
+              : "",
+            ` · ${fmtAgo(row.submitted_at)}`,
+          ),
+        }),
+      ),
     );
     $("recent").replaceChildren(
       ...q.recent.map((row) => {
@@ -419,9 +438,13 @@
   }
 
   function renderMissing(message) {
+    // Only the message: no output box, no spec, no facts for a task that does not exist.
     $("task-title").textContent = message;
     $("task-status").textContent = "unknown";
-    output.pre.dataset.empty = "";
+    $("task-status").className = "badge unknown";
+    $("task-facts").replaceChildren();
+    $("cancel").hidden = true;
+    for (const id of ["output-card", "result-card", "spec-card"]) $(id).hidden = true;
   }
 
   function fact(label, value, attrs = {}) {
@@ -453,6 +476,8 @@
 
   function renderTask(record) {
     state.record = record;
+    $("output-card").hidden = false;
+    $("spec-card").hidden = false;
     const title = specTitle(record.spec);
     document.title = `${record.status} · ${title.slice(0, 60)} · cc-execute`;
     $("task-title").textContent = title;

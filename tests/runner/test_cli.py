@@ -130,6 +130,7 @@ def running_up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, dic
         assert first.startswith("redis"), proc.stderr.read() if proc.poll() is not None else first  # type: ignore[union-attr]
         lines = [first] + [proc.stdout.readline() for _ in range(3)]
         assert [line.split()[0] for line in lines] == ["redis", "handler", "worker", "dashboard"], lines
+        assert len({line.index(line.split()[1]) for line in lines}) == 1, f"the banner's columns align: {lines}"
         env["TEST_DASHBOARD_URL"] = lines[3].split()[1]
         secrets_dir = tmp_path / ".config" / "cc-execute"
         assert f"(token in {secrets_dir / 'dashboard.token'})" in lines[3]

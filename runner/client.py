@@ -14,13 +14,13 @@ from typing import Any
 
 import redis
 from rq import Queue
-from rq.job import Dependency, JobStatus
+from rq.job import Dependency
 from rq.serializers import JSONSerializer
 
-from runner import events
-from runner.cancel import cancel_task, fetch_job
+from runner import events, lifecycle
 from runner.config import Settings, check_redis_url, redact_url, redis_client
 from runner.errors import Unavailable
+from runner.lifecycle import fetch_job
 from runner.spec import SpecError, TaskResult, TaskSpec
 from runner.store import TaskRecord, TaskStore
 
@@ -145,30 +145,8 @@ class Runner:
             meta={"ccx": True},
         )
         if after:
-            self._settle_dependent(task_id, after, after_any)
+            lifecycle.settle_new_dependent(self.store, task_id, after, after_any)
         return TaskHandle(self, task_id)
-
-    def _settle_dependent(self, task_id: str, after: str, after_any: bool) -> None:
-        """Cancel a task whose predecessor had already ended in a way that will never release it.
-
-        RQ releases dependents when their predecessor finishes (or fails, for ``after_any``);
-        one submitted after that moment would wait forever. A predecessor that ends after this
-        check cancels its dependents itself.
-        """
-        predecessor = self.store.get(after)
-        if predecessor is None or predecessor.result is None or predecessor.result.success:
-            return
-        job = fetch_job(self.redis, task_id)
-        if job is None or job.get_status() != JobStatus.DEFERRED:
-            return  # RQ already let it run (after_any and a failed predecessor)
-        if not after_any or predecessor.result.cancelled:
-            what = "was cancelled" if predecessor.result.cancelled else "failed"
-            cancel_task(
-                self.store,
-                task_id,
-                f"Not run: it was to run after task {after}, which {what}"
-                + ("; submit it with after_any to run regardless." if not after_any else "."),
-            )
 
     def handle(self, task_id: str) -> TaskHandle:
         return TaskHandle(self, task_id)
@@ -185,7 +163,7 @@ class Runner:
         return self.store.list(self.settings.queue, limit, wanted)
 
     def cancel(self, task_id: str, reason: str | None = None) -> str:
-        return cancel_task(self.store, task_id, reason)
+        return lifecycle.cancel(self.store, task_id, reason)
 
     def job(self, task_id: str) -> Any:
         """The RQ job behind a task (for RQ tooling), or None."""

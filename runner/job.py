@@ -31,9 +31,8 @@ from handler.protocol import (
     ExecuteParams,
     ExecuteResult,
 )
-from runner import events
+from runner import events, lifecycle
 from runner.agents import get_agent
-from runner.cancel import cancel_dependents, release_dependents
 from runner.config import Settings, async_redis_client
 from runner.events import EventWriter
 from runner.handler_client import HandlerError, HandlerUnavailable, HandlerUnreachable, execute_remote, probe_handler
@@ -109,13 +108,7 @@ def run_task(spec_data: dict) -> dict:
             ended_at=events.now_iso(),
             log_key=events.log_key(job.id),
         )
-        store.finalize(result, job.origin)
-    if not result.success:
-        # after_any means "after it finished or failed"; a cancel stops the whole line (RQ's rule too).
-        what = "was cancelled" if result.cancelled else "failed"
-        cancel_dependents(store, job, what, include_after_any=result.cancelled)
-    if not result.cancelled:
-        release_dependents(store, job, result.success)
+        lifecycle.end(store, result, job.origin, job)
     if not result.success:
         raise TaskFailed(result.error or "The task failed.")
     return result.to_dict()
@@ -133,7 +126,7 @@ def run_job(job: Job, spec_data: dict, settings: Settings, store: TaskStore) -> 
     reason = client.get(events.cancel_key(task_id))
     if reason is not None:
         result = TaskResult(id=task_id, cancelled=True, error=reason.decode(), ended_at=events.now_iso())
-        store.finalize(result, queue)
+        lifecycle.end(store, result, queue, job)
         return result
     started_at = events.now_iso()
     began = time.monotonic()
@@ -143,11 +136,11 @@ def run_job(job: Job, spec_data: dict, settings: Settings, store: TaskStore) -> 
         result = TaskResult(
             id=task_id, error=f"Invalid task spec: {exc}", started_at=started_at, ended_at=events.now_iso()
         )
-        store.finalize(result, queue)
+        lifecycle.end(store, result, queue, job)
         return result
     run_id = f"{_fence if _fence is not None else '-'}:{uuid.uuid4().hex[:12]}"
     lease_ms = int(settings.lock_ttl * 1000)
-    started = store.start(task_id, queue, run_id, _fence, lease_ms)
+    started = lifecycle.start(store, task_id, queue, run_id, _fence, lease_ms)
     if started == -1:
         log.warning(
             "task %s: another worker serves queue %s now (this one lost its lock); handing it back", task_id, queue
@@ -169,7 +162,9 @@ def run_job(job: Job, spec_data: dict, settings: Settings, store: TaskStore) -> 
         attempts.append({"started_at": started_at, "ended_at": result.ended_at, "error": result.error})
         if result.error == STALE_RUN:
             raise _requeue(job, "stale")
-        if len(attempts) <= settings.interrupted_retries and store.interrupt(task_id, queue, run_id, attempts):
+        if len(attempts) <= settings.interrupted_retries and lifecycle.interrupt(
+            store, task_id, queue, run_id, attempts
+        ):
             log.warning(
                 "task %s interrupted (%s); it runs again (attempt %d)", task_id, result.error, len(attempts) + 1
             )
@@ -177,7 +172,7 @@ def run_job(job: Job, spec_data: dict, settings: Settings, store: TaskStore) -> 
         result.error = f"{result.error} It was tried {len(attempts)} time(s); resubmit it to try again."
         attempts.pop()
     result.attempts = attempts
-    if not store.finalize(result, queue, run_id):
+    if not lifecycle.end(store, result, queue, job, run_id):
         log.info("task %s already had a result, or was started again elsewhere; keeping that", task_id)
     log.info(
         "task %s %s in %.0f ms%s",

@@ -58,8 +58,9 @@ def find_redis_server() -> str:
 
 
 def port_in_use(port: int) -> bool:
-    """True when something already listens on (or holds) 127.0.0.1:``port``."""
+    """True when something already listens on 127.0.0.1:``port`` (a port in TIME_WAIT is free, as for Redis)."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:

@@ -1,4 +1,6 @@
-"""A task's record in Redis (spec, status, result) and the state changes that touch it.
+"""A task's record in Redis (spec, status, result) and the atomic writes behind each state change.
+
+Which change happens when is :mod:`runner.lifecycle`'s to decide; this module only makes each one atomic.
 
 Every state change is one atomic Lua call that updates the record, appends
 to the task's log and publishes on both channels, so readers never see a
@@ -19,22 +21,8 @@ import redis
 from runner import events
 from runner.spec import TaskResult, TaskSpec
 
-# KEYS: info, log, channel, lifecycle channel. ARGV: status, field/value pairs..., then the lifecycle event,
-# the log event (or ""), maxlen. Refuses to touch a task that already has a result.
-_UPDATE_SCRIPT = """
-if redis.call('HEXISTS', KEYS[1], 'result') == 1 then return 0 end
-local n = #ARGV
-redis.call('HSET', KEYS[1], 'status', ARGV[1])
-for i = 2, n - 3, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-if ARGV[n - 1] ~= '' then
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[n], '*', 'e', ARGV[n - 1])
-  redis.call('PUBLISH', KEYS[3], ARGV[n - 1])
-end
-redis.call('PUBLISH', KEYS[4], ARGV[n - 2])
-return 1
-"""
-
-# Like _UPDATE_SCRIPT, then marks the task done (KEYS[5], a one-entry stream result waiters block on),
+# Ends a task: sets status and fields, logs and publishes the result event, marks the task done (KEYS[5],
+# a one-entry stream result waiters block on),
 # drops the run lease (KEYS[6]) and sets the expiry of the finished task's keys.
 # ARGV: status, field/value pairs..., lifecycle event, log event, maxlen, ttl, run ('' = any run).
 # With a run id, only that run (the one the record says is current) may end the task.
@@ -128,7 +116,6 @@ class TaskStore:
         self.client = client
         self.log_maxlen = log_maxlen
         self.log_ttl = log_ttl
-        self._update = client.register_script(_UPDATE_SCRIPT)
         self._finalize = client.register_script(_FINALIZE_SCRIPT)
         self._start = client.register_script(_START_SCRIPT)
         self._interrupt = client.register_script(_INTERRUPT_SCRIPT)

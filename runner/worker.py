@@ -23,8 +23,7 @@ from rq.job_lifecycle import call_exception_handlers, format_exc_info, record_jo
 from rq.registry import CanceledJobRegistry, FailedJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 
-from runner import events
-from runner.cancel import cancel_dependents
+from runner import events, lifecycle
 from runner.config import PATIENT_RETRIES, Settings, redact_url, redis_client
 from runner.handler_client import check_transport, tls_context
 from runner.job import REQUEUE_META, TaskFailed, TaskRequeued, configure, warm_up
@@ -87,9 +86,8 @@ class CcxWorker(Worker):
         super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)  # type: ignore[arg-type]
         store = TaskStore(self.connection, self.settings.log_maxlen, self.settings.log_ttl)
         result = TaskResult(id=job.id, error=HORSE_DIED, ended_at=events.now_iso(), log_key=events.log_key(job.id))
-        if store.finalize(result, queue.name):
+        if lifecycle.end(store, result, queue.name, job):
             log.warning("task %s: its work-horse died (%s); marked failed", job.id, exc_string.strip())
-            cancel_dependents(store, job, "failed", include_after_any=False)
         file_in_rq_registry(self.connection, job, queue, store)
 
     def handle_exception(self, job: Job, *exc_info: Any) -> None:
@@ -164,7 +162,9 @@ def recover_abandoned(client: redis.Redis, queue_name: str, store: TaskStore, se
         if job is not None and record is not None and record.result is None:
             attempts = store.attempts(job_id)
             attempts.append({"started_at": record.started_at, "ended_at": events.now_iso(), "error": WORKER_DIED})
-            if len(attempts) <= settings.interrupted_retries and store.interrupt(job_id, queue_name, "", attempts):
+            if len(attempts) <= settings.interrupted_retries and lifecycle.interrupt(
+                store, job_id, queue_name, "", attempts
+            ):
                 client.zrem(registry.key, entry)
                 queue.enqueue_job(job, at_front=True)
                 log.warning("task %s was running when the previous worker died; it runs again", job_id)
@@ -178,9 +178,8 @@ def recover_abandoned(client: redis.Redis, queue_name: str, store: TaskStore, se
                 id=job_id, error=WORKER_DIED, ended_at=events.now_iso(), log_key=events.log_key(job_id),
                 interrupted=True, attempts=attempts,
             )  # fmt: skip
-            store.finalize(result, queue_name)
-            queue.enqueue_dependents(job)
-            cancel_dependents(store, job, "failed", include_after_any=False)
+            lifecycle.end(store, result, queue_name, job)
+            queue.enqueue_dependents(job)  # the after_any ones (RQ's own failure path did not run)
             recovered.append(job_id)
             log.warning("task %s was running when the previous worker died; marked failed", job_id)
         client.zrem(registry.key, entry)

@@ -30,10 +30,11 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from runner import events
-from runner.cancel import ALREADY_ENDED, CANCELLED, CANCELLING, UnknownTask
 from runner.client import RedisUnavailable, Runner
 from runner.dashboard import logview
 from runner.dashboard.data import TASK_ID, Reader
+from runner.errors import UnknownTask
+from runner.lifecycle import ALREADY_ENDED, CANCELLED, CANCELLING
 from runner.spec import SpecError
 
 log = logging.getLogger("ccx.dashboard")

@@ -1,0 +1,141 @@
+"""The life of a task, in one place: queued → running → ended, back to queued after an interrupted attempt,
+and what a task's end means for the tasks submitted ``after`` it.
+
+Every move of a task between states goes through a function here, and each is
+one atomic Lua call in :mod:`runner.store` (the record, the log, both channels
+at once). Who may make a move (the queue lock, the fencing token, the run
+lease) is :mod:`runner.lock`. The rules (docs/events.md):
+
+* A task's end is written once (:func:`end`); a result from a run that is no
+  longer the task's current one is refused.
+* Its dependents are settled by the same call that ended it: after a success
+  they run; after a failure the ``after_any`` ones run and the others are
+  cancelled; after a cancel all of them are cancelled (a cancel stops the line,
+  which is also RQ's rule for a canceled dependency).
+* An interrupted attempt (:func:`interrupt`) is not an end: the task goes back
+  to the front of its queue and its dependents keep waiting.
+* :func:`cancel` asks: a queued task ends at once and never runs; a running one
+  is stopped by its work-horse, which then ends it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+import redis
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+
+from runner import events
+from runner.errors import UnknownTask
+from runner.spec import TaskResult
+from runner.store import TaskStore
+
+log = logging.getLogger("ccx.runner")
+
+# What cancel() did.
+CANCELLED = "cancelled"
+CANCELLING = "cancelling"
+ALREADY_ENDED = "ended"
+
+
+def fetch_job(client: redis.Redis, task_id: str) -> Job | None:
+    try:
+        return Job.fetch(task_id, connection=client, serializer=JSONSerializer)
+    except NoSuchJobError:
+        return None
+
+
+def start(store: TaskStore, task_id: str, queue: str, run: str, fence: int | None, lease_ms: int) -> int:
+    """queued → running as ``run``, if ``fence`` is still the queue's: 1 started, 0 already ended, -1 stale."""
+    return store.start(task_id, queue, run, fence, lease_ms)
+
+
+def interrupt(store: TaskStore, task_id: str, queue: str, run: str, attempts: list[dict[str, Any]]) -> bool:
+    """running → queued after an interrupted attempt (the caller puts the job back at the front)."""
+    return store.interrupt(task_id, queue, run, attempts)
+
+
+def end(store: TaskStore, result: TaskResult, queue: str, job: Job | None = None, run: str = "") -> bool:
+    """Record ``result`` as the task's end and settle its dependents; False when it had already ended
+    (whoever ended it settled them) or ``run`` is no longer its current run."""
+    if not store.finalize(result, queue, run):
+        return False
+    job = job if job is not None else fetch_job(store.client, result.id)
+    if job is not None:
+        settle_dependents(store, job, result)
+    return True
+
+
+def settle_dependents(store: TaskStore, job: Job, result: TaskResult) -> None:
+    """What ``result`` means for the tasks submitted after ``job`` (see the module's rules)."""
+    what = "was cancelled" if result.cancelled else "failed"
+    for dependent_id in job.dependent_ids:
+        dependent = fetch_job(store.client, dependent_id)
+        if dependent is None:
+            continue
+        runs = result.success or (not result.cancelled and dependent.allow_dependency_failures)
+        if runs:
+            store.released(dependent_id, dependent.origin)  # RQ enqueues it; its record says queued now
+            continue
+        reason = f"Not run: it was to run after task {job.id}, which {what}" + (
+            "." if dependent.allow_dependency_failures else "; submit it with after_any to run regardless."
+        )
+        with contextlib.suppress(UnknownTask):
+            cancel(store, dependent_id, reason)
+
+
+def settle_new_dependent(store: TaskStore, task_id: str, after: str, after_any: bool) -> None:
+    """A task submitted after one that had already ended in a way that will never release it: cancel it now.
+
+    RQ releases dependents when their predecessor ends; one submitted after that moment would wait forever.
+    A predecessor that ends after this check settles its dependents itself (:func:`end`).
+    """
+    predecessor = store.get(after)
+    if predecessor is None or predecessor.result is None or predecessor.result.success:
+        return
+    job = fetch_job(store.client, task_id)
+    if job is None or job.get_status() != JobStatus.DEFERRED:
+        return  # RQ already let it run (after_any and a failed predecessor)
+    if not after_any or predecessor.result.cancelled:
+        what = "was cancelled" if predecessor.result.cancelled else "failed"
+        cancel(
+            store,
+            task_id,
+            f"Not run: it was to run after task {after}, which {what}"
+            + ("; submit it with after_any to run regardless." if not after_any else "."),
+        )
+
+
+def cancel(store: TaskStore, task_id: str, reason: str | None = None) -> str:
+    """Cancel ``task_id``; returns :data:`CANCELLED`, :data:`CANCELLING` or :data:`ALREADY_ENDED`.
+
+    The cancel flag is set and announced first, so a work-horse that dequeues the
+    task at this very moment sees it and does not start it.
+    """
+    client = store.client
+    record = store.get(task_id)
+    if record is None:
+        raise UnknownTask(task_id)
+    if record.result is not None:
+        return ALREADY_ENDED
+    message = reason or "The task was cancelled before it started."
+    pipe = client.pipeline()
+    pipe.set(events.cancel_key(task_id), message, ex=store.log_ttl)
+    pipe.publish(events.cancel_key(task_id), message)
+    pipe.execute()
+    job = fetch_job(client, task_id)
+    if job is not None and job.get_status() == JobStatus.STARTED:
+        return CANCELLING
+    if job is not None:
+        with contextlib.suppress(InvalidJobOperation):
+            job.cancel()
+    result = TaskResult(
+        id=task_id, cancelled=True, error=message, ended_at=events.now_iso(), metadata=record.spec.metadata
+    )
+    if end(store, result, record.queue, job):
+        log.info("task %s cancelled before it started", task_id)
+    return CANCELLED

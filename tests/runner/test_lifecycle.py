@@ -1,0 +1,80 @@
+"""The life of a task (runner/lifecycle.py): one end per task, and what it means for the tasks after it.
+
+No worker serves these queues: the transitions are called directly, against a real Redis and real RQ jobs.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from runner import lifecycle
+from runner.client import Runner
+from runner.spec import TaskResult
+
+
+def chain(runner: Runner) -> tuple[str, str, str]:
+    first = runner.submit(agent="command", argv=["true"]).id
+    plain = runner.submit(agent="command", argv=["true"], after=first).id
+    anyway = runner.submit(agent="command", argv=["true"], after=first, after_any=True).id
+    return first, plain, anyway
+
+
+def status(runner: Runner, task_id: str) -> str:
+    record = runner.get(task_id)
+    assert record is not None
+    return record.status
+
+
+@pytest.mark.parametrize(
+    ("result", "plain", "anyway"),
+    [
+        ({"success": True}, "queued", "queued"),
+        ({"error": "The command exited with code 1."}, "cancelled", "queued"),
+        ({"cancelled": True, "error": "Cancelled."}, "cancelled", "cancelled"),
+    ],
+    ids=["succeeded", "failed", "cancelled"],
+)
+def test_an_end_settles_the_dependents(redis_url: str, queue_name: str, result: dict, plain: str, anyway: str) -> None:
+    runner = Runner(redis_url=redis_url, queue=queue_name)
+    first, plain_id, anyway_id = chain(runner)
+    assert (status(runner, plain_id), status(runner, anyway_id)) == ("deferred", "deferred")
+    assert lifecycle.end(runner.store, TaskResult(id=first, **result), queue_name)
+    assert (status(runner, plain_id), status(runner, anyway_id)) == (plain, anyway)
+    if plain == "cancelled":
+        record = runner.get(plain_id)
+        assert record is not None and record.result is not None
+        assert record.result.error is not None and f"after task {first}" in record.result.error
+
+
+def test_a_task_ends_once_and_only_its_current_run_may_end_it(redis_url: str, queue_name: str) -> None:
+    runner = Runner(redis_url=redis_url, queue=queue_name)
+    task = runner.submit(agent="command", argv=["true"]).id
+    assert lifecycle.start(runner.store, task, queue_name, "1:current", None, 5000) == 1
+    stale = TaskResult(id=task, success=True, output="from a run that lost the queue")
+    assert not lifecycle.end(runner.store, stale, queue_name, run="0:old")
+    assert lifecycle.end(runner.store, TaskResult(id=task, success=True, output="real"), queue_name, run="1:current")
+    assert not lifecycle.end(runner.store, TaskResult(id=task, error="late"), queue_name)
+    assert runner.handle(task).result(timeout=5).output == "real"
+    assert lifecycle.start(runner.store, task, queue_name, "2:again", None, 5000) == 0, "an ended task never restarts"
+
+
+def test_a_stale_fencing_token_cannot_start_a_run(redis_url: str, queue_name: str) -> None:
+    runner = Runner(redis_url=redis_url, queue=queue_name)
+    task = runner.submit(agent="command", argv=["true"]).id
+    runner.redis.set(f"ccx:worker:{queue_name}:fence", 7)
+    assert lifecycle.start(runner.store, task, queue_name, "6:x", 6, 5000) == -1
+    assert status(runner, task) == "queued"
+    assert lifecycle.start(runner.store, task, queue_name, "7:x", 7, 5000) == 1
+
+
+def test_an_interrupted_attempt_goes_back_to_queued_with_its_dependents_waiting(
+    redis_url: str, queue_name: str
+) -> None:
+    runner = Runner(redis_url=redis_url, queue=queue_name)
+    first, plain_id, _ = chain(runner)
+    assert lifecycle.start(runner.store, first, queue_name, "1:a", None, 5000) == 1
+    attempt = {"started_at": "s", "ended_at": "e", "error": "The handler shut down."}
+    assert lifecycle.interrupt(runner.store, first, queue_name, "1:a", [attempt])
+    assert status(runner, first) == "queued" and status(runner, plain_id) == "deferred"
+    assert runner.store.attempts(first) == [attempt]
+    assert not runner.redis.exists(f"ccx:task:{first}:lease"), "the lease went with the attempt"

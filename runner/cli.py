@@ -88,6 +88,11 @@ def task_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--tools", multiple=True, help="allowed tools, e.g. Write,Edit (repeatable)."),
         click.option("--disallowed-tools", multiple=True, help="tools the agent may not use (repeatable)."),
         click.option("--timeout", type=float, help="seconds before the task is stopped (default 3600)."),
+        click.option(
+            "--idle-timeout",
+            type=float,
+            help="seconds without output before the task is stopped as hung (default 600 for agents, none for commands; 0: never).",
+        ),
         click.option("--cwd", help="working directory of the task, on the handler's machine."),
         click.option("--model", help="model for the agent."),
         click.option("--max-turns", type=int, help="most agent turns."),
@@ -118,7 +123,7 @@ def _spec_from(options: dict[str, Any]) -> dict[str, Any]:
         spec["tools"] = tools
     if disallowed:
         spec["disallowed_tools"] = disallowed
-    for name in ("timeout", "cwd", "model", "max_turns", "permission_mode", "resume"):
+    for name in ("timeout", "idle_timeout", "cwd", "model", "max_turns", "permission_mode", "resume"):
         value = options.pop(name)
         if value is not None:
             spec[name] = value

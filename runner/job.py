@@ -222,15 +222,22 @@ async def relay(
     watcher = asyncio.create_task(_watch_cancel(client, pubsub, task_id, cancel, relay_done))
     lease = asyncio.create_task(_keep_lease(client, task_id, run_id, settings.lock_ttl)) if run_id else None
 
+    idle = spec.idle_timeout if spec.idle_timeout is not None else agent.default_idle_timeout
+    quiet = _QuietWatch(idle or None, cancel)
+
     async def on_output(stream: str, seq: int, data: str) -> None:
+        quiet.heard()
         parser.feed(stream, data)
         await writer.output(stream, seq, data)
+
+    async def on_started(pid: int) -> None:
+        quiet.start()
 
     execute_result: ExecuteResult | None = None
     error: str | None = None
     interrupted = False
     try:
-        execute_result = await _execute_waiting_for_handler(settings, params, on_output, cancel)
+        execute_result = await _execute_waiting_for_handler(settings, params, on_output, cancel, on_started)
     except HandlerError as exc:
         if exc.code == EXECUTABLE_NOT_FOUND:
             error = agent.not_found_message(params.argv[0])
@@ -256,6 +263,7 @@ async def relay(
         # redis-py can swallow a cancellation that lands mid-connect, so the watcher also
         # stops on `relay_done`, and is not waited for beyond a short bound either way.
         relay_done.set()
+        quiet.stop()
         watcher.cancel()
         if lease is not None:
             lease.cancel()
@@ -272,7 +280,12 @@ async def relay(
     if execute_result is None:
         return TaskResult(id=task_id, error=error, agent={"name": agent.name}, interrupted=interrupted)
     outcome = parser.finish(execute_result)
-    if execute_result.timed_out:
+    if quiet.fired:
+        error = (
+            f"No output for {quiet.seconds:g} s: the task was taken for hung and stopped, its whole process tree "
+            "killed; give it a larger idle_timeout if it may be quiet that long."
+        )
+    elif execute_result.timed_out:
         error = f"The task timed out after {spec.timeout:g} s and was stopped; its whole process tree was killed."
     elif execute_result.cancelled:
         error = "The task was cancelled while running; its process tree was stopped."
@@ -286,8 +299,8 @@ async def relay(
         output=outcome.output,
         output_truncated=parser.stdout.truncated and outcome.output == parser.stdout.text(),
         stderr=parser.stderr.text(),
-        timed_out=execute_result.timed_out,
-        cancelled=execute_result.cancelled,
+        timed_out=execute_result.timed_out or quiet.fired,
+        cancelled=execute_result.cancelled and not quiet.fired,
         error=error,
         duration_ms=execute_result.duration_ms,
         agent=outcome.info or {"name": agent.name},
@@ -295,8 +308,45 @@ async def relay(
     )
 
 
+class _QuietWatch:
+    """Stops a run (through ``cancel``) once it has printed nothing for ``seconds``, counted from its start."""
+
+    def __init__(self, seconds: float | None, cancel: asyncio.Event) -> None:
+        self.seconds = seconds
+        self.cancel = cancel
+        self.fired = False
+        self.last = time.monotonic()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.last = time.monotonic()
+        if self.seconds and self._task is None:
+            self._task = asyncio.create_task(self._watch())
+
+    def heard(self) -> None:
+        self.last = time.monotonic()
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _watch(self) -> None:
+        assert self.seconds
+        while not self.cancel.is_set():
+            left = self.last + self.seconds - time.monotonic()
+            if left <= 0:
+                self.fired = True
+                self.cancel.set()
+                return
+            await asyncio.sleep(min(left, 1.0))
+
+
 async def _execute_waiting_for_handler(
-    settings: Settings, params: ExecuteParams, on_output: Any, cancel: asyncio.Event
+    settings: Settings,
+    params: ExecuteParams,
+    on_output: Any,
+    cancel: asyncio.Event,
+    on_started: Any = None,
 ) -> ExecuteResult:
     """``execute_remote``, trying again for up to ``settings.handler_wait`` seconds while no connection
     can be opened (a handler restarting): nothing ran yet, so trying again is safe."""
@@ -312,6 +362,7 @@ async def _execute_waiting_for_handler(
                 cancel=cancel,
                 ca=settings.handler_ca,
                 allow_insecure=settings.allow_insecure,
+                on_started=on_started,
             )
         except HandlerUnreachable:
             if time.monotonic() + delay > deadline or cancel.is_set():

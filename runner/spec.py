@@ -53,6 +53,9 @@ class TaskSpec:
     tools: list[str] | None = None
     disallowed_tools: list[str] | None = None
     timeout: float = DEFAULT_TIMEOUT
+    idle_timeout: float | None = None
+    """Seconds without any output before the run is stopped as hung; None: the agent's default
+    (600 for agent CLIs, none for commands); 0: never."""
     cwd: str | None = None
     env: dict[str, str | None] | None = None
     model: str | None = None
@@ -103,6 +106,15 @@ class TaskSpec:
         ):
             raise SpecError("'timeout' must be a positive number of seconds.")
         self.timeout = float(self.timeout)
+        if self.idle_timeout is not None:
+            if (
+                isinstance(self.idle_timeout, bool)
+                or not isinstance(self.idle_timeout, (int, float))
+                or not math.isfinite(self.idle_timeout)
+                or self.idle_timeout < 0
+            ):
+                raise SpecError("'idle_timeout' must be a number of seconds (0: never).")
+            self.idle_timeout = float(self.idle_timeout)
         for name in ("cwd", "model", "permission_mode", "append_system_prompt", "mcp_config", "resume"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):

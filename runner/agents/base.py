@@ -162,6 +162,9 @@ class Agent(abc.ABC):
     display_name: str = ""
 
     options: frozenset[str] = frozenset()
+    default_idle_timeout: float | None = 600.0
+    """Seconds without output before a run counts as hung (an agent CLI waiting on a stalled API
+    connection can otherwise hold the queue for hours); None: no such limit."""
     """The optional spec fields this agent turns into its command line; any other one set is an error."""
 
     def check(self, spec: TaskSpec) -> None:

@@ -16,6 +16,7 @@ class CommandAgent(Agent):
     install_hint = "install it on the handler's machine or give its full path"
 
     options = frozenset({"argv"})
+    default_idle_timeout = None  # a build or a test suite may be quiet for long
 
     def check_required(self, spec: TaskSpec) -> None:
         from runner.spec import SpecError

@@ -311,3 +311,23 @@ def test_a_reader_of_a_trimmed_log_is_told_how_much_is_gone(redis_url: str, queu
         assert followed.returncode == 0
         assert f"[{seen[0]['missing']:,} earlier output frame(s) are no longer in the task's log" in followed.stderr
         assert followed.stdout.endswith("2499\n")
+
+
+def test_a_task_quiet_for_longer_than_its_idle_timeout_is_stopped_as_hung(runner: Runner) -> None:
+    """No output for idle_timeout seconds: the run is stopped (its tree killed) with a sentence saying so;
+    output before the silence is kept; a task that keeps printing is never stopped by it."""
+    token = uuid.uuid4().hex
+    code = "import time; print('before the silence', flush=True); time.sleep(600)"
+    handle = runner.submit(agent="command", argv=[sys.executable, "-c", code, token], idle_timeout=1.5)
+    result = handle.result(timeout=60)
+    assert (result.success, result.timed_out, result.cancelled) == (False, True, False)
+    assert result.error == (
+        "No output for 1.5 s: the task was taken for hung and stopped, its whole process tree killed; "
+        "give it a larger idle_timeout if it may be quiet that long."
+    )
+    assert result.output == "before the silence\n"
+    wait_until(lambda: not pids_with_marker(token), 15, what="the hung task's process to be gone")
+    chatty = "import time\nfor i in range(30):\n    print(i, flush=True)\n    time.sleep(0.1)"
+    assert (
+        runner.submit(agent="command", argv=[sys.executable, "-c", chatty], idle_timeout=1.5).result(timeout=60).success
+    )

@@ -243,6 +243,26 @@ def test_timeout_kills_the_cli_and_its_children(
     assert processes_with(token) == set()
 
 
+def test_a_stalled_api_connection_is_stopped_by_idle_timeout(
+    runner: Runner, stack: LocalStack, home: Path, workdir: Path, token: str
+) -> None:
+    """The API accepts the connection and never answers (not even headers): the CLI would wait up to
+    API_TIMEOUT_MS per attempt and retry; the task's idle_timeout stops it, saying why, with nothing left."""
+    with FakeAnthropic(script=[Reply.hang(seconds=300, pings=False)]) as api:
+        handle = runner.submit(
+            "wait for an API that never answers",
+            idle_timeout=3,
+            cwd=str(workdir),
+            env=task_env(stack, claude_env(api.url, home)),
+        )
+        result = result_of(handle)
+        asked = len(api.main_requests)
+    assert (result.success, result.timed_out, result.cancelled) == (False, True, False)
+    assert result.error is not None and result.error.startswith("No output for 3 s: the task was taken for hung")
+    assert asked >= 1, "the CLI did reach the stalled API"
+    wait_until(lambda: not processes_with(token), 15, what="the CLI's processes to be gone")
+
+
 def test_timeout_kills_tool_commands_outside_the_cli_process_group(
     runner: Runner, stack: LocalStack, home: Path, workdir: Path, token: str
 ) -> None:

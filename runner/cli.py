@@ -28,6 +28,7 @@ from runner.client import RedisUnavailable, Runner
 from runner.config import DEFAULT_REDIS_URL, Settings, check_handler_url, check_redis_url, redact_url
 from runner.errors import EXIT_TASK_FAILED, EXIT_UNAVAILABLE, EXIT_USAGE, CcxError, UnknownTask
 from runner.render import Renderer, ago, summary
+from runner.spec import SpecError
 from runner.stack import LocalStack, StackError, default_data_dir
 
 
@@ -98,6 +99,18 @@ def task_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--max-turns", type=int, help="most agent turns."),
         click.option("--permission-mode", help="Claude Code permission mode (e.g. acceptEdits)."),
         click.option("--resume", help="agent session id to resume."),
+        click.option("--json-schema", help="JSON Schema the answer must satisfy (its object: structured_output)."),
+        click.option("--effort", help="Claude Code effort: low, medium, high, xhigh or max."),
+        click.option("--fallback-model", help="model to fall back to when the main one is overloaded."),
+        click.option("--max-budget-usd", type=float, help="most dollars the agent may spend on this task."),
+        click.option("--system-prompt", help="system prompt replacing the agent's default."),
+        click.option("--session-id", help="session id (a UUID) for the agent's new session."),
+        click.option("--settings", help="Claude Code settings file or JSON."),
+        click.option("--add-dir", "add_dirs", multiple=True, help="another directory the agent may use (repeatable)."),
+        click.option("--bare", is_flag=True, default=None, help="Claude Code's minimal mode (no hooks, plugins…)."),
+        click.option(
+            "--extra-arg", "extra_args", multiple=True, help="one more agent flag we do not model (repeatable)."
+        ),
         click.option("--after", help="run only after this task id has ended."),
         click.option("--after-any", is_flag=True, help="with --after: run even if that task failed."),
         redis_option,
@@ -123,10 +136,23 @@ def _spec_from(options: dict[str, Any]) -> dict[str, Any]:
         spec["tools"] = tools
     if disallowed:
         spec["disallowed_tools"] = disallowed
-    for name in ("timeout", "idle_timeout", "cwd", "model", "max_turns", "permission_mode", "resume"):
+    for name in (
+        "timeout", "idle_timeout", "cwd", "model", "max_turns", "permission_mode", "resume", "effort",
+        "fallback_model", "max_budget_usd", "system_prompt", "session_id", "settings", "bare",
+    ):  # fmt: skip
         value = options.pop(name)
         if value is not None:
             spec[name] = value
+    for name in ("add_dirs", "extra_args"):
+        values = list(options.pop(name))
+        if values:
+            spec[name] = values
+    schema = options.pop("json_schema")
+    if schema is not None:
+        try:
+            spec["json_schema"] = orjson.loads(schema)
+        except orjson.JSONDecodeError:
+            raise SpecError("--json-schema must be a JSON Schema object (valid JSON).") from None
     return spec
 
 

@@ -305,6 +305,7 @@ async def relay(
         duration_ms=execute_result.duration_ms,
         agent=outcome.info or {"name": agent.name},
         log_key=events.log_key(task_id),
+        structured_output=(outcome.info or {}).get("structured_output"),
     )
 
 

@@ -7,6 +7,7 @@ anything but JSON, so any language can submit tasks and read results.
 from __future__ import annotations
 
 import math
+import uuid
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -26,12 +27,27 @@ OPTIONAL_FIELDS = (
     "mcp_config",
     "resume",
     "argv",
+    "json_schema",
+    "fallback_model",
+    "effort",
+    "add_dirs",
+    "settings",
+    "system_prompt",
+    "session_id",
+    "bare",
+    "max_budget_usd",
+    "extra_args",
 )
 """Fields only some agents use (see each agent's ``options``)."""
 
 
 class SpecError(UsageError):
     """A task spec that cannot run; the message names the field and what it must be."""
+
+
+EFFORTS = ("low", "medium", "high", "xhigh", "max")
+RESERVED_ARGS = ("-p", "--print", "--output-format", "--input-format", "--verbose", "--")
+"""Flags the runner sets itself (its parser depends on them): never in ``extra_args``."""
 
 
 def _check_str_list(name: str, value: Any) -> list[str] | None:
@@ -65,6 +81,18 @@ class TaskSpec:
     mcp_config: str | None = None
     resume: str | None = None
     argv: list[str] | None = None
+    json_schema: dict[str, Any] | None = None
+    """A JSON Schema the answer must satisfy; the validated object is the result's ``structured_output``."""
+    fallback_model: str | None = None
+    effort: str | None = None
+    add_dirs: list[str] | None = None
+    settings: str | None = None
+    system_prompt: str | None = None
+    session_id: str | None = None
+    bare: bool = False
+    max_budget_usd: float | None = None
+    extra_args: list[str] | None = None
+    """More command-line flags for the agent, for what the spec does not model (checked, never a shell string)."""
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -84,6 +112,40 @@ class TaskSpec:
             spec.timeout = DEFAULT_TIMEOUT
         spec.validate()
         return spec
+
+    def _validate_agent_options(self) -> None:
+        if self.json_schema is not None and (not isinstance(self.json_schema, dict) or not self.json_schema):
+            raise SpecError('\'json_schema\' must be a JSON Schema object, e.g. {"type": "object", ...}.')
+        if self.effort is not None and self.effort not in EFFORTS:
+            raise SpecError(f"'effort' must be one of {', '.join(EFFORTS)}.")
+        if self.add_dirs is not None and (
+            not isinstance(self.add_dirs, list) or not all(isinstance(d, str) and d for d in self.add_dirs)
+        ):
+            raise SpecError("'add_dirs' must be a list of directory paths.")
+        if self.session_id is not None:
+            try:
+                uuid.UUID(str(self.session_id))
+            except ValueError:
+                raise SpecError("'session_id' must be a UUID (the agent's session ids are UUIDs).") from None
+        if not isinstance(self.bare, bool):
+            raise SpecError("'bare' must be true or false.")
+        if self.max_budget_usd is not None and (
+            isinstance(self.max_budget_usd, bool)
+            or not isinstance(self.max_budget_usd, (int, float))
+            or not math.isfinite(self.max_budget_usd)
+            or self.max_budget_usd <= 0
+        ):
+            raise SpecError("'max_budget_usd' must be a positive number of dollars.")
+        if self.extra_args is not None:
+            if not isinstance(self.extra_args, list) or not all(isinstance(a, str) for a in self.extra_args):
+                raise SpecError("'extra_args' must be a list of strings, e.g. [\"--strict-mcp-config\"].")
+            if self.extra_args and not self.extra_args[0].startswith("-"):
+                raise SpecError("'extra_args' must start with a flag (it is not a place for the prompt).")
+            for arg in self.extra_args:
+                if arg.split("=", 1)[0] in RESERVED_ARGS:
+                    raise SpecError(f"'extra_args' may not contain {arg.split('=', 1)[0]}: the runner sets it.")
+                if "\0" in arg:
+                    raise SpecError("'extra_args' must not contain NUL characters.")
 
     def validate(self) -> None:
         from runner.agents import get_agent
@@ -115,7 +177,17 @@ class TaskSpec:
             ):
                 raise SpecError("'idle_timeout' must be a number of seconds (0: never).")
             self.idle_timeout = float(self.idle_timeout)
-        for name in ("cwd", "model", "permission_mode", "append_system_prompt", "mcp_config", "resume"):
+        for name in (
+            "cwd",
+            "model",
+            "permission_mode",
+            "append_system_prompt",
+            "mcp_config",
+            "resume",
+            "fallback_model",
+            "settings",
+            "system_prompt",
+        ):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise SpecError(f"'{name}' must be a string.")
@@ -133,6 +205,7 @@ class TaskSpec:
             raise SpecError("'env' must map variable names to strings (or null to remove one).")
         if not isinstance(self.metadata, dict):
             raise SpecError("'metadata' must be an object.")
+        self._validate_agent_options()
         texts = [self.task, self.cwd or "", *(self.argv or []), *(self.tools or [])]
         texts += [f"{k}={v or ''}" for k, v in (self.env or {}).items()]
         if any("\0" in text for text in texts):
@@ -166,6 +239,8 @@ class TaskResult:
     """The last attempt was ended by the infrastructure (a handler or worker stopping or dying), not the task."""
     attempts: list[dict[str, Any]] = field(default_factory=list)
     """Earlier attempts that were interrupted, oldest first: ``started_at``, ``ended_at``, ``error``."""
+    structured_output: Any = None
+    """With ``json_schema``: the object the agent returned, validated against the schema."""
 
     @property
     def status(self) -> str:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from handler.protocol import ExecuteResult
 from runner.agents.base import Agent, JsonEventParser, Outcome, OutputParser, exit_error, parse_json_line
 from runner.spec import OPTIONAL_FIELDS
@@ -31,6 +33,8 @@ RESULT_FIELDS = (
     "permission_denials",
     "errors",
     "session_id",
+    "structured_output",
+    "api_error_status",
 )
 
 
@@ -108,11 +112,24 @@ class ClaudeAgent(Agent):
             ("--model", spec.model),
             ("--max-turns", str(spec.max_turns) if spec.max_turns else None),
             ("--append-system-prompt", spec.append_system_prompt),
+            ("--system-prompt", spec.system_prompt),
             ("--mcp-config", spec.mcp_config),
-            ("--resume", spec.resume),
+            ("--fallback-model", spec.fallback_model),
+            ("--effort", spec.effort),
+            ("--settings", spec.settings),
+            ("--session-id", spec.session_id),
+            ("--max-budget-usd", f"{spec.max_budget_usd:g}" if spec.max_budget_usd else None),
+            ("--json-schema", orjson.dumps(spec.json_schema).decode() if spec.json_schema else None),
         ):
             if value:
                 argv += [flag, value]
+        if spec.resume:
+            argv.append(f"--resume={spec.resume}")  # one element: an id starting with '-' is never a flag
+        if spec.bare:
+            argv.append("--bare")
+        for directory in spec.add_dirs or []:
+            argv.append(f"--add-dir={directory}")
+        argv += spec.extra_args or []
         if self.stdin(spec) is not None:
             return argv  # `claude -p` reads the prompt from its standard input
         # The prompt goes last, after `--`: options such as --allowedTools take several

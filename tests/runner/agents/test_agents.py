@@ -71,11 +71,13 @@ def jsonl(*events: dict[str, Any]) -> str:
 
 
 def value_after(argv: list[str], flag: str) -> str:
-    """The value of ``flag``, which must occur exactly once and before the prompt's ``--``."""
-    assert argv.count(flag) == 1, argv
-    index = argv.index(flag)
+    """The value of ``flag`` (``--flag value`` or ``--flag=value``), which must occur exactly once and before
+    the prompt's ``--``."""
+    joined = [i for i, arg in enumerate(argv) if arg.startswith(flag + "=")]
+    assert argv.count(flag) + len(joined) == 1, argv
+    index = argv.index(flag) if flag in argv else joined[0]
     assert index < argv.index("--"), f"{flag} must come before the prompt: {argv}"
-    return argv[index + 1]
+    return argv[index + 1] if argv[index] == flag else argv[index].split("=", 1)[1]
 
 
 # ----------------------------------------------------------------- Claude Code stream-json samples
@@ -194,6 +196,14 @@ def test_claude_argv_defaults_end_with_the_prompt_after_double_dash(monkeypatch:
         ),
         ("mcp_config", "/etc/ccx/mcp servers.json", "--mcp-config", "/etc/ccx/mcp servers.json"),
         ("resume", SESSION, "--resume", SESSION),
+        ("resume", "-starts-with-a-dash", "--resume", "-starts-with-a-dash"),
+        ("fallback_model", "claude-sonnet-4-5", "--fallback-model", "claude-sonnet-4-5"),
+        ("effort", "high", "--effort", "high"),
+        ("settings", '{"hooks": {}}', "--settings", '{"hooks": {}}'),
+        ("system_prompt", "You are terse.", "--system-prompt", "You are terse."),
+        ("session_id", SESSION, "--session-id", SESSION),
+        ("max_budget_usd", 2.5, "--max-budget-usd", "2.5"),
+        ("json_schema", {"type": "object"}, "--json-schema", '{"type":"object"}'),
     ],
 )
 def test_claude_argv_maps_each_option_to_its_flag(field: str, value: Any, flag: str, expected: str) -> None:
@@ -226,6 +236,40 @@ def test_claude_argv_with_every_option_at_once() -> None:
     }
     assert {flag: value_after(argv, flag) for flag in expected} == expected
     assert argv[-2:] == ["--", "Fix the failing test"]
+
+
+def test_claude_argv_bare_add_dirs_and_extra_args() -> None:
+    argv = ClaudeAgent().argv(make_spec(bare=True, add_dirs=["/srv/a", "/srv/b"], extra_args=["--strict-mcp-config"]))
+    options = argv[: argv.index("--")]
+    assert "--bare" in options and "--strict-mcp-config" in options
+    assert [a for a in options if a.startswith("--add-dir")] == ["--add-dir=/srv/a", "--add-dir=/srv/b"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"effort": "extreme"}, "'effort' must be one of low, medium, high, xhigh, max."),
+        ({"session_id": "abc"}, "'session_id' must be a UUID"),
+        ({"max_budget_usd": 0}, "'max_budget_usd' must be a positive number of dollars."),
+        ({"json_schema": "object"}, "'json_schema' must be a JSON Schema object"),
+        (
+            {"extra_args": ["--output-format", "text"]},
+            "'extra_args' may not contain --output-format: the runner sets it.",
+        ),
+        ({"extra_args": ["--", "another prompt"]}, "'extra_args' may not contain --: the runner sets it."),
+        ({"extra_args": ["prompt"]}, "'extra_args' must start with a flag"),
+        ({"idle_timeout": -1}, "'idle_timeout' must be a number of seconds (0: never)."),
+    ],
+)
+def test_bad_claude_options_are_refused_at_submit_naming_the_field(fields: dict[str, Any], message: str) -> None:
+    with pytest.raises(SpecError) as refused:
+        TaskSpec.from_dict({"task": "x", **fields})
+    assert message in str(refused.value)
+
+
+def test_claude_only_options_are_refused_for_other_agents() -> None:
+    with pytest.raises(SpecError, match="json_schema"):
+        TaskSpec.from_dict({"agent": "command", "argv": ["true"], "json_schema": {"type": "object"}})
 
 
 def test_claude_argv_leaves_out_unset_options() -> None:

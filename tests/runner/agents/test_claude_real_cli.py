@@ -137,6 +137,28 @@ def test_plain_answer(runner: Runner, stack: LocalStack, home: Path, workdir: Pa
     assert events[-1]["type"] == "result" and events[-1]["session_id"] == result.agent["session_id"]
 
 
+def test_json_schema_gives_the_validated_object_as_structured_output(
+    runner: Runner, stack: LocalStack, home: Path, workdir: Path
+) -> None:
+    """json_schema becomes --json-schema: the CLI offers the model its StructuredOutput tool, validates the
+    object it returns, and the task's result carries it as structured_output."""
+    schema = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+    seen_tools: list[list[str]] = []
+
+    def script(body: dict[str, Any]) -> Reply:
+        seen_tools.append([tool["name"] for tool in body.get("tools", [])])
+        return Reply.tool_use("StructuredOutput", {"name": "cc-execute"})
+
+    with FakeAnthropic(script) as api:
+        handle = runner.submit(
+            "Name this project.", json_schema=schema, cwd=str(workdir), env=task_env(stack, claude_env(api.url, home))
+        )
+        result = result_of(handle)
+    assert result.success, result.error
+    assert result.structured_output == {"name": "cc-execute"}
+    assert "StructuredOutput" in seen_tools[0]
+
+
 def test_a_prompt_too_long_for_argv_goes_through_stdin(
     runner: Runner, stack: LocalStack, home: Path, workdir: Path
 ) -> None:

@@ -305,13 +305,25 @@ def result(task_id: str, wait: float | None, redis_url: str | None, queue: str |
 
 
 @main.command()
-@click.argument("task_id")
+@click.argument("task_id", required=False)
 @redis_option
 @queue_option
 @json_option
 @friendly_errors
-def status(task_id: str, redis_url: str | None, queue: str | None, as_json: bool) -> None:
-    """Print a task's status: queued, deferred, running, finished, failed or cancelled."""
+def status(task_id: str | None, redis_url: str | None, queue: str | None, as_json: bool) -> None:
+    """Print a task's status (queued, deferred, running, finished, failed or cancelled); without an id,
+    the queue's: running or paused (why, until when), with its running and queued tasks."""
+    if task_id is None:
+        runner = _runner(redis_url, queue)
+        state = runner.queue_state()
+        running = runner.list(5, status="running")
+        waiting = runner.queue.count
+        if as_json:
+            _emit_json({**state.to_dict(), "running": [r.id for r in running], "queued": waiting})
+            return
+        click.echo(f"queue '{runner.settings.queue}': {state.describe()}")
+        click.echo(f"running: {', '.join(r.id for r in running) or 'nothing'}; queued: {waiting}")
+        return
     record = _record(_runner(redis_url, queue), task_id)
     if as_json:
         data = record.to_dict()
@@ -361,6 +373,30 @@ def list_tasks(limit: int, statuses: tuple[str, ...], redis_url: str | None, que
             f"{record.id:<36}  {record.status:<9}  {record.spec.agent:<7}  {ago(record.submitted_at):<11}  "
             f"{ago(record.ended_at):<11}  {what}"
         )
+
+
+@main.command()
+@click.option("--reason", default="paused by hand", show_default=True, help="shown with the pause.")
+@redis_option
+@queue_option
+@friendly_errors
+def pause(reason: str, redis_url: str | None, queue: str | None) -> None:
+    """Hold the queue: the running task goes on, nothing new starts until `ccx resume`."""
+    runner = _runner(redis_url, queue)
+    click.echo(f"queue '{runner.settings.queue}': {runner.pause(reason).describe()}")
+
+
+@main.command()
+@redis_option
+@queue_option
+@friendly_errors
+def resume(redis_url: str | None, queue: str | None) -> None:
+    """End the queue's pause (a usage limit, a backoff, rejected credentials or `ccx pause`)."""
+    runner = _runner(redis_url, queue)
+    if not runner.resume():
+        click.echo(f"queue '{runner.settings.queue}' was not paused.", err=True)
+        return
+    click.echo(f"queue '{runner.settings.queue}': running")
 
 
 @main.command()

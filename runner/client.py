@@ -17,7 +17,7 @@ from rq import Queue
 from rq.job import Dependency
 from rq.serializers import JSONSerializer
 
-from runner import events, lifecycle
+from runner import events, lifecycle, queue_state
 from runner.config import Settings, check_redis_url, redact_url, redis_client
 from runner.errors import Unavailable
 from runner.lifecycle import fetch_job
@@ -164,6 +164,18 @@ class Runner:
 
     def cancel(self, task_id: str, reason: str | None = None) -> str:
         return lifecycle.cancel(self.store, task_id, reason)
+
+    def queue_state(self) -> queue_state.QueueState:
+        """Whether this queue is paused, why and until when (see runner/queue_state.py)."""
+        return queue_state.get(self.redis, self.settings.queue)
+
+    def pause(self, reason: str = "paused by hand") -> queue_state.QueueState:
+        """Hold the queue: the running task goes on, nothing new starts until :meth:`resume`."""
+        return queue_state.pause(self.redis, self.settings.queue, queue_state.MANUAL, reason)
+
+    def resume(self) -> bool:
+        """End the queue's pause, whatever set it; False if it was not paused."""
+        return queue_state.resume(self.redis, self.settings.queue, "resumed by hand", reset_backoff=True)
 
     def job(self, task_id: str) -> Any:
         """The RQ job behind a task (for RQ tooling), or None."""

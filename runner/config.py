@@ -85,6 +85,13 @@ class Settings:
     """Times a task interrupted by the infrastructure (handler or worker stopping or dying) runs again."""
     handler_wait: float = 30.0
     """Seconds a task waits for an unreachable handler (e.g. restarting) before its attempt is interrupted."""
+    pause_margin: float = 60.0
+    """Seconds past a usage limit's reset time before the queue goes on (clocks differ)."""
+    limit_backoff: float = 60.0
+    """First pause (seconds) after a 429 with no reset time; doubled each consecutive time."""
+    limit_backoff_max: float = 3600.0
+    retry_backoff: float = 30.0
+    """First wait (seconds) before a task that hit a transient API error runs again; doubled each retry."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -101,6 +108,16 @@ class Settings:
         lock_ttl = _env("CCX_WORKER_LOCK_TTL")
         retries = _env("CCX_INTERRUPTED_RETRIES")
         handler_wait = _env("CCX_HANDLER_WAIT")
+        timing = {
+            name: parse_seconds(value, variable)
+            for name, variable in (
+                ("pause_margin", "CCX_PAUSE_MARGIN"),
+                ("limit_backoff", "CCX_LIMIT_BACKOFF"),
+                ("limit_backoff_max", "CCX_LIMIT_BACKOFF_MAX"),
+                ("retry_backoff", "CCX_RETRY_BACKOFF"),
+            )
+            if (value := _env(variable)) is not None
+        }
         insecure = _env("CCX_ALLOW_INSECURE")
         return cls(
             redis_url=check_redis_url(redis_url, redis_name),
@@ -115,6 +132,7 @@ class Settings:
             lock_ttl=parse_seconds(lock_ttl, "CCX_WORKER_LOCK_TTL", positive=True) if lock_ttl else 30.0,
             interrupted_retries=parse_int(retries, "CCX_INTERRUPTED_RETRIES", 0) if retries else 1,
             handler_wait=parse_seconds(handler_wait, "CCX_HANDLER_WAIT") if handler_wait else 30.0,
+            **timing,  # type: ignore[arg-type]
         )
 
     def with_local_token(self) -> Settings:

@@ -43,6 +43,9 @@ FINISHED = "finished"
 FAILED = "failed"
 CANCELLED = "cancelled"
 END_STATUSES = (FINISHED, FAILED, CANCELLED)
+# Queue lifecycle types on LIFECYCLE_CHANNEL.
+PAUSED = "paused"
+RESUMED = "resumed"
 STATUSES = (QUEUED, DEFERRED, RUNNING, *END_STATUSES)
 
 DEFAULT_LOG_MAXLEN = 100_000
@@ -88,12 +91,21 @@ def fence_key(queue: str) -> str:
     return f"{PREFIX}:worker:{queue}:fence"
 
 
+def queue_state_key(queue: str) -> str:
+    """The queue's pause (hash: kind, reason, until, since, backoff_level); absent: not paused."""
+    return f"{PREFIX}:queue:{queue}:state"
+
+
 def index_key(queue: str) -> str:
     return f"{PREFIX}:tasks:{queue}"
 
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def encode(event: dict[str, Any]) -> bytes:

@@ -31,12 +31,13 @@ from handler.protocol import (
     ExecuteParams,
     ExecuteResult,
 )
-from runner import events, lifecycle
+from runner import events, lifecycle, policy, queue_state
 from runner.agents import get_agent
 from runner.config import Settings, async_redis_client
 from runner.events import EventWriter
 from runner.handler_client import HandlerError, HandlerUnavailable, HandlerUnreachable, execute_remote, probe_handler
 from runner.lock import RENEW_LEASE
+from runner.policy import CONTINUE_PROMPT
 from runner.spec import SpecError, TaskResult, TaskSpec
 from runner.store import TaskStore
 
@@ -50,6 +51,7 @@ _settings: Settings | None = None
 _fence: int | None = None
 """The fencing token of the worker's queue lock (see runner/lock.py); None under a plain ``rq worker``."""
 
+INTERRUPTED = events.INTERRUPTED
 REQUEUE_META = "ccx_requeue"
 """Job meta set by a work-horse whose task must go back to the front of the queue (why, in a word)."""
 
@@ -141,14 +143,18 @@ def run_job(job: Job, spec_data: dict, settings: Settings, store: TaskStore) -> 
     run_id = f"{_fence if _fence is not None else '-'}:{uuid.uuid4().hex[:12]}"
     lease_ms = int(settings.lock_ttl * 1000)
     started = lifecycle.start(store, task_id, queue, run_id, _fence, lease_ms)
-    if started == -1:
+    if started.code == -1:
         log.warning(
             "task %s: another worker serves queue %s now (this one lost its lock); handing it back", task_id, queue
         )
         raise _requeue(job, "stale")
-    if started == 0:
+    if started.code == 0:
         record = store.get(task_id)
         return record.result if record is not None and record.result is not None else TaskResult(id=task_id)
+    attempts = started.attempts
+    if started.continue_session:
+        # The last attempt made progress before a usage limit: go on in the same session, not afresh.
+        spec = TaskSpec.from_dict({**spec.to_dict(), "resume": started.continue_session, "task": CONTINUE_PROMPT})
     pin_malloc_thresholds()  # the work-horse is where output frames pass: see handler/memory.py
     job_key = job.key.decode() if isinstance(job.key, bytes) else job.key
     result = asyncio.run(relay(task_id, spec, settings, job_key, queue=queue, run_id=run_id))
@@ -157,20 +163,36 @@ def run_job(job: Job, spec_data: dict, settings: Settings, store: TaskStore) -> 
     if result.duration_ms is None:
         result.duration_ms = round((time.monotonic() - began) * 1000, 3)
     result.metadata = spec.metadata
-    attempts = store.attempts(task_id)
+    this = {"started_at": started_at, "ended_at": result.ended_at, "error": result.error}
     if result.interrupted:
-        attempts.append({"started_at": started_at, "ended_at": result.ended_at, "error": result.error})
         if result.error == STALE_RUN:
             raise _requeue(job, "stale")
-        if len(attempts) <= settings.interrupted_retries and lifecycle.interrupt(
+        attempts.append({**this, "kind": INTERRUPTED})
+        interruptions = sum(1 for attempt in attempts if attempt.get("kind", INTERRUPTED) == INTERRUPTED)
+        if interruptions <= settings.interrupted_retries and lifecycle.interrupt(
             store, task_id, queue, run_id, attempts
         ):
             log.warning(
                 "task %s interrupted (%s); it runs again (attempt %d)", task_id, result.error, len(attempts) + 1
             )
-            raise _requeue(job, "interrupted")
-        result.error = f"{result.error} It was tried {len(attempts)} time(s); resubmit it to try again."
+            raise _requeue(job, INTERRUPTED)
+        result.error = f"{result.error} It was tried {interruptions} time(s); resubmit it to try again."
         attempts.pop()
+    elif not result.success:
+        state = queue_state.get(client, queue)
+        decision = policy.decide(
+            spec, result, attempts, settings, state.backoff_level, get_agent(spec.agent).default_retries
+        )
+        if decision.action == policy.AGAIN and lifecycle.interrupt(
+            store, task_id, queue, run_id, [*attempts, {**this, "kind": decision.kind, "reason": decision.reason}]
+        ):
+            if decision.continue_session:
+                store.continue_session(task_id, decision.continue_session)
+            queue_state.pause(client, queue, decision.kind, decision.reason, decision.until)
+            log.warning("task %s goes back to the front of queue %s: %s", task_id, queue, decision.reason)
+            raise _requeue(job, decision.kind)
+    elif attempts:
+        queue_state.succeeded(client, queue)  # a backoff starts from the beginning next time
     result.attempts = attempts
     if not lifecycle.end(store, result, queue, job, run_id):
         log.info("task %s already had a result, or was started again elsewhere; keeping that", task_id)

@@ -32,7 +32,7 @@ from rq.serializers import JSONSerializer
 from runner import events
 from runner.errors import UnknownTask
 from runner.spec import TaskResult
-from runner.store import TaskStore
+from runner.store import Started, TaskStore
 
 log = logging.getLogger("ccx.runner")
 
@@ -49,8 +49,9 @@ def fetch_job(client: redis.Redis, task_id: str) -> Job | None:
         return None
 
 
-def start(store: TaskStore, task_id: str, queue: str, run: str, fence: int | None, lease_ms: int) -> int:
-    """queued → running as ``run``, if ``fence`` is still the queue's: 1 started, 0 already ended, -1 stale."""
+def start(store: TaskStore, task_id: str, queue: str, run: str, fence: int | None, lease_ms: int) -> Started:
+    """queued → running as ``run``, if ``fence`` is still the queue's (``code``: 1 started, 0 already ended,
+    -1 stale), with the task's earlier attempts and the agent session it is to continue, if any."""
     return store.start(task_id, queue, run, fence, lease_ms)
 
 

@@ -69,6 +69,11 @@ class TaskSpec:
     tools: list[str] | None = None
     disallowed_tools: list[str] | None = None
     timeout: float = DEFAULT_TIMEOUT
+    retries: int | None = None
+    """Times the task runs again after a transient failure (API overload, network); None: the agent's
+    default (2 for agent CLIs, 0 for commands)."""
+    retry_on_exit_codes: list[int] | None = None
+    """For commands: the exit codes that count as transient (retried up to ``retries`` times)."""
     idle_timeout: float | None = None
     """Seconds without any output before the run is stopped as hung; None: the agent's default
     (600 for agent CLIs, none for commands); 0: never."""
@@ -168,6 +173,15 @@ class TaskSpec:
         ):
             raise SpecError("'timeout' must be a positive number of seconds.")
         self.timeout = float(self.timeout)
+        if self.retries is not None and (
+            isinstance(self.retries, bool) or not isinstance(self.retries, int) or not 0 <= self.retries <= 20
+        ):
+            raise SpecError("'retries' must be a whole number from 0 to 20.")
+        if self.retry_on_exit_codes is not None and (
+            not isinstance(self.retry_on_exit_codes, list)
+            or not all(isinstance(c, int) and not isinstance(c, bool) and 0 < c < 256 for c in self.retry_on_exit_codes)
+        ):
+            raise SpecError("'retry_on_exit_codes' must be a list of exit codes from 1 to 255.")
         if self.idle_timeout is not None:
             if (
                 isinstance(self.idle_timeout, bool)

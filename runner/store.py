@@ -12,7 +12,7 @@ wins, and later attempts change nothing.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -45,16 +45,20 @@ return 1
 
 # Starting a run. KEYS: info, log, channel, lifecycle, fence, lease.
 # ARGV: started_at, lifecycle event, log event, maxlen, fencing token ('' = unfenced), run id, lease ms.
-# Returns 1 started, 0 the task already ended, -1 the fencing token is stale (a newer worker serves the queue).
+# Returns {1, earlier attempts JSON, session to continue} when started (the session is taken: used once),
+# {0} when the task already ended, {-1} when the fencing token is stale (a newer worker serves the queue).
 _START_SCRIPT = """
-if redis.call('HEXISTS', KEYS[1], 'result') == 1 then return 0 end
-if ARGV[5] ~= '' and redis.call('GET', KEYS[5]) ~= ARGV[5] then return -1 end
+if redis.call('HEXISTS', KEYS[1], 'result') == 1 then return {0} end
+if ARGV[5] ~= '' and redis.call('GET', KEYS[5]) ~= ARGV[5] then return {-1} end
 redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1], 'run', ARGV[6])
 redis.call('SET', KEYS[6], ARGV[6], 'PX', ARGV[7])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'e', ARGV[3])
 redis.call('PUBLISH', KEYS[3], ARGV[3])
 redis.call('PUBLISH', KEYS[4], ARGV[2])
-return 1
+local attempts = redis.call('HGET', KEYS[1], 'attempts') or ''
+local session = redis.call('HGET', KEYS[1], 'continue_session') or ''
+redis.call('HDEL', KEYS[1], 'continue_session')
+return {1, attempts, session}
 """
 
 # An interrupted attempt: back to queued, the attempt recorded. KEYS: info, log, channel, lifecycle, lease.
@@ -79,6 +83,14 @@ redis.call('HSET', KEYS[1], 'status', 'queued')
 redis.call('PUBLISH', KEYS[2], ARGV[1])
 return 1
 """
+
+
+@dataclass(frozen=True)
+class Started:
+    code: int
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    """The task's earlier attempts (interrupted, or held back by a limit or a retry)."""
+    continue_session: str | None = None
 
 
 @dataclass
@@ -157,27 +169,34 @@ class TaskStore:
         pipe.zremrangebyrank(index, 0, -index_cap - 1)
         pipe.publish(events.LIFECYCLE_CHANNEL, lifecycle(status, task_id, queue, at=submitted_at))
 
-    def start(self, task_id: str, queue: str, run: str, fence: int | None, lease_ms: int) -> int:
+    def start(self, task_id: str, queue: str, run: str, fence: int | None, lease_ms: int) -> Started:
         """Mark the task running as ``run`` and take its run lease, if ``fence`` is still the queue's token.
 
-        Returns 1 (started), 0 (the task already ended), or -1 (a newer worker serves the queue).
+        ``code`` is 1 (started), 0 (the task already ended), or -1 (a newer worker serves the queue).
         """
         at = events.now_iso()
         started = {"type": events.STARTED, "task_id": task_id, "at": at}
-        return int(
-            self._start(
-                keys=[*self._keys(task_id), events.fence_key(queue), events.lease_key(task_id)],
-                args=[
-                    at,
-                    lifecycle(events.RUNNING, task_id, queue, at=at),
-                    orjson.dumps(started),
-                    self.log_maxlen,
-                    "" if fence is None else str(fence),
-                    run,
-                    lease_ms,
-                ],
-            )
+        reply = self._start(
+            keys=[*self._keys(task_id), events.fence_key(queue), events.lease_key(task_id)],
+            args=[
+                at,
+                lifecycle(events.RUNNING, task_id, queue, at=at),
+                orjson.dumps(started),
+                self.log_maxlen,
+                "" if fence is None else str(fence),
+                run,
+                lease_ms,
+            ],
         )
+        code = int(reply[0])
+        if code != 1:
+            return Started(code)
+        attempts = orjson.loads(reply[1]) if reply[1] else []
+        return Started(code, attempts, reply[2].decode() if reply[2] else None)
+
+    def continue_session(self, task_id: str, session_id: str) -> None:
+        """The task's next attempt continues this agent session (it made progress before a usage limit)."""
+        self.client.hset(events.info_key(task_id), "continue_session", session_id)
 
     def interrupt(self, task_id: str, queue: str, run: str, attempts: list[dict[str, Any]]) -> bool:
         """Put a task whose attempt was interrupted back to ``queued``, recording the attempts so far."""

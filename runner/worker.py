@@ -23,7 +23,7 @@ from rq.job_lifecycle import call_exception_handlers, format_exc_info, record_jo
 from rq.registry import CanceledJobRegistry, FailedJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 
-from runner import events, lifecycle
+from runner import events, lifecycle, queue_state
 from runner.config import PATIENT_RETRIES, Settings, redact_url, redis_client
 from runner.handler_client import check_transport, tls_context
 from runner.job import REQUEUE_META, TaskFailed, TaskRequeued, configure, warm_up
@@ -55,7 +55,34 @@ class CcxWorker(Worker):
             queue.enqueue_job(job, at_front=True)
             self.request_stop(0, None)
             return
+        if queue_state.get(self.connection, queue.name).paused:
+            # Held (a usage limit, a backoff, a person): the job goes back to the front, untouched, and this
+            # worker waits; nothing is lost if it dies meanwhile.
+            queue.enqueue_job(job, at_front=True)
+            self.wait_while_paused(queue.name)
+            return
         super().execute_job(job, queue)
+
+    def wait_while_paused(self, queue_name: str) -> None:
+        """Wait until the queue's pause ends: by its time (ended here, announced) or by a person."""
+        announced = False
+        last_beat = time.monotonic()
+        while not self._stop_requested:
+            state = queue_state.get(self.connection, queue_name)
+            if not state.paused:
+                return
+            if not announced:
+                log.warning("queue %s is %s", queue_name, state.describe())
+                announced = True
+            now = time.time()
+            if state.until is not None and now >= state.until:
+                queue_state.resume(self.connection, queue_name, f"the pause ended ({state.reason})")
+                log.info("queue %s goes on: the pause ended (%s)", queue_name, state.reason)
+                return
+            if time.monotonic() - last_beat > 30:
+                self.heartbeat()
+                last_beat = time.monotonic()
+            time.sleep(min(1.0, max(0.05, (state.until - now) if state.until else 1.0)))
 
     def _requeue_front(self, job: Job, queue: Queue, execution: object) -> None:
         """Put an interrupted (or stale) task back at the front of its queue; its dependents keep waiting."""
@@ -146,6 +173,17 @@ def recover_abandoned(client: redis.Redis, queue_name: str, store: TaskStore, se
     queue = Queue(queue_name, connection=client, serializer=JSONSerializer)
     registry = StartedJobRegistry(queue=queue)
     recovered = []
+    # A worker stopped between taking a job (RQ moves it to the intermediate queue) and starting it left it
+    # there; RQ would fail it only much later. Holding the lock, nothing else can be taking it: put it back
+    # at the front, in its order.
+    intermediate = queue.intermediate_queue
+    for job_id in reversed(intermediate.get_job_ids()):
+        if job_id not in registry:
+            with client.pipeline() as pipe:
+                pipe.lrem(intermediate.key, 1, job_id)
+                pipe.lpush(queue.key, job_id)
+                pipe.execute()
+            log.warning("task %s had been taken by the previous worker but not started; it is first in line", job_id)
     for entry in client.zrange(registry.key, 0, -1):
         job_id = registry.parse_job_id(entry)
         waited = False
@@ -161,8 +199,16 @@ def recover_abandoned(client: redis.Redis, queue_name: str, store: TaskStore, se
         record = store.get(job_id)
         if job is not None and record is not None and record.result is None:
             attempts = store.attempts(job_id)
-            attempts.append({"started_at": record.started_at, "ended_at": events.now_iso(), "error": WORKER_DIED})
-            if len(attempts) <= settings.interrupted_retries and lifecycle.interrupt(
+            attempts.append(
+                {
+                    "started_at": record.started_at,
+                    "ended_at": events.now_iso(),
+                    "error": WORKER_DIED,
+                    "kind": "interrupted",
+                }
+            )
+            interruptions = sum(1 for a in attempts if a.get("kind", "interrupted") == "interrupted")
+            if interruptions <= settings.interrupted_retries and lifecycle.interrupt(
                 store, job_id, queue_name, "", attempts
             ):
                 client.zrem(registry.key, entry)

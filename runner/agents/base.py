@@ -162,6 +162,8 @@ class Agent(abc.ABC):
     display_name: str = ""
 
     options: frozenset[str] = frozenset()
+    default_retries: int = 2
+    """Times a task runs again after a transient API failure, when its spec does not say."""
     default_idle_timeout: float | None = 600.0
     """Seconds without output before a run counts as hung (an agent CLI waiting on a stalled API
     connection can otherwise hold the queue for hours); None: no such limit."""

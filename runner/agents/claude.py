@@ -43,6 +43,9 @@ class ClaudeParser(JsonEventParser):
         super().__init__(output_limit)
         self.init: dict[str, Any] = {}
         self.result: dict[str, Any] | None = None
+        self.rate_limit: dict[str, Any] | None = None
+        self.tool_calls = 0
+        self.api_retries = 0
 
     def on_event(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
@@ -50,10 +53,25 @@ class ClaudeParser(JsonEventParser):
             self.init = {key: event.get(key) for key in ("session_id", "model", "tools", "cwd", "permissionMode")}
         elif kind == "result":
             self.result = event
+        elif kind == "rate_limit_event" and isinstance(event.get("rate_limit_info"), dict):
+            self.rate_limit = event["rate_limit_info"]
+        elif kind == "system" and event.get("subtype") == "api_retry":
+            self.api_retries += 1
+        elif kind == "assistant":
+            content = (event.get("message") or {}).get("content")
+            if isinstance(content, list):
+                self.tool_calls += sum(
+                    1 for block in content if isinstance(block, dict) and block.get("type") == "tool_use"
+                )
 
     def finish(self, result: ExecuteResult) -> Outcome:
         self.flush_lines()
         info: dict[str, Any] = {"name": "claude", **{k: v for k, v in self.init.items() if v is not None}}
+        info["tool_calls"] = self.tool_calls
+        if self.api_retries:
+            info["api_retries"] = self.api_retries
+        if self.rate_limit is not None:
+            info["rate_limit"] = self.rate_limit
         if self.result is None:
             if result.timed_out or result.cancelled:
                 return Outcome(False, self.stdout.text(), None, info)

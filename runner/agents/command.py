@@ -17,6 +17,7 @@ class CommandAgent(Agent):
 
     options = frozenset({"argv"})
     default_idle_timeout = None  # a build or a test suite may be quiet for long
+    default_retries = 0  # which exit codes are transient, only the submitter knows (retry_on_exit_codes)
 
     def check_required(self, spec: TaskSpec) -> None:
         from runner.spec import SpecError

@@ -49,22 +49,24 @@ def test_an_end_settles_the_dependents(redis_url: str, queue_name: str, result: 
 def test_a_task_ends_once_and_only_its_current_run_may_end_it(redis_url: str, queue_name: str) -> None:
     runner = Runner(redis_url=redis_url, queue=queue_name)
     task = runner.submit(agent="command", argv=["true"]).id
-    assert lifecycle.start(runner.store, task, queue_name, "1:current", None, 5000) == 1
+    assert lifecycle.start(runner.store, task, queue_name, "1:current", None, 5000).code == 1
     stale = TaskResult(id=task, success=True, output="from a run that lost the queue")
     assert not lifecycle.end(runner.store, stale, queue_name, run="0:old")
     assert lifecycle.end(runner.store, TaskResult(id=task, success=True, output="real"), queue_name, run="1:current")
     assert not lifecycle.end(runner.store, TaskResult(id=task, error="late"), queue_name)
     assert runner.handle(task).result(timeout=5).output == "real"
-    assert lifecycle.start(runner.store, task, queue_name, "2:again", None, 5000) == 0, "an ended task never restarts"
+    assert lifecycle.start(runner.store, task, queue_name, "2:again", None, 5000).code == 0, (
+        "an ended task never restarts"
+    )
 
 
 def test_a_stale_fencing_token_cannot_start_a_run(redis_url: str, queue_name: str) -> None:
     runner = Runner(redis_url=redis_url, queue=queue_name)
     task = runner.submit(agent="command", argv=["true"]).id
     runner.redis.set(f"ccx:worker:{queue_name}:fence", 7)
-    assert lifecycle.start(runner.store, task, queue_name, "6:x", 6, 5000) == -1
+    assert lifecycle.start(runner.store, task, queue_name, "6:x", 6, 5000).code == -1
     assert status(runner, task) == "queued"
-    assert lifecycle.start(runner.store, task, queue_name, "7:x", 7, 5000) == 1
+    assert lifecycle.start(runner.store, task, queue_name, "7:x", 7, 5000).code == 1
 
 
 def test_an_interrupted_attempt_goes_back_to_queued_with_its_dependents_waiting(
@@ -72,7 +74,7 @@ def test_an_interrupted_attempt_goes_back_to_queued_with_its_dependents_waiting(
 ) -> None:
     runner = Runner(redis_url=redis_url, queue=queue_name)
     first, plain_id, _ = chain(runner)
-    assert lifecycle.start(runner.store, first, queue_name, "1:a", None, 5000) == 1
+    assert lifecycle.start(runner.store, first, queue_name, "1:a", None, 5000).code == 1
     attempt = {"started_at": "s", "ended_at": "e", "error": "The handler shut down."}
     assert lifecycle.interrupt(runner.store, first, queue_name, "1:a", [attempt])
     assert status(runner, first) == "queued" and status(runner, plain_id) == "deferred"

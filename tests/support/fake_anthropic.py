@@ -56,6 +56,7 @@ class Reply:
     pings: bool = True
     status: int = 0
     error_type: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def text(cls, text: str) -> Reply:
@@ -91,6 +92,22 @@ class Reply:
         4xx statuses such as 400/401/403 for fast tests.
         """
         return cls(kind="error", status=status, error_type=error_type, content=message)
+
+    @classmethod
+    def usage_limit(cls, resets_at: float, claim: str = "five_hour") -> Reply:
+        """The 429 a subscription login gets at its usage limit: the CLI does not retry it, prints a
+        ``rate_limit_event`` with ``resetsAt`` and fails the turn."""
+        return cls(
+            kind="error",
+            status=429,
+            error_type="rate_limit_error",
+            content="This request would exceed your account's rate limit.",
+            headers={
+                "anthropic-ratelimit-unified-status": "rejected",
+                "anthropic-ratelimit-unified-reset": str(int(resets_at)),
+                "anthropic-ratelimit-unified-representative-claim": claim,
+            },
+        )
 
 
 @dataclass
@@ -300,9 +317,11 @@ def _make_handler(fake: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
             except ValueError:
                 return raw.decode("utf-8", "replace")
 
-        def _send_json(self, status: int, payload: Any) -> None:
+        def _send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
             data = json.dumps(payload).encode()
             self.send_response(status)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.send_header("request-id", _new_id("req"))
@@ -383,7 +402,7 @@ def _make_handler(fake: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
             input_tokens = _estimate_tokens(body.get("messages"))
             if reply.kind == "error":
                 payload = {"type": "error", "error": {"type": reply.error_type, "message": reply.content}}
-                self._send_json(reply.status, payload)
+                self._send_json(reply.status, payload, reply.headers)
                 return
             if reply.kind == "hang":
                 self._hang(reply, model, input_tokens)

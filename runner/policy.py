@@ -1,0 +1,116 @@
+"""What an attempt that did not succeed means: end the task, or hold the queue and run the task again.
+
+A night of agent tasks mostly fails on the API, not on the task, and failing
+(which cancels every dependent) is the wrong answer to that:
+
+* **Usage limit** (a subscription's ``rate_limit_event`` with ``status: rejected``):
+  the queue pauses until ``resetsAt`` plus ``CCX_PAUSE_MARGIN``; the task goes back
+  to the front. If the attempt had made progress (it used a tool), the next one
+  continues its session (``--resume <session_id>`` with :data:`CONTINUE_PROMPT`);
+  otherwise it starts afresh.
+* **429 with no reset time** (an API key): the queue pauses with backoff,
+  ``CCX_LIMIT_BACKOFF`` seconds doubled at each consecutive one, at most
+  ``CCX_LIMIT_BACKOFF_MAX``.
+* **401**: the queue pauses until someone resumes it ("credentials rejected"):
+  every later task would fail the same way.
+* **529, other 5xx, or a network error** (``api_error_status`` null): the task runs
+  again up to ``retries`` times (default 2), the queue holding
+  ``CCX_RETRY_BACKOFF`` seconds doubled each time. 400 never retries.
+* **Commands**: ``retries`` times when the exit code is in ``retry_on_exit_codes``.
+
+Timeouts, hangs (``idle_timeout``) and cancels are final.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from runner import queue_state
+from runner.config import Settings
+from runner.spec import TaskResult, TaskSpec
+
+FAIL = "fail"
+AGAIN = "again"
+
+CONTINUE_PROMPT = (
+    "You were interrupted by a usage limit, which has now reset. Continue the task where you stopped, "
+    "without redoing finished work."
+)
+LIMIT_NAMES = {
+    "five_hour": "five-hour usage limit",
+    "seven_day": "weekly usage limit",
+    "seven_day_opus": "weekly Opus usage limit",
+    "seven_day_sonnet": "weekly Sonnet usage limit",
+}
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str
+    kind: str = ""
+    """The queue's pause (runner.queue_state kinds) while the task waits to run again."""
+    reason: str = ""
+    until: float | None = None
+    continue_session: str | None = None
+
+
+def _retries_used(attempts: list[dict[str, Any]]) -> int:
+    return sum(1 for attempt in attempts if attempt.get("kind") == queue_state.RETRY)
+
+
+def decide(
+    spec: TaskSpec,
+    result: TaskResult,
+    attempts: list[dict[str, Any]],
+    settings: Settings,
+    backoff_level: int = 0,
+    default_retries: int = 0,
+    now: float | None = None,
+) -> Decision:
+    """What to do after ``result`` (``attempts``: the task's earlier ones)."""
+    now = time.time() if now is None else now
+    if result.success or result.cancelled or result.timed_out or result.interrupted:
+        return Decision(FAIL)
+    retries = spec.retries if spec.retries is not None else default_retries
+    info = result.agent or {}
+    limit = info.get("rate_limit") or {}
+    if limit.get("status") == "rejected" and isinstance(limit.get("resetsAt"), (int, float)):
+        name = LIMIT_NAMES.get(str(limit.get("rateLimitType")), "usage limit")
+        progressed = bool(info.get("tool_calls")) and isinstance(info.get("session_id"), str)
+        return Decision(
+            AGAIN,
+            queue_state.USAGE_LIMIT,
+            name,
+            float(limit["resetsAt"]) + settings.pause_margin,
+            info["session_id"] if progressed else None,
+        )
+    if info.get("is_error") and "api_error_status" in info:
+        status = info.get("api_error_status")
+        if status == 429:
+            delay = min(settings.limit_backoff * 2**backoff_level, settings.limit_backoff_max)
+            return Decision(
+                AGAIN, queue_state.BACKOFF, f"rate limited (429) with no reset time; waiting {delay:g} s", now + delay
+            )
+        if status == 401:
+            return Decision(
+                AGAIN,
+                queue_state.CREDENTIALS,
+                "credentials rejected (401): fix the agent's login on the handler's machine, then `ccx resume`",
+            )
+        if (status is None or status == 529 or (isinstance(status, int) and status >= 500)) and (
+            _retries_used(attempts) < retries
+        ):
+            n = _retries_used(attempts) + 1
+            what = f"API error {status}" if status is not None else "network error"
+            delay = settings.retry_backoff * 2 ** (n - 1)
+            return Decision(AGAIN, queue_state.RETRY, f"{what}; retry {n}/{retries} in {delay:g} s", now + delay)
+        return Decision(FAIL)
+    if spec.retry_on_exit_codes and result.exit_code in spec.retry_on_exit_codes and _retries_used(attempts) < retries:
+        n = _retries_used(attempts) + 1
+        delay = settings.retry_backoff * 2 ** (n - 1)
+        return Decision(
+            AGAIN, queue_state.RETRY, f"exit code {result.exit_code}; retry {n}/{retries} in {delay:g} s", now + delay
+        )
+    return Decision(FAIL)

@@ -319,10 +319,15 @@ def status(task_id: str | None, redis_url: str | None, queue: str | None, as_jso
         running = runner.list(5, status="running")
         waiting = runner.queue.count
         if as_json:
-            _emit_json({**state.to_dict(), "running": [r.id for r in running], "queued": waiting})
+            _emit_json(
+                {**state.to_dict(), "running": [r.id for r in running], "queued": waiting, "costs": runner.costs()}
+            )
             return
+        spent = runner.costs()
         click.echo(f"queue '{runner.settings.queue}': {state.describe()}")
         click.echo(f"running: {', '.join(r.id for r in running) or 'nothing'}; queued: {waiting}")
+        budget = f" of ${spent['budget_per_day']:.2f} a day" if "budget_per_day" in spent else ""
+        click.echo(f"spent: ${spent['today']:.4f} today{budget}, ${spent['total']:.4f} in all")
         return
     record = _record(_runner(redis_url, queue), task_id)
     if as_json:
@@ -384,6 +389,29 @@ def pause(reason: str, redis_url: str | None, queue: str | None) -> None:
     """Hold the queue: the running task goes on, nothing new starts until `ccx resume`."""
     runner = _runner(redis_url, queue)
     click.echo(f"queue '{runner.settings.queue}': {runner.pause(reason).describe()}")
+
+
+@main.command()
+@click.argument("usd", required=False, type=float)
+@click.option("--per", type=click.Choice(["day"]), default="day", show_default=True, help="the budget's period.")
+@click.option("--off", is_flag=True, help="remove the budget.")
+@redis_option
+@queue_option
+@friendly_errors
+def budget(usd: float | None, per: str, off: bool, redis_url: str | None, queue: str | None) -> None:
+    """Set the queue's spend budget: `ccx budget 20 --per day`; it pauses before the next task once reached."""
+    runner = _runner(redis_url, queue)
+    if off:
+        runner.set_budget(None)
+    elif usd is not None:
+        if usd <= 0:
+            raise SpecError("The budget must be a positive number of dollars.")
+        runner.set_budget(usd)
+    spent = runner.costs()
+    if "budget_per_day" in spent:
+        click.echo(f"budget ${spent['budget_per_day']:.2f} per day; spent ${spent['today']:.4f} today")
+    else:
+        click.echo(f"no budget; spent ${spent['today']:.4f} today")
 
 
 @main.command()

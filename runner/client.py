@@ -177,6 +177,14 @@ class Runner:
         """End the queue's pause, whatever set it; False if it was not paused."""
         return queue_state.resume(self.redis, self.settings.queue, "resumed by hand", reset_backoff=True)
 
+    def costs(self) -> dict[str, float]:
+        """The queue's spend as the agents reported it: ``today`` (UTC), ``total``, and ``budget_per_day``."""
+        return queue_state.costs(self.redis, self.settings.queue)
+
+    def set_budget(self, per_day: float | None) -> None:
+        """Pause the queue before the next task once the day's spend reaches ``per_day`` USD (None: no budget)."""
+        queue_state.set_budget(self.redis, self.settings.queue, per_day)
+
     def job(self, task_id: str) -> Any:
         """The RQ job behind a task (for RQ tooling), or None."""
         return fetch_job(self.redis, task_id)

@@ -96,6 +96,11 @@ def queue_state_key(queue: str) -> str:
     return f"{PREFIX}:queue:{queue}:state"
 
 
+def costs_key(queue: str) -> str:
+    """The queue's spend in USD as the agents reported it (hash: ``total``, ``day:YYYY-MM-DD``)."""
+    return f"{PREFIX}:queue:{queue}:costs"
+
+
 def index_key(queue: str) -> str:
     return f"{PREFIX}:tasks:{queue}"
 

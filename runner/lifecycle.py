@@ -29,7 +29,7 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from runner import events
+from runner import events, queue_state
 from runner.errors import UnknownTask
 from runner.spec import TaskResult
 from runner.store import Started, TaskStore
@@ -65,6 +65,9 @@ def end(store: TaskStore, result: TaskResult, queue: str, job: Job | None = None
     (whoever ended it settled them) or ``run`` is no longer its current run."""
     if not store.finalize(result, queue, run):
         return False
+    cost = (result.agent or {}).get("total_cost_usd")
+    if isinstance(cost, (int, float)) and cost > 0:
+        queue_state.add_cost(store.client, queue, float(cost))
     job = job if job is not None else fetch_job(store.client, result.id)
     if job is not None:
         settle_dependents(store, job, result)

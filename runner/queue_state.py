@@ -25,6 +25,7 @@ BACKOFF = "backoff"
 RETRY = "retry"
 CREDENTIALS = "credentials"
 MANUAL = "manual"
+BUDGET = "budget"
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,52 @@ def resume(client: redis.Redis, queue: str, why: str, reset_backoff: bool = Fals
     if had:
         client.publish(events.LIFECYCLE_CHANNEL, _event(events.RESUMED, queue, reason=why))
     return bool(had)
+
+
+def today(now: float | None = None) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(time.time() if now is None else now))
+
+
+def add_cost(client: redis.Redis, queue: str, usd: float) -> None:
+    """Count a task's reported cost in the queue's totals (all time, and the UTC day)."""
+    key = events.costs_key(queue)
+    with client.pipeline(transaction=False) as pipe:
+        pipe.hincrbyfloat(key, "total", usd)
+        pipe.hincrbyfloat(key, f"day:{today()}", usd)
+        pipe.execute()
+
+
+def costs(client: redis.Redis, queue: str) -> dict[str, float]:
+    """``{"today": …, "total": …}`` in USD, and ``budget_per_day`` when one is set."""
+    with client.pipeline(transaction=False) as pipe:
+        pipe.hmget(events.costs_key(queue), "total", f"day:{today()}")
+        pipe.hget(events.queue_state_key(queue), "budget_per_day")
+        (total, day), budget = pipe.execute()
+    found = {"today": float(day or 0), "total": float(total or 0)}
+    if budget:
+        found["budget_per_day"] = float(budget)
+    return found
+
+
+def set_budget(client: redis.Redis, queue: str, per_day: float | None) -> None:
+    """A daily budget in USD (None: none): once the day's spend reaches it, the queue pauses until midnight UTC."""
+    key = events.queue_state_key(queue)
+    if per_day is None:
+        client.hdel(key, "budget_per_day")
+    else:
+        client.hset(key, "budget_per_day", repr(float(per_day)))
+
+
+def check_budget(client: redis.Redis, queue: str, now: float | None = None) -> QueueState | None:
+    """Pause the queue (until the next UTC midnight) when today's spend has reached its budget."""
+    spent = costs(client, queue)
+    budget = spent.get("budget_per_day")
+    if budget is None or spent["today"] < budget:
+        return None
+    now = time.time() if now is None else now
+    midnight = (int(now) // 86400 + 1) * 86400
+    reason = f"budget reached: ${spent['today']:.2f} of ${budget:.2f} spent today"
+    return pause(client, queue, BUDGET, reason, float(midnight))
 
 
 def succeeded(client: redis.Redis, queue: str) -> None:

@@ -176,3 +176,28 @@ def test_a_command_is_retried_on_the_exit_codes_its_submitter_names(runner: Runn
     assert [a["kind"] for a in result.attempts] == ["retry"] and "exit code 75" in result.attempts[0]["reason"]
     other = runner.submit(agent="command", argv=["sh", "-c", "exit 3"], retries=1, retry_on_exit_codes=[75])
     assert result_of(other).attempts == []
+
+
+def test_costs_add_up_per_queue_and_a_daily_budget_stops_the_next_task(
+    runner: Runner, stack: LocalStack, tmp_path: Path
+) -> None:
+    """Every result carries the cost the CLI reported; the queue keeps today's and all-time totals; once
+    today's spend reaches the budget, the queue pauses ("budget reached") before the next task starts."""
+    with FakeAnthropic([Reply.text("one"), Reply.text("two")]) as api:
+        env = task_env(stack, api_key_env(api.url, tmp_path / "home"))
+        first = result_of(runner.submit("first", env=env))
+        cost = first.agent["total_cost_usd"]
+        assert isinstance(cost, float) and cost > 0
+        spent = runner.costs()
+        assert spent["today"] == pytest.approx(cost) and spent["total"] == pytest.approx(cost)
+        runner.set_budget(cost / 2)  # already reached
+        blocked = runner.submit("second", env=env)
+        paused = wait_until(lambda: runner.queue_state().paused and runner.queue_state(), 60, what="the budget pause")
+        assert paused.kind == "budget" and paused.reason.startswith("budget reached: $")
+        assert paused.until is not None and paused.until % 86400 == 0, "until the next UTC midnight"
+        assert blocked.status() == "queued"
+        runner.set_budget(None)
+        assert runner.resume()
+        second = result_of(blocked)
+    assert second.success and second.output == "two"
+    assert runner.costs()["total"] == pytest.approx(cost + second.agent["total_cost_usd"])

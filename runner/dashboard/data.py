@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import redis.asyncio
 
-from runner import events
+from runner import events, queue_state
 from runner.events import lock_key
 
 QUEUED_SHOWN = 200
@@ -51,6 +51,15 @@ def rq_deferred_key(queue: str) -> str:
 
 def rq_job_key(task_id: str) -> str:
     return f"rq:job:{task_id}"
+
+
+def _pause(raw: dict[bytes, bytes]) -> dict[str, Any] | None:
+    """The queue's pause for the page (None: running): its reason and, when it ends by itself, when."""
+    state = {key.decode(): value.decode() for key, value in raw.items()}
+    if not state.get("kind"):
+        return None
+    until = float(state["until"]) if state.get("until") else None
+    return {"kind": state["kind"], "reason": state.get("reason", ""), "until": events.iso(until) if until else None}
 
 
 def _text(value: bytes | None) -> str | None:
@@ -153,7 +162,11 @@ class Reader:
             pipe.zrange(rq_started_key(self.queue), 0, 9)
             pipe.zrange(rq_deferred_key(self.queue), 0, QUEUED_SHOWN - 1)
             pipe.get(lock_key(self.queue))
-            waiting_raw, waiting_total, newest_raw, started_raw, deferred_raw, worker = await pipe.execute()
+            pipe.hgetall(events.queue_state_key(self.queue))
+            pipe.hmget(events.costs_key(self.queue), "total", f"day:{queue_state.today()}")
+            (
+                waiting_raw, waiting_total, newest_raw, started_raw, deferred_raw, worker, state_raw, costs_raw,
+            ) = await pipe.execute()  # fmt: skip
         waiting = [task_id.decode() for task_id in waiting_raw]
         # The running and deferred tasks may be older than the newest INDEX_SCANNED: RQ's registries find them.
         newest = (
@@ -181,6 +194,16 @@ class Reader:
                 sorted((r for r in others if r["status"] == events.DEFERRED), key=lambda r: r["submitted_at"] or "")
             ),
             "recent": ended[:RECENT_SHOWN],
+            "pause": _pause(state_raw),
+            "costs": {
+                "total": float(costs_raw[0] or 0),
+                "today": float(costs_raw[1] or 0),
+                **(
+                    {"budget_per_day": float(state_raw[b"budget_per_day"])}
+                    if state_raw.get(b"budget_per_day")
+                    else {}
+                ),
+            },
         }
 
     async def _with_predecessors(self, deferred: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -21,6 +21,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -522,6 +523,30 @@ def test_an_unknown_task_page_shows_only_the_message(dashboard: Dashboard, brows
     expect(page.locator("#task-facts")).to_be_empty()
 
 
+@pytest.mark.timeout(120)
+def test_a_paused_queue_shows_a_banner_with_its_reason_and_end_and_the_costs(
+    runner: Runner, dashboard: Dashboard, browser_page: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    from runner import queue_state
+
+    page = browser_page
+    page.goto(signed(dashboard, dashboard.url))
+    expect(page.locator("#pause")).to_be_hidden()
+    until = (int(time.time()) // 86400 + 1) * 86400 + 19 * 3600 + 21 * 60  # 19:21 UTC tomorrow
+    queue_state.pause(runner.redis, runner.settings.queue, queue_state.USAGE_LIMIT, "five-hour usage limit", until)
+    expect(page.locator("#pause")).to_have_text("Paused until 19:21 UTC — five-hour usage limit")
+    runner.redis.hincrbyfloat(f"ccx:queue:{runner.settings.queue}:costs", f"day:{queue_state.today()}", 1.25)
+    runner.redis.hincrbyfloat(f"ccx:queue:{runner.settings.queue}:costs", "total", 3.5)
+    runner.set_budget(20)
+    runner.pause("maintenance")
+    expect(page.locator("#pause")).to_have_text("Paused — maintenance (`ccx resume` to go on)")
+    expect(page.locator("#costs")).to_have_text("spent $1.2500 of $20.0000 today · $3.5000 in all")
+    runner.resume()
+    expect(page.locator("#pause")).to_be_hidden()
+
+
 # ---- without a browser ---------------------------------------------------------------------
 
 
@@ -732,6 +757,13 @@ def take_screenshots(out_dir: Path) -> None:
                     page.fill("#f-task", "Add rate limiting to the public API")
                     page.fill("#f-tools", "Edit, Bash")
                     page.screenshot(path=str(out_dir / "dashboard-queue.png"))
+                    from runner import queue_state
+
+                    until = (int(time.time()) // 3600 + 3) * 3600 + 21 * 60
+                    queue_state.pause(runner.redis, stack.queue, "usage_limit", "five-hour usage limit", until)
+                    expect(page.locator("#pause")).to_contain_text("five-hour usage limit")
+                    page.screenshot(path=str(out_dir / "dashboard-paused.png"))
+                    runner.resume()
                     page.goto(signed(board, task_url(board, running.id)))
                     expect(page.locator("#output")).to_contain_text("3 passed")
                     expect(page.locator("#task-facts")).to_contain_text("6 lines")

@@ -147,6 +147,19 @@
     }
   }
 
+  function renderPause(pause, costs) {
+    const box = $("pause");
+    if (pause) {
+      const until = pause.until ? ` until ${new Date(pause.until).toISOString().slice(11, 16)} UTC` : "";
+      box.textContent = `Paused${until} — ${pause.reason}${pause.until ? "" : " (`ccx resume` to go on)"}`;
+    }
+    box.hidden = !pause;
+    if (costs) {
+      const budget = costs.budget_per_day !== undefined ? ` of ${fmtCost(costs.budget_per_day)}` : "";
+      $("costs").textContent = `spent ${fmtCost(costs.today)}${budget} today · ${fmtCost(costs.total)} in all`;
+    }
+  }
+
   function showBanner(text) {
     $("banner").textContent = text || "";
     $("banner").hidden = !text;
@@ -170,6 +183,7 @@
         state.queue = msg;
         state.offset = Date.parse(msg.now) - Date.now();
         renderWorker(msg.worker);
+        renderPause(msg.pause, msg.costs);
         renderQueue();
         break;
       case "progress":

@@ -29,6 +29,23 @@ def describe_claude_event(event: dict[str, Any]) -> list[str]:
     kind = event.get("type")
     if kind == "system" and event.get("subtype") == "init":
         return [f"● session {event.get('session_id', '?')} · model {event.get('model', '?')}"]
+    if kind == "system" and event.get("subtype") == "api_retry":
+        status = event.get("error_status")
+        cause = f"after {status}" if status else "after a network error"
+        delay = event.get("retry_delay_ms")
+        wait = f", in {delay / 1000:.1f} s" if isinstance(delay, (int, float)) else ""
+        return [
+            f"↻ retrying {event.get('attempt', '?')}/{event.get('max_retries', '?')} {cause} ({event.get('error', '?')}{wait})"
+        ]
+    if kind == "system" and event.get("subtype") == "model_fallback":
+        return [f"↘ falling back to {event.get('fallback_model', '?')} ({event.get('trigger', '?')})"]
+    if kind == "rate_limit_event" and isinstance(event.get("rate_limit_info"), dict):
+        info = event["rate_limit_info"]
+        if info.get("status") == "rejected":
+            return [f"■ usage limit reached ({info.get('rateLimitType', '?')}); the queue pauses until it resets"]
+        if info.get("status") == "allowed_warning" and isinstance(info.get("utilization"), (int, float)):
+            return [f"⚠ {info['utilization']:.0%} of the {info.get('rateLimitType', 'usage')} limit used"]
+        return []
     lines: list[str] = []
     if kind in ("assistant", "user"):
         message = event.get("message")

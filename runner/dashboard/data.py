@@ -198,11 +198,7 @@ class Reader:
             "costs": {
                 "total": float(costs_raw[0] or 0),
                 "today": float(costs_raw[1] or 0),
-                **(
-                    {"budget_per_day": float(state_raw[b"budget_per_day"])}
-                    if state_raw.get(b"budget_per_day")
-                    else {}
-                ),
+                **({"budget_per_day": float(state_raw[b"budget_per_day"])} if state_raw.get(b"budget_per_day") else {}),
             },
         }
 

@@ -51,3 +51,20 @@ def test_gap_and_interruption_notices_go_to_stderr() -> None:
         "[1,234 earlier output frame(s) are no longer in the task's log: it keeps only the newest CCX_LOG_MAXLEN entries]",
         "[attempt 1 interrupted: The handler shut down. It runs again.]",
     ]
+
+
+def test_claude_retries_fallbacks_and_limits_read_as_progress() -> None:
+    from runner.render import describe_claude_event
+
+    retry = {"type": "system", "subtype": "api_retry", "attempt": 3, "max_retries": 10, "retry_delay_ms": 2000,
+             "error_status": 429, "error": "rate_limit"}  # fmt: skip
+    assert describe_claude_event(retry) == ["↻ retrying 3/10 after 429 (rate_limit, in 2.0 s)"]
+    network = {**retry, "error_status": None, "error": "unknown"}
+    assert describe_claude_event(network) == ["↻ retrying 3/10 after a network error (unknown, in 2.0 s)"]
+    fallback = {"type": "system", "subtype": "model_fallback", "trigger": "overloaded", "fallback_model": "m2"}
+    assert describe_claude_event(fallback) == ["↘ falling back to m2 (overloaded)"]
+    warning = {"type": "rate_limit_event",
+               "rate_limit_info": {"status": "allowed_warning", "utilization": 0.95, "rateLimitType": "five_hour"}}  # fmt: skip
+    assert describe_claude_event(warning) == ["⚠ 95% of the five_hour limit used"]
+    rejected = {"type": "rate_limit_event", "rate_limit_info": {"status": "rejected", "rateLimitType": "seven_day"}}
+    assert describe_claude_event(rejected) == ["■ usage limit reached (seven_day); the queue pauses until it resets"]

@@ -151,6 +151,18 @@ def check_budget(client: redis.Redis, queue: str, now: float | None = None) -> Q
     return pause(client, queue, BUDGET, reason, float(midnight))
 
 
+def held(client: redis.Redis, queue: str) -> bool:
+    """Whether the next task must wait: the queue is paused, or today's spend has reached its budget (which
+    pauses it now). One round trip when neither holds, as it does before every task."""
+    with client.pipeline(transaction=False) as pipe:
+        pipe.hmget(events.queue_state_key(queue), "kind", "budget_per_day")
+        pipe.hget(events.costs_key(queue), f"day:{today()}")
+        (kind, budget), spent = pipe.execute()
+    if kind:
+        return True
+    return bool(budget) and float(spent or 0) >= float(budget) and check_budget(client, queue) is not None
+
+
 def succeeded(client: redis.Redis, queue: str) -> None:
     """A task ran through: the next limit without a reset time starts its backoff from the beginning."""
     client.hdel(events.queue_state_key(queue), "backoff_level")

@@ -55,7 +55,7 @@ class CcxWorker(Worker):
             queue.enqueue_job(job, at_front=True)
             self.request_stop(0, None)
             return
-        if queue_state.get(self.connection, queue.name).paused or queue_state.check_budget(self.connection, queue.name):
+        if queue_state.held(self.connection, queue.name):
             # Held (a usage limit, a backoff, a person): the job goes back to the front, untouched, and this
             # worker waits; nothing is lost if it dies meanwhile.
             queue.enqueue_job(job, at_front=True)

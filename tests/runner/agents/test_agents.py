@@ -873,7 +873,7 @@ def test_describe_results() -> None:
 @pytest.mark.parametrize(
     "event",
     [
-        {"type": "system", "subtype": "api_retry", "attempt": 1, "max_retries": 10},
+        {"type": "system", "subtype": "hook_response", "hook_name": "SessionStart"},
         {"type": "stream_event", "event": {"type": "ping"}},
         {"type": "assistant"},
         {"type": "assistant", "message": "not an object"},

@@ -105,13 +105,8 @@ def test_a_529_is_retried_by_policy_and_each_attempt_is_recorded(
 ) -> None:
     """Overloaded (529) for the CLI's attempt and its one retry: the task fails that attempt, the policy runs
     it again after its backoff, and the API answering now, it succeeds."""
-    calls = {"n": 0}
-
-    def script(body: dict[str, Any]) -> Reply:
-        calls["n"] += 1
-        return Reply.error(529, "overloaded_error", "Overloaded") if calls["n"] <= 2 else Reply.text("made it")
-
-    with FakeAnthropic(script) as api:
+    # The CLI's first try and its one retry (CLAUDE_CODE_MAX_RETRIES=1) are overloaded; the next one answers.
+    with FakeAnthropic([Reply.error(529, "overloaded_error", "Overloaded")] * 2 + [Reply.text("made it")]) as api:
         handle = runner.submit("flaky API", env=task_env(stack, api_key_env(api.url, tmp_path / "home")))
         result = result_of(handle)
     assert result.success, result.error
@@ -121,13 +116,9 @@ def test_a_529_is_retried_by_policy_and_each_attempt_is_recorded(
 
 
 def test_an_api_key_429_pauses_with_backoff_then_succeeds(runner: Runner, stack: LocalStack, tmp_path: Path) -> None:
-    calls = {"n": 0}
-
-    def script(body: dict[str, Any]) -> Reply:
-        calls["n"] += 1
-        return Reply.error(429, "rate_limit_error", "Rate limited") if calls["n"] <= 2 else Reply.text("after backoff")
-
-    with FakeAnthropic(script) as api:
+    with FakeAnthropic(
+        [Reply.error(429, "rate_limit_error", "Rate limited")] * 2 + [Reply.text("after backoff")]
+    ) as api:
         handle = runner.submit("rate limited", env=task_env(stack, api_key_env(api.url, tmp_path / "home")))
         paused = wait_until(lambda: runner.queue_state().paused and runner.queue_state(), 60, what="the backoff")
         assert paused.kind == "backoff" and "429" in paused.reason

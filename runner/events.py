@@ -214,14 +214,27 @@ class EventWriter:
                     continue
                 batch, self._batch, self._pending = self._batch, [], 0
                 self._room.set()
-                async with self.client.pipeline(transaction=False) as pipe:
-                    await self._script(keys=self._keys, args=[self.maxlen, *batch], client=pipe)
-                    self._add_progress(pipe)
-                    await pipe.execute()
+                await self._append(batch)
         except BaseException as exc:  # surfaced to the relay on its next add() or at close()
             self.error = exc
             self._room.set()
             raise
+
+    async def _append(self, batch: list[bytes]) -> None:
+        """One round trip for the batch (and the progress, when due)."""
+        for attempt in range(2):
+            async with self.client.pipeline(transaction=False) as pipe:
+                await self._script(keys=self._keys, args=[self.maxlen, *batch], client=pipe)
+                self._add_progress(pipe)
+                try:
+                    await pipe.execute()
+                    return
+                except redis.exceptions.NoScriptError:
+                    # Redis restarted meanwhile and forgot the script: a retried pipeline does not load it
+                    # again by itself (the batch did not run); load it and send the batch once more.
+                    if attempt:
+                        raise
+                    await self.client.script_load(APPEND_SCRIPT)
 
     def _progress_stale(self) -> bool:
         return self.job_key is not None and self.progress["frames"] != self._progress_frames

@@ -113,6 +113,9 @@ def task_options(func: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option("--after", help="run only after this task id has ended."),
         click.option("--after-any", is_flag=True, help="with --after: run even if that task failed."),
+        click.option(
+            "--key", help="idempotency key: while a task with it is queued, running or just ended, return it."
+        ),
         redis_option,
         queue_option,
         json_option,
@@ -197,7 +200,7 @@ def run(**options: Any) -> None:
     embedded stack (Redis, handler, worker) runs for the duration of the command.
     """
     redis_url, queue, as_json = options.pop("redis_url"), options.pop("queue"), options.pop("as_json")
-    after, after_any = options.pop("after"), options.pop("after_any")
+    after, after_any, key = options.pop("after"), options.pop("after_any"), options.pop("key")
     spec = _spec_from(options)
     stack = None
     runner = Runner(redis_url=redis_url, queue=queue)
@@ -209,7 +212,7 @@ def run(**options: Any) -> None:
         stack = LocalStack(queue=runner.settings.queue).start()
         runner = Runner(redis_url=stack.redis_url, queue=queue)
     try:
-        handle = runner.submit(spec, after=after, after_any=after_any)
+        handle = runner.submit(spec, after=after, after_any=after_any, key=key)
         if not as_json:
             click.echo(f"task {handle.id} submitted", err=True)
         try:
@@ -235,10 +238,10 @@ def run(**options: Any) -> None:
 def submit(follow_it: bool, **options: Any) -> None:
     """Submit a task and print its id."""
     redis_url, queue, as_json = options.pop("redis_url"), options.pop("queue"), options.pop("as_json")
-    after, after_any = options.pop("after"), options.pop("after_any")
+    after, after_any, key = options.pop("after"), options.pop("after_any"), options.pop("key")
     spec = _spec_from(options)
     runner = _runner(redis_url, queue)
-    handle = runner.submit(spec, after=after, after_any=after_any)
+    handle = runner.submit(spec, after=after, after_any=after_any, key=key)
     if as_json and not follow_it:
         _emit_json({"id": handle.id})
     else:

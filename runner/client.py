@@ -71,7 +71,9 @@ class Runner:
         )
         self.redis = redis_client(self.settings.redis_url)
         self.queue = Queue(self.settings.queue, connection=self.redis, serializer=JSONSerializer)
-        self.store = TaskStore(self.redis, self.settings.log_maxlen, self.settings.log_ttl)
+        self.store = TaskStore(
+            self.redis, self.settings.log_maxlen, self.settings.log_ttl, self.settings.idempotency_ttl
+        )
 
     @classmethod
     def from_env(cls) -> Runner:
@@ -99,6 +101,7 @@ class Runner:
         *,
         after: str | None = None,
         after_any: bool = False,
+        key: str | None = None,
         **options: Any,
     ) -> TaskHandle:
         """Queue a task and return its handle; a bad spec raises :class:`~runner.spec.SpecError` at once.
@@ -106,6 +109,11 @@ class Runner:
         ``after`` runs this task only once that task has ended: by default only if it
         succeeded (else this one is cancelled), with ``after_any=True`` also if it failed.
         A cancelled predecessor cancels its dependents either way: a cancel stops the line.
+
+        ``key`` makes the submit idempotent: while a task submitted with that key is queued or
+        running, or ended less than ``CCX_IDEMPOTENCY_TTL`` seconds ago (default an hour), its
+        handle is returned and nothing new is queued; an orchestrator that retries after a
+        timeout never double-submits.
         """
         if isinstance(task, TaskSpec):
             spec = TaskSpec.from_dict({**task.to_dict(), **options})
@@ -115,6 +123,16 @@ class Runner:
             spec = TaskSpec.from_dict({"task": task, **options})
         self.ping()
         task_id = str(uuid.uuid4())
+        if key is not None:
+            if not isinstance(key, str) or not key or len(key) > 200:
+                raise SpecError("'key' must be a non-empty string of at most 200 characters.")
+            # Held for as long as the task may wait and run; its end shortens it to the idempotency window.
+            hold = int(spec.timeout) + JOB_TIMEOUT_MARGIN + 7 * 24 * 3600
+            name = events.idempotency_key(self.settings.queue, key)
+            while not self.redis.set(name, task_id, nx=True, ex=hold):
+                existing = self.redis.get(name)
+                if existing is not None:  # (else it expired just now: try again)
+                    return TaskHandle(self, existing.decode())
         depends_on = None
         if after:
             if self.store.get(after) is None:
@@ -131,6 +149,7 @@ class Runner:
                 events.DEFERRED if after else events.QUEUED,
                 submitted_at,
                 after=after,
+                key=key,
             )
             pipe.execute()
         self.queue.enqueue_call(

@@ -85,6 +85,8 @@ class Settings:
     """Times a task interrupted by the infrastructure (handler or worker stopping or dying) runs again."""
     handler_wait: float = 30.0
     """Seconds a task waits for an unreachable handler (e.g. restarting) before its attempt is interrupted."""
+    idempotency_ttl: int = 3600
+    """Seconds after a task ends during which a submit with its idempotency key still returns it."""
     pause_margin: float = 60.0
     """Seconds past a usage limit's reset time before the queue goes on (clocks differ)."""
     limit_backoff: float = 60.0
@@ -107,6 +109,7 @@ class Settings:
         log_ttl = _env("CCX_LOG_TTL")
         lock_ttl = _env("CCX_WORKER_LOCK_TTL")
         retries = _env("CCX_INTERRUPTED_RETRIES")
+        idem_ttl = _env("CCX_IDEMPOTENCY_TTL")
         handler_wait = _env("CCX_HANDLER_WAIT")
         timing = {
             name: parse_seconds(value, variable)
@@ -131,6 +134,7 @@ class Settings:
             log_ttl=parse_int(log_ttl, "CCX_LOG_TTL", 1) if log_ttl else events.DEFAULT_LOG_TTL,
             lock_ttl=parse_seconds(lock_ttl, "CCX_WORKER_LOCK_TTL", positive=True) if lock_ttl else 30.0,
             interrupted_retries=parse_int(retries, "CCX_INTERRUPTED_RETRIES", 0) if retries else 1,
+            idempotency_ttl=parse_int(idem_ttl, "CCX_IDEMPOTENCY_TTL", 1) if idem_ttl else 3600,
             handler_wait=parse_seconds(handler_wait, "CCX_HANDLER_WAIT") if handler_wait else 30.0,
             **timing,  # type: ignore[arg-type]
         )

@@ -101,6 +101,11 @@ def costs_key(queue: str) -> str:
     return f"{PREFIX}:queue:{queue}:costs"
 
 
+def idempotency_key(queue: str, key: str) -> str:
+    """An orchestrator's idempotency key: the id of the task submitted with it (see Runner.submit)."""
+    return f"{PREFIX}:idem:{queue}:{key}"
+
+
 def index_key(queue: str) -> str:
     return f"{PREFIX}:tasks:{queue}"
 

@@ -96,7 +96,7 @@ def run_task(spec_data: dict) -> dict:
         raise RuntimeError("the job has no Redis connection")
     die_with_parent()
     settings = current_settings()
-    store = TaskStore(job.connection, settings.log_maxlen, settings.log_ttl)
+    store = TaskStore(job.connection, settings.log_maxlen, settings.log_ttl, settings.idempotency_ttl)
     try:
         result = run_job(job, spec_data, settings, store)
     except TaskRequeued:

@@ -40,6 +40,8 @@ redis.call('DEL', KEYS[6])
 redis.call('EXPIRE', KEYS[1], ARGV[n - 1])
 redis.call('EXPIRE', KEYS[2], ARGV[n - 1])
 redis.call('EXPIRE', KEYS[5], ARGV[n - 1])
+local key = redis.call('HGET', KEYS[1], 'idempotency_key')
+if key then return key end
 return 1
 """
 
@@ -123,11 +125,16 @@ class TaskStore:
     """Reads and changes task records; ``client`` must return bytes (no decode_responses)."""
 
     def __init__(
-        self, client: redis.Redis, log_maxlen: int = events.DEFAULT_LOG_MAXLEN, log_ttl: int = events.DEFAULT_LOG_TTL
+        self,
+        client: redis.Redis,
+        log_maxlen: int = events.DEFAULT_LOG_MAXLEN,
+        log_ttl: int = events.DEFAULT_LOG_TTL,
+        idempotency_ttl: int = 3600,
     ) -> None:
         self.client = client
         self.log_maxlen = log_maxlen
         self.log_ttl = log_ttl
+        self.idempotency_ttl = idempotency_ttl
         self._finalize = client.register_script(_FINALIZE_SCRIPT)
         self._start = client.register_script(_START_SCRIPT)
         self._interrupt = client.register_script(_INTERRUPT_SCRIPT)
@@ -152,6 +159,7 @@ class TaskStore:
         submitted_at: str,
         index_cap: int = 10_000,
         after: str | None = None,
+        key: str | None = None,
     ) -> None:
         """Queue the writes that register a new task on ``pipe`` (the caller executes it with the enqueue)."""
         mapping = {
@@ -163,6 +171,8 @@ class TaskStore:
         }
         if after:
             mapping["after"] = after
+        if key:
+            mapping["idempotency_key"] = key
         pipe.hset(events.info_key(task_id), mapping=mapping)
         index = events.index_key(queue)
         pipe.zadd(index, {task_id: time.time()})
@@ -240,23 +250,24 @@ class TaskStore:
             "error": result.error,
             "cost_usd": result.agent.get("total_cost_usd"),
         }
-        return bool(
-            self._finalize(
-                keys=[*self._keys(result.id), events.done_key(result.id), events.lease_key(result.id)],
-                args=[
-                    result.status,
-                    "result",
-                    payload,
-                    "ended_at",
-                    at,
-                    lifecycle(result.status, result.id, queue, at=at, **extra),
-                    event,
-                    self.log_maxlen,
-                    self.log_ttl,
-                    run,
-                ],
-            )
+        reply = self._finalize(
+            keys=[*self._keys(result.id), events.done_key(result.id), events.lease_key(result.id)],
+            args=[
+                result.status,
+                "result",
+                payload,
+                "ended_at",
+                at,
+                lifecycle(result.status, result.id, queue, at=at, **extra),
+                event,
+                self.log_maxlen,
+                self.log_ttl,
+                run,
+            ],
         )
+        if isinstance(reply, bytes):  # it was submitted with an idempotency key: keep it only so long now
+            self.client.expire(events.idempotency_key(queue, reply.decode()), self.idempotency_ttl)
+        return bool(reply)
 
     def get(self, task_id: str) -> TaskRecord | None:
         raw = self.client.hgetall(events.info_key(task_id))

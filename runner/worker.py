@@ -111,7 +111,9 @@ class CcxWorker(Worker):
             self._requeue_front(job, queue, execution)
             return
         super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)  # type: ignore[arg-type]
-        store = TaskStore(self.connection, self.settings.log_maxlen, self.settings.log_ttl)
+        store = TaskStore(
+            self.connection, self.settings.log_maxlen, self.settings.log_ttl, self.settings.idempotency_ttl
+        )
         result = TaskResult(id=job.id, error=HORSE_DIED, ended_at=events.now_iso(), log_key=events.log_key(job.id))
         if lifecycle.end(store, result, queue.name, job):
             log.warning("task %s: its work-horse died (%s); marked failed", job.id, exc_string.strip())
@@ -250,7 +252,7 @@ def run_worker(settings: Settings, *, standby: bool = False, burst: bool = False
     redis_client(settings.redis_url).ping()  # a wrong URL or a Redis that is down is said at once
     # From here on, outages are waited out (see PATIENT_RETRIES), never a reason to stop serving.
     client = redis_client(settings.redis_url, retries=PATIENT_RETRIES)
-    store = TaskStore(client, settings.log_maxlen, settings.log_ttl)
+    store = TaskStore(client, settings.log_maxlen, settings.log_ttl, settings.idempotency_ttl)
     lock = QueueLock(client, settings.queue, settings.lock_ttl)
     if standby:
         holder = lock.holder()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import subprocess
 import sys
 import threading
@@ -331,3 +332,41 @@ def test_a_task_quiet_for_longer_than_its_idle_timeout_is_stopped_as_hung(runner
     assert (
         runner.submit(agent="command", argv=[sys.executable, "-c", chatty], idle_timeout=1.5).result(timeout=60).success
     )
+
+
+IDEMPOTENT_SUBMIT = """
+import sys
+from runner.client import Runner
+runner = Runner(redis_url=sys.argv[1], queue=sys.argv[2])
+print(runner.submit(agent="command", argv=["echo", "once"], key=sys.argv[3]).id)
+"""
+
+
+def test_submits_with_one_idempotency_key_make_one_task(redis_url: str, queue_name: str) -> None:
+    """8 concurrent submitters (processes) with the same key get the same task, which runs once; the key
+    still returns it right after it ended, and a new task once the idempotency window has passed."""
+    from runner.stack import LocalStack
+
+    key = f"nightly-{uuid.uuid4().hex}"
+    with LocalStack(redis_url=redis_url, queue=queue_name, env={"CCX_IDEMPOTENCY_TTL": "2"}):
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", IDEMPOTENT_SUBMIT, redis_url, queue_name, key],
+                stdout=subprocess.PIPE,
+                text=True,
+                env={**os.environ, "CCX_IDEMPOTENCY_TTL": "2"},
+            )
+            for _ in range(8)
+        ]
+        ids = {proc.communicate(timeout=60)[0].strip() for proc in procs}
+        assert len(ids) == 1 and all(proc.returncode == 0 for proc in procs)
+        (task_id,) = ids
+        runner = Runner(redis_url=redis_url, queue=queue_name)
+        assert runner.handle(task_id).result(timeout=30).output == "once\n"
+        assert [r.id for r in runner.list(10)] == [task_id], "exactly one task was queued"
+        assert runner.submit(agent="command", argv=["echo", "once"], key=key).id == task_id, "just ended"
+        name = f"ccx:idem:{queue_name}:{key}"
+        assert 0 < runner.redis.ttl(name) <= 2, "after its end the key lives for the idempotency window"
+        wait_until(lambda: not runner.redis.exists(name), 10, what="the idempotency window to pass")
+        again = runner.submit(agent="command", argv=["echo", "once"], key=key)
+        assert again.id != task_id and again.result(timeout=30).success

@@ -92,10 +92,6 @@ def env_value(name: str, environ: Mapping[str, str] = os.environ) -> str | None:
     return value if value not in (None, "") else None
 
 
-def env_default(name: str, default: str | None = None) -> str | None:
-    return env_value(name) or default
-
-
 @dataclass(frozen=True)
 class HandlerConfig:
     host: str = DEFAULT_HOST

@@ -150,7 +150,7 @@ class RedisServer:
                 self.proc.stdin.close()
             client = redis.Redis(port=port, password=self.password, socket_connect_timeout=0.5)
             try:
-                _wait(lambda c=client: _pings(c), time.monotonic() + timeout, "The Redis server", self.proc)
+                _wait(lambda c=client: pings(c), time.monotonic() + timeout, "The Redis server", self.proc)
             except StackError:
                 self.stop()
                 if self.port or attempt == 4:
@@ -174,7 +174,8 @@ class RedisServer:
         self.proc = None
 
 
-def _pings(client: redis.Redis) -> bool:
+def pings(client: redis.Redis) -> bool:
+    """Whether the Redis behind ``client`` answers (False on any error)."""
     try:
         return bool(client.ping())
     except redis.RedisError:

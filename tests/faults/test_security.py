@@ -22,7 +22,7 @@ import redis
 
 from runner import events
 from runner.client import RedisUnavailable, Runner
-from runner.stack import LocalStack, RedisServer, find_redis_server, free_port, terminate
+from runner.stack import LocalStack, RedisServer, find_redis_server, free_port, pings, terminate
 from tests.handler.helpers import ROOT
 from tests.runner import test_dashboard
 from tests.runner.test_dashboard import signed, start_dashboard
@@ -144,7 +144,7 @@ def test_rediss_works_end_to_end_against_a_tls_redis_server(tmp_path: Path, queu
     url = f"rediss://:{password}@127.0.0.1:{port}/0?ssl_ca_certs={certs.ca}"
     try:
         client = redis.Redis.from_url(url, socket_timeout=5)
-        wait_until(lambda: _pings(client), 20, what="the TLS redis-server")
+        wait_until(lambda: pings(client), 20, what="the TLS redis-server")
         with pytest.raises(redis.ConnectionError):  # plain text to a TLS port
             redis.Redis(port=port, password=password, socket_timeout=3).ping()
         unverified = url.split("?", 1)[0]
@@ -158,13 +158,6 @@ def test_rediss_works_end_to_end_against_a_tls_redis_server(tmp_path: Path, queu
             assert events_seen[-1] == "result"
     finally:
         terminate(proc)
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
 
 
 # ---- two machines ---------------------------------------------------------------------------

@@ -147,13 +147,16 @@ def test_a_pause_survives_a_worker_restart(runner: Runner, stack: LocalStack, tm
     marker = tmp_path / "ran"
     handle = runner.submit(agent="command", argv=["touch", str(marker)])
     assert stack.worker is not None
+    log = tmp_path / "worker.log"
+    held = f"queue {runner.settings.queue} is paused — maintenance"
+    wait_until(lambda: held in log.read_text(), 30, what="the worker to hold the task")
     stack.worker.terminate()
     stack.worker.wait(30)
+    before = log.read_text().count(held)
     stack.start_worker(30)
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline:  # the queue must stay held: check it for a while, it must not run
-        assert not marker.exists() and handle.status() == "queued"
-        time.sleep(0.2)
+    # The new worker takes the task, finds the queue paused and puts it back: it holds too.
+    wait_until(lambda: log.read_text().count(held) > before, 30, what="the restarted worker to hold the task")
+    assert not marker.exists() and handle.status() == "queued"
     state = runner.queue_state()
     assert state.paused and state.reason == "maintenance"
     assert runner.resume()

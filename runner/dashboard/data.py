@@ -13,6 +13,9 @@ from typing import Any
 
 import orjson
 import redis.asyncio
+from rq import Queue
+from rq.job import Job
+from rq.registry import DeferredJobRegistry, StartedJobRegistry
 
 from runner import events, queue_state
 from runner.events import lock_key
@@ -34,23 +37,27 @@ TASK_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _ROW_FIELDS = ("status", "spec", "submitted_at", "started_at", "ended_at", "queue", "after")
 
 
+# RQ's own key names, taken from RQ (no connection needed to know them).
+
+
 def rq_queue_key(queue: str) -> str:
     """RQ's list of the queue's waiting job ids, in the order the worker takes them."""
-    return f"rq:queue:{queue}"
+    return Queue.redis_queue_namespace_prefix + queue
 
 
 def rq_started_key(queue: str) -> str:
     """RQ's registry of the queue's executing jobs (members ``<job id>:<execution id>``)."""
-    return f"rq:wip:{queue}"
+    return StartedJobRegistry.key_template.format(queue)
 
 
 def rq_deferred_key(queue: str) -> str:
     """RQ's registry of jobs waiting for the task they were submitted ``after``."""
-    return f"rq:deferred:{queue}"
+    return DeferredJobRegistry.key_template.format(queue)
 
 
 def rq_job_key(task_id: str) -> str:
-    return f"rq:job:{task_id}"
+    key = Job.key_for(task_id)
+    return key.decode() if isinstance(key, bytes) else key
 
 
 def _pause(raw: dict[bytes, bytes]) -> dict[str, Any] | None:

@@ -40,9 +40,6 @@ from runner.errors import Conflict
 log = logging.getLogger("ccx.worker")
 
 
-lock_key = events.lock_key
-fence_key = events.fence_key
-
 # KEYS: lock, fence. ARGV: owner, ttl_ms. Returns the new fencing token, or 0 when the lock is held.
 _ACQUIRE = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return redis.call('INCR', KEYS[2]) end
@@ -114,8 +111,8 @@ class QueueLock:
         pool_class = client.connection_pool.connection_class
         self.client = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool_class, **kwargs))
         self.queue = queue
-        self.key = lock_key(queue)
-        self.fence_key = fence_key(queue)
+        self.key = events.lock_key(queue)
+        self.fence_key = events.fence_key(queue)
         self.ttl = ttl
         self.ttl_ms = int(ttl * 1000)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"

@@ -24,6 +24,7 @@ CONFIG_DIR_VAR = "CCX_CONFIG_DIR"
 HANDLER_TOKEN_FILE = "handler.token"
 DASHBOARD_TOKEN_FILE = "dashboard.token"
 REDIS_PASSWORD_FILE = "redis.password"
+MCP_TOKEN_FILE = "mcp.token"
 
 
 def config_dir(environ: Mapping[str, str] = os.environ) -> Path:

@@ -22,7 +22,7 @@ import click
 import orjson
 import redis
 
-from handler.config import ConfigError
+from handler.config import ConfigError, parse_port
 from runner import events
 from runner.client import RedisUnavailable, Runner
 from runner.config import DEFAULT_REDIS_URL, Settings, check_handler_url, check_redis_url, redact_url
@@ -116,6 +116,9 @@ def task_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--key", help="idempotency key: while a task with it is queued, running or just ended, return it."
         ),
+        click.option("--at", "at", help="run at this time, ISO 8601 (e.g. 2026-12-02T03:00:00Z; UTC if no zone)."),
+        click.option("--in", "in_", help="run after this delay: 90, 90s, 10m, 2h or 1d."),
+        click.option("--webhook", help="URL that gets a signed JSON POST when the task ends (docs/webhooks.md)."),
         redis_option,
         queue_option,
         json_option,
@@ -141,7 +144,7 @@ def _spec_from(options: dict[str, Any]) -> dict[str, Any]:
         spec["disallowed_tools"] = disallowed
     for name in (
         "timeout", "idle_timeout", "cwd", "model", "max_turns", "permission_mode", "resume", "effort",
-        "fallback_model", "max_budget_usd", "system_prompt", "session_id", "settings", "bare",
+        "fallback_model", "max_budget_usd", "system_prompt", "session_id", "settings", "bare", "webhook",
     ):  # fmt: skip
         value = options.pop(name)
         if value is not None:
@@ -157,6 +160,14 @@ def _spec_from(options: dict[str, Any]) -> dict[str, Any]:
         except orjson.JSONDecodeError:
             raise SpecError("--json-schema must be a JSON Schema object (valid JSON).") from None
     return spec
+
+
+def _later(options: dict[str, Any]) -> dict[str, Any]:
+    """``--at`` / ``--in`` as Runner.submit's ``at`` / ``in_``."""
+    from runner.schedules import parse_delay
+
+    at, delay = options.pop("at"), options.pop("in_")
+    return {"at": at, "in_": parse_delay(delay) if delay is not None else None}
 
 
 def _follow(runner: Runner, task_id: str, agent: str, as_json: bool, timeout: float | None = None) -> dict[str, Any]:
@@ -201,6 +212,7 @@ def run(**options: Any) -> None:
     """
     redis_url, queue, as_json = options.pop("redis_url"), options.pop("queue"), options.pop("as_json")
     after, after_any, key = options.pop("after"), options.pop("after_any"), options.pop("key")
+    later = _later(options)
     spec = _spec_from(options)
     stack = None
     runner = Runner(redis_url=redis_url, queue=queue)
@@ -212,7 +224,7 @@ def run(**options: Any) -> None:
         stack = LocalStack(queue=runner.settings.queue).start()
         runner = Runner(redis_url=stack.redis_url, queue=queue)
     try:
-        handle = runner.submit(spec, after=after, after_any=after_any, key=key)
+        handle = runner.submit(spec, after=after, after_any=after_any, key=key, **later)
         if not as_json:
             click.echo(f"task {handle.id} submitted", err=True)
         try:
@@ -239,9 +251,10 @@ def submit(follow_it: bool, **options: Any) -> None:
     """Submit a task and print its id."""
     redis_url, queue, as_json = options.pop("redis_url"), options.pop("queue"), options.pop("as_json")
     after, after_any, key = options.pop("after"), options.pop("after_any"), options.pop("key")
+    later = _later(options)
     spec = _spec_from(options)
     runner = _runner(redis_url, queue)
-    handle = runner.submit(spec, after=after, after_any=after_any, key=key)
+    handle = runner.submit(spec, after=after, after_any=after_any, key=key, **later)
     if as_json and not follow_it:
         _emit_json({"id": handle.id})
     else:
@@ -314,7 +327,7 @@ def result(task_id: str, wait: float | None, redis_url: str | None, queue: str |
 @json_option
 @friendly_errors
 def status(task_id: str | None, redis_url: str | None, queue: str | None, as_json: bool) -> None:
-    """Print a task's status (queued, deferred, running, finished, failed or cancelled); without an id,
+    """Print a task's status (queued, scheduled, deferred, running, finished, failed or cancelled); without an id,
     the queue's: running or paused (why, until when), with its running and queued tasks."""
     if task_id is None:
         runner = _runner(redis_url, queue)
@@ -348,7 +361,7 @@ def status(task_id: str | None, redis_url: str | None, queue: str | None, as_jso
     "--status",
     "statuses",
     multiple=True,
-    help="only tasks with this status: queued, deferred, running, finished, failed, cancelled (repeatable).",
+    help="only tasks with this status: queued, scheduled, deferred, running, finished, failed, cancelled (repeatable).",
 )
 @redis_option
 @queue_option
@@ -417,6 +430,66 @@ def budget(usd: float | None, per: str, off: bool, redis_url: str | None, queue:
         click.echo(f"no budget; spent ${spent['today']:.4f} today")
 
 
+@main.group()
+def webhook() -> None:
+    """The queue's webhook: a signed JSON POST when a task ends (a task's own --webhook wins); docs/webhooks.md."""
+
+
+@webhook.command("set")
+@click.argument("url")
+@click.option("--on-pause", is_flag=True, help="also POST when the queue pauses (event queue.paused).")
+@redis_option
+@queue_option
+@friendly_errors
+def webhook_set(url: str, on_pause: bool, redis_url: str | None, queue: str | None) -> None:
+    """Send every ended task of the queue to URL (signed with the queue's secret: `ccx webhook show --secret`)."""
+    from runner import webhooks
+
+    runner = _runner(redis_url, queue)
+    webhooks.set_queue_webhook(runner.redis, runner.settings.queue, url, on_pause)
+    click.echo(f"queue '{runner.settings.queue}': webhook {url}" + (", also when it pauses" if on_pause else ""))
+
+
+@webhook.command("show")
+@click.option("--secret", "show_secret", is_flag=True, help="print the signing secret (for the receiver's config).")
+@redis_option
+@queue_option
+@json_option
+@friendly_errors
+def webhook_show(show_secret: bool, redis_url: str | None, queue: str | None, as_json: bool) -> None:
+    """Print the queue's webhook URL and where its signing secret is (--secret: the secret itself)."""
+    from runner import webhooks
+
+    runner = _runner(redis_url, queue)
+    name = runner.settings.queue
+    hook = webhooks.get_queue_webhook(runner.redis, name)
+    where = f"Redis hash {events.webhook_config_key(name)}, field secret"
+    secret = webhooks.queue_secret(runner.redis, name) if show_secret else None
+    if as_json:
+        _emit_json({**hook.to_dict(), "secret_in": where, **({"secret": secret} if show_secret else {})})
+    elif show_secret:
+        click.echo(secret)
+    else:
+        click.echo(f"url       {hook.url or '(none: only tasks with their own webhook send one)'}")
+        click.echo(f"on pause  {'yes' if hook.on_pause else 'no'}")
+        click.echo(f"secret    in {where} (print it with --secret)")
+        if hook.last_delivery:
+            click.echo(f"last      {hook.last_delivery.get('event')} {hook.last_delivery.get('status')}")
+
+
+@webhook.command("clear")
+@redis_option
+@queue_option
+@friendly_errors
+def webhook_clear(redis_url: str | None, queue: str | None) -> None:
+    """Stop the queue's webhook (tasks with their own still send theirs; the secret stays)."""
+    from runner import webhooks
+
+    runner = _runner(redis_url, queue)
+    had = webhooks.clear_queue_webhook(runner.redis, runner.settings.queue)
+    click.echo(f"queue '{runner.settings.queue}': " + ("no webhook now" if had else "had no webhook"))
+
+
 @main.command()
 @redis_option
 @queue_option
@@ -462,8 +535,22 @@ def cancel(task_id: str, redis_url: str | None, queue: str | None, as_json: bool
     envvar="CCX_HANDLER_URL",
     help="handler WebSocket URL (CCX_HANDLER_URL; default ws://127.0.0.1:8765/ws).",
 )
+@click.option(
+    "--metrics-port", metavar="PORT", help="serve Prometheus metrics on this port (0: any free one; default: none)."
+)
+@click.option(
+    "--metrics-host", metavar="HOST", default="127.0.0.1", show_default=True, help="address the metrics are served on."
+)
 @friendly_errors
-def worker(standby: bool, burst: bool, redis_url: str | None, queue: str | None, handler_url: str | None) -> None:
+def worker(
+    standby: bool,
+    burst: bool,
+    redis_url: str | None,
+    queue: str | None,
+    handler_url: str | None,
+    metrics_port: str | None,
+    metrics_host: str,
+) -> None:
     """Run the one worker of a queue (refuses to start if another serves it)."""
     import logging
 
@@ -480,8 +567,18 @@ def worker(standby: bool, burst: bool, redis_url: str | None, queue: str | None,
         queue=queue,
         handler_url=check_handler_url(handler_url, "--handler-url") if handler_url else None,
     )
+    port = parse_port(metrics_port, "--metrics-port") if metrics_port is not None else None
     try:
-        sys.exit(run_worker(settings, standby=standby, burst=burst, logging_level=level))
+        sys.exit(
+            run_worker(
+                settings,
+                standby=standby,
+                burst=burst,
+                logging_level=level,
+                metrics_port=port,
+                metrics_host=metrics_host,
+            )
+        )
     except WorkerLocked as exc:
         _fail(str(exc), EXIT_UNAVAILABLE)
     except redis_lib.RedisError as exc:
@@ -489,6 +586,134 @@ def worker(standby: bool, burst: bool, redis_url: str | None, queue: str | None,
             f"Redis is unreachable at {redact_url(settings.redis_url)} ({exc}): start it (e.g. `ccx up`) or set REDIS_URL.",
             EXIT_UNAVAILABLE,
         )
+
+
+@main.group()
+def schedule() -> None:
+    """Recurring tasks by cron expression (UTC), submitted by the queue's worker when their time comes.
+
+    \b
+    ccx schedule add "0 3 * * *" "Run the nightly dependency update" --tools Edit,Bash
+    ccx schedule list
+    ccx schedule remove ID
+    """
+
+
+@schedule.command(name="add", context_settings={"ignore_unknown_options": True})
+@click.argument("cron")
+@task_options
+@friendly_errors
+def schedule_add(cron: str, **options: Any) -> None:
+    """Submit TASK at every time CRON names (five fields, UTC); takes the options of `ccx submit`."""
+    from runner import schedules
+
+    redis_url, queue, as_json = options.pop("redis_url"), options.pop("queue"), options.pop("as_json")
+    for name, flag in (
+        ("after", "--after"),
+        ("after_any", "--after-any"),
+        ("key", "--key"),
+        ("at", "--at"),
+        ("in_", "--in"),
+    ):
+        if options.pop(name):
+            raise SpecError(f"{flag} does not apply to a schedule: each firing is a new task, submitted at its time.")
+    spec = _spec_from(options)
+    schedules.check_cron(cron)  # a bad expression is said before Redis is even asked
+    runner = _runner(redis_url, queue)
+    entry = schedules.add(runner.redis, runner.settings.queue, cron, spec)
+    if as_json:
+        _emit_json(entry.to_dict())
+        return
+    click.echo(entry.id)
+    click.echo(f"next: {events.iso(entry.next_at)} (the queue's worker submits it then)", err=True)
+
+
+@schedule.command(name="list")
+@redis_option
+@queue_option
+@json_option
+@friendly_errors
+def schedule_list(redis_url: str | None, queue: str | None, as_json: bool) -> None:
+    """The queue's recurring tasks, soonest first."""
+    from runner import schedules
+
+    runner = _runner(redis_url, queue)
+    entries = schedules.all_of(runner.redis, runner.settings.queue)
+    if as_json:
+        _emit_json([entry.to_dict() for entry in entries])
+        return
+    if not entries:
+        click.echo(f"no schedules on queue '{runner.settings.queue}'")
+        return
+    width = shutil.get_terminal_size((120, 20)).columns
+    click.echo(f"{'ID':<12}  {'CRON':<15}  {'NEXT (UTC)':<19}  {'LAST TASK':<36}  TASK")
+    for entry in entries:
+        when = events.iso(entry.next_at)[:19].replace("T", " ")
+        line = f"{entry.id:<12}  {entry.cron:<15}  {when:<19}  {entry.last_task or '-':<36}  {entry.title()}"
+        click.echo(line[:width])
+
+
+@schedule.command(name="remove")
+@click.argument("schedule_id")
+@redis_option
+@queue_option
+@friendly_errors
+def schedule_remove(schedule_id: str, redis_url: str | None, queue: str | None) -> None:
+    """Stop a recurring task (tasks it already submitted are not touched)."""
+    from runner import schedules
+
+    runner = _runner(redis_url, queue)
+    if not schedules.remove(runner.redis, runner.settings.queue, schedule_id):
+        raise SpecError(f"No schedule {schedule_id} on queue '{runner.settings.queue}': see `ccx schedule list`.")
+    click.echo(f"schedule {schedule_id} removed")
+
+
+@main.command()
+@click.option("--http", "http_mode", is_flag=True, help="serve streamable HTTP instead of stdio.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="with --http: address to bind.")
+@click.option("--port", default="8767", show_default=True, help="with --http: port (0: any free one).")
+@click.option(
+    "--token", envvar="CCX_MCP_TOKEN", help="with --http: bearer token (CCX_MCP_TOKEN; default: the file mcp.token)."
+)
+@click.option("--allow-origin", multiple=True, help="with --http: a browser origin allowed to call (repeatable).")
+@click.option("--tls-cert", help="with --http: certificate file (PEM), to serve https.")
+@click.option("--tls-key", help="with --http: private key file (PEM).")
+@redis_option
+@queue_option
+@friendly_errors
+def mcp(
+    http_mode: bool,
+    host: str,
+    port: str,
+    token: str | None,
+    allow_origin: tuple[str, ...],
+    tls_cert: str | None,
+    tls_key: str | None,
+    redis_url: str | None,
+    queue: str | None,
+) -> None:
+    """Serve the cc-execute tools over MCP, for a Claude Code session to drive: `claude mcp add ccx -- ccx mcp`.
+
+    Tools: submit_task, task_status, wait_for_result, read_output, cancel_task, list_tasks, queue_status
+    (docs/mcp.md)."""
+    from handler.config import parse_origin
+    from handler.secretfile import MCP_TOKEN_FILE, config_dir, load_or_create
+    from runner.mcp import server
+
+    runner = Runner(redis_url=redis_url, queue=queue)  # Redis is checked per call: the server outlives outages
+    if not http_mode:
+        server.main_stdio_banner()
+        sys.exit(server.run_stdio(runner))
+    config = server.HttpConfig(
+        host=host,
+        port=parse_port(port, "--port"),
+        token=token or load_or_create(config_dir() / MCP_TOKEN_FILE),
+        allowed_origins=frozenset(parse_origin(o, "--allow-origin") for o in allow_origin),
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        allow_insecure=runner.settings.allow_insecure,
+    )
+    sys.exit(server.run_http(runner, config))
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "help_option_names": []}, add_help_option=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -17,7 +18,7 @@ from rq import Queue
 from rq.job import Dependency
 from rq.serializers import JSONSerializer
 
-from runner import events, lifecycle, queue_state
+from runner import events, lifecycle, queue_state, schedules
 from runner.config import Settings, check_redis_url, redact_url, redis_client
 from runner.errors import Unavailable
 from runner.lifecycle import fetch_job
@@ -102,6 +103,8 @@ class Runner:
         after: str | None = None,
         after_any: bool = False,
         key: str | None = None,
+        at: datetime | str | float | None = None,
+        in_: float | None = None,
         **options: Any,
     ) -> TaskHandle:
         """Queue a task and return its handle; a bad spec raises :class:`~runner.spec.SpecError` at once.
@@ -114,6 +117,10 @@ class Runner:
         running, or ended less than ``CCX_IDEMPOTENCY_TTL`` seconds ago (default an hour), its
         handle is returned and nothing new is queued; an orchestrator that retries after a
         timeout never double-submits.
+
+        ``at`` (a datetime, naive meaning UTC, or an ISO 8601 time) or ``in_`` (seconds) run it later: it
+        is ``scheduled`` until then, and then joins the end of the line like a task submitted at that
+        moment (see runner/schedules.py). A time already past queues it now.
         """
         if isinstance(task, TaskSpec):
             spec = TaskSpec.from_dict({**task.to_dict(), **options})
@@ -121,6 +128,12 @@ class Runner:
             spec = TaskSpec.from_dict({**task, **options})
         else:
             spec = TaskSpec.from_dict({"task": task, **options})
+        due = schedules.due_time(at, in_)
+        if due is not None and after:
+            raise SpecError(
+                "A task cannot wait both for another task ('after') and for a time ('at'/'in'): "
+                "schedule the first task of the chain instead."
+            )
         self.ping()
         task_id = str(uuid.uuid4())
         if key is not None:
@@ -146,23 +159,33 @@ class Runner:
                 task_id,
                 self.settings.queue,
                 spec,
-                events.DEFERRED if after else events.QUEUED,
+                events.DEFERRED if after else events.SCHEDULED if due else events.QUEUED,
                 submitted_at,
                 after=after,
                 key=key,
+                scheduled_for=due,
             )
             pipe.execute()
-        self.queue.enqueue_call(
-            JOB_FUNCTION,
-            args=(spec.to_dict(),),
-            job_id=task_id,
-            timeout=int(spec.timeout) + JOB_TIMEOUT_MARGIN,
-            result_ttl=self.settings.log_ttl,
-            failure_ttl=self.settings.log_ttl,
-            depends_on=depends_on,
-            description=_describe(spec),
-            meta={"ccx": True},
-        )
+        job = {
+            "job_id": task_id,
+            "result_ttl": self.settings.log_ttl,
+            "failure_ttl": self.settings.log_ttl,
+            "description": _describe(spec),
+            "meta": {"ccx": True},
+        }
+        if due is not None:  # RQ's scheduler (run by the worker) puts it at the end of the queue when due
+            when = datetime.fromtimestamp(due, UTC)
+            self.queue.enqueue_at(
+                when, JOB_FUNCTION, spec.to_dict(), job_timeout=int(spec.timeout) + JOB_TIMEOUT_MARGIN, **job
+            )
+        else:
+            self.queue.enqueue_call(
+                JOB_FUNCTION,
+                args=(spec.to_dict(),),
+                timeout=int(spec.timeout) + JOB_TIMEOUT_MARGIN,
+                depends_on=depends_on,
+                **job,
+            )
         if after:
             lifecycle.settle_new_dependent(self.store, task_id, after, after_any)
         return TaskHandle(self, task_id)

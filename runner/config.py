@@ -58,6 +58,19 @@ def check_handler_url(url: str, name: str) -> str:
     return url
 
 
+def check_http_url(url: str, name: str) -> str:
+    """An http(s) URL with a host (a webhook receiver, the dashboard); a bad one raises :class:`ConfigError`."""
+    parts = urlsplit(url)
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        port_ok = False
+    clean = url.isprintable() and not any(ch.isspace() for ch in url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok or not clean:
+        raise ConfigError(f"{name} must be an http:// or https:// URL such as https://example.com/hook, not {url!r}.")
+    return url
+
+
 def default_handler_token() -> str | None:
     """The token the handler on this machine made for itself (its private file), if there is one."""
     from handler.__main__ import default_token_file
@@ -94,6 +107,15 @@ class Settings:
     limit_backoff_max: float = 3600.0
     retry_backoff: float = 30.0
     """First wait (seconds) before a task that hit a transient API error runs again; doubled each retry."""
+    dashboard_url: str | None = None
+    """The dashboard's base URL for links in webhooks (CCX_DASHBOARD_URL); None: a running ``ccx up``'s, if any."""
+    webhook_retry_for: float = 3600.0
+    """Seconds a webhook delivery is retried before it is given up (CCX_WEBHOOK_RETRY_FOR)."""
+    webhook_backoff: float = 1.0
+    """Seconds before a failed webhook delivery is tried again, doubled each time (CCX_WEBHOOK_BACKOFF)."""
+    webhook_backoff_max: float = 60.0
+    webhook_timeout: float = 10.0
+    """Seconds a webhook receiver has to answer one POST (CCX_WEBHOOK_TIMEOUT)."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -118,10 +140,15 @@ class Settings:
                 ("limit_backoff", "CCX_LIMIT_BACKOFF"),
                 ("limit_backoff_max", "CCX_LIMIT_BACKOFF_MAX"),
                 ("retry_backoff", "CCX_RETRY_BACKOFF"),
+                ("webhook_retry_for", "CCX_WEBHOOK_RETRY_FOR"),
+                ("webhook_backoff", "CCX_WEBHOOK_BACKOFF"),
+                ("webhook_backoff_max", "CCX_WEBHOOK_BACKOFF_MAX"),
+                ("webhook_timeout", "CCX_WEBHOOK_TIMEOUT"),
             )
             if (value := _env(variable)) is not None
         }
         insecure = _env("CCX_ALLOW_INSECURE")
+        dashboard_url = _env("CCX_DASHBOARD_URL")
         return cls(
             redis_url=check_redis_url(redis_url, redis_name),
             queue=_env("CCX_QUEUE", default=DEFAULT_QUEUE) or DEFAULT_QUEUE,
@@ -136,6 +163,7 @@ class Settings:
             interrupted_retries=parse_int(retries, "CCX_INTERRUPTED_RETRIES", 0) if retries else 1,
             idempotency_ttl=parse_int(idem_ttl, "CCX_IDEMPOTENCY_TTL", 1) if idem_ttl else 3600,
             handler_wait=parse_seconds(handler_wait, "CCX_HANDLER_WAIT") if handler_wait else 30.0,
+            dashboard_url=check_http_url(dashboard_url, "CCX_DASHBOARD_URL") if dashboard_url else None,
             **timing,  # type: ignore[arg-type]
         )
 

@@ -37,6 +37,7 @@ INTERRUPTED = "interrupted"
 """An attempt ended by the infrastructure (a handler or worker stopping or dying); the task runs again."""
 # Lifecycle types on LIFECYCLE_CHANNEL (and the task statuses they set).
 QUEUED = "queued"
+SCHEDULED = "scheduled"
 DEFERRED = "deferred"
 RUNNING = "running"
 FINISHED = "finished"
@@ -46,7 +47,7 @@ END_STATUSES = (FINISHED, FAILED, CANCELLED)
 # Queue lifecycle types on LIFECYCLE_CHANNEL.
 PAUSED = "paused"
 RESUMED = "resumed"
-STATUSES = (QUEUED, DEFERRED, RUNNING, *END_STATUSES)
+STATUSES = (QUEUED, SCHEDULED, DEFERRED, RUNNING, *END_STATUSES)
 
 DEFAULT_LOG_MAXLEN = 100_000
 """Entries kept in a task's log (approximate trimming). At up to 512 KiB per frame this bounds a log."""
@@ -101,9 +102,44 @@ def costs_key(queue: str) -> str:
     return f"{PREFIX}:queue:{queue}:costs"
 
 
+def metrics_key(queue: str) -> str:
+    """The queue's Prometheus counters (hash; see runner/metrics.py): kept, like the costs, so they never go back."""
+    return f"{PREFIX}:queue:{queue}:metrics"
+
+
 def idempotency_key(queue: str, key: str) -> str:
     """An orchestrator's idempotency key: the id of the task submitted with it (see Runner.submit)."""
     return f"{PREFIX}:idem:{queue}:{key}"
+
+
+def webhook_config_key(queue: str) -> str:
+    """The queue's webhook (hash: ``url``, ``on_pause``, ``secret``, ``last_delivery``; see runner/webhooks.py)."""
+    return f"{PREFIX}:queue:{queue}:webhook"
+
+
+def webhook_due_key(queue: str) -> str:
+    """The queue's webhook outbox: delivery ids by the time of their next attempt (sorted set)."""
+    return f"{PREFIX}:queue:{queue}:webhooks"
+
+
+def webhook_wake_key(queue: str) -> str:
+    """A one-item list the queue's deliverer blocks on: pushed when a delivery joins the outbox."""
+    return f"{PREFIX}:queue:{queue}:webhooks:wake"
+
+
+def webhook_delivery_key(delivery_id: str) -> str:
+    """One delivery (hash: ``url``, ``event``, ``body``, ``task``, ``queue``, ``created``, ``attempts``)."""
+    return f"{PREFIX}:webhook:{delivery_id}"
+
+
+def scheduled_key(queue: str) -> str:
+    """The queue's tasks for later that have not joined the line yet: ids by due time (sorted set)."""
+    return f"{PREFIX}:queue:{queue}:scheduled"
+
+
+def schedules_key(queue: str) -> str:
+    """The queue's recurring tasks (hash: schedule id → JSON; see runner/schedules.py)."""
+    return f"{PREFIX}:queue:{queue}:schedules"
 
 
 def index_key(queue: str) -> str:
@@ -116,6 +152,11 @@ def now_iso() -> str:
 
 def iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def epoch(iso_time: str) -> float:
+    """Epoch seconds of a time written by :func:`now_iso` or :func:`iso`."""
+    return datetime.fromisoformat(iso_time.replace("Z", "+00:00")).timestamp()
 
 
 def encode(event: dict[str, Any]) -> bytes:

@@ -29,7 +29,7 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from runner import events, queue_state
+from runner import events, metrics, queue_state, webhooks
 from runner.errors import UnknownTask
 from runner.spec import TaskResult
 from runner.store import Started, TaskStore
@@ -68,6 +68,8 @@ def end(store: TaskStore, result: TaskResult, queue: str, job: Job | None = None
     cost = (result.agent or {}).get("total_cost_usd")
     if isinstance(cost, (int, float)) and cost > 0:
         queue_state.add_cost(store.client, queue, float(cost))
+    metrics.record_end(store.client, queue, result)
+    webhooks.on_end(store.client, queue, result, store.log_ttl)  # queued for the worker's deliverer; never blocks
     job = job if job is not None else fetch_job(store.client, result.id)
     if job is not None:
         settle_dependents(store, job, result)

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 import redis
 
-from runner import events
+from runner import events, webhooks
 
 # Why a queue holds (``kind``).
 USAGE_LIMIT = "usage_limit"
@@ -88,6 +88,7 @@ def pause(client: redis.Redis, queue: str, kind: str, reason: str, until: float 
             pipe.hincrby(key, "backoff_level", 1)
         pipe.publish(events.LIFECYCLE_CHANNEL, _event(events.PAUSED, queue, kind=kind, reason=reason, until=until))
         pipe.execute()
+    webhooks.on_pause(client, queue, kind, reason, until)  # a queue.paused POST, if the queue's webhook asks
     return get(client, queue)
 
 

@@ -222,9 +222,7 @@ def ago(iso: str | None, now: float | None = None) -> str:
     """``12 s ago``, ``3 min ago``, ``2 h ago``, ``4 days ago`` for an ISO 8601 time; ``-`` for none."""
     if not iso:
         return "-"
-    from datetime import datetime
-
-    then = datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+    then = events.epoch(iso)
     seconds = max(0.0, (time.time() if now is None else now) - then)
     for size, unit in ((86400, "day"), (3600, "h"), (60, "min")):
         if seconds >= size:

@@ -60,6 +60,17 @@ def _check_str_list(name: str, value: Any) -> list[str] | None:
     return list(value)
 
 
+def _check_webhook(value: Any) -> str:
+    from runner.config import ConfigError, check_http_url
+
+    if not isinstance(value, str):
+        raise SpecError("'webhook' must be an http:// or https:// URL such as https://example.com/hook.")
+    try:
+        return check_http_url(value, "'webhook'")
+    except ConfigError as exc:
+        raise SpecError(str(exc)) from None
+
+
 @dataclass
 class TaskSpec:
     """What to run. ``task`` is the prompt; ``argv`` is for the ``command`` agent."""
@@ -98,6 +109,8 @@ class TaskSpec:
     max_budget_usd: float | None = None
     extra_args: list[str] | None = None
     """More command-line flags for the agent, for what the spec does not model (checked, never a shell string)."""
+    webhook: str | None = None
+    """An http(s) URL that gets a signed JSON POST when the task ends, instead of the queue's (docs/webhooks.md)."""
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -219,6 +232,8 @@ class TaskSpec:
             raise SpecError("'env' must map variable names to strings (or null to remove one).")
         if not isinstance(self.metadata, dict):
             raise SpecError("'metadata' must be an object.")
+        if self.webhook is not None:
+            self.webhook = _check_webhook(self.webhook)
         self._validate_agent_options()
         texts = [self.task, self.cwd or "", *(self.argv or []), *(self.tools or [])]
         texts += [f"{k}={v or ''}" for k, v in (self.env or {}).items()]

@@ -370,6 +370,18 @@ def remove_stack_file() -> None:
 
 def running_stack_redis_url() -> str | None:
     """The Redis URL of the ``ccx up`` running on this machine for this user, if one is running."""
+    url = (running_stack() or {}).get("redis_url")
+    return url if isinstance(url, str) else None
+
+
+def running_stack_dashboard_url() -> str | None:
+    """The dashboard URL of the ``ccx up`` running on this machine for this user, if it serves one."""
+    url = (running_stack() or {}).get("dashboard_url")
+    return url if isinstance(url, str) and url else None
+
+
+def running_stack() -> dict[str, object] | None:
+    """What the stack file of a running ``ccx up`` says (see :func:`write_stack_file`), if one is running."""
     try:
         text = read_secret(stack_file(), "stack")
         info = orjson.loads(text) if text else None
@@ -383,5 +395,4 @@ def running_stack_redis_url() -> str | None:
         return None
     except PermissionError:
         pass
-    url = info.get("redis_url")
-    return url if isinstance(url, str) else None
+    return info

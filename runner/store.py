@@ -78,9 +78,10 @@ return 1
 """
 
 
-# A dependent released by its predecessor's end: deferred -> queued. KEYS: info, lifecycle. ARGV: lifecycle event.
+# A dependent released by its predecessor's end, or a task for later that came due: deferred/scheduled -> queued. KEYS: info, lifecycle. ARGV: lifecycle event.
 _RELEASE_SCRIPT = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'deferred' then return 0 end
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'deferred' and status ~= 'scheduled' then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'queued')
 redis.call('PUBLISH', KEYS[2], ARGV[1])
 return 1
@@ -107,6 +108,10 @@ class TaskRecord:
     started_at: str | None
     ended_at: str | None
     result: TaskResult | None
+    scheduled_for: str | None = None
+    """For a task submitted with ``at``/``in_``: when it is due to join the line."""
+    webhook: dict[str, Any] | None = None
+    """How the end's webhook went (runner/webhooks.py: url, status, attempts, …); None: no webhook applied."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -118,6 +123,8 @@ class TaskRecord:
             "ended_at": self.ended_at,
             "spec": self.spec.to_dict(),
             "result": self.result.to_dict() if self.result else None,
+            "scheduled_for": self.scheduled_for,
+            "webhook": self.webhook,
         }
 
 
@@ -160,6 +167,7 @@ class TaskStore:
         index_cap: int = 10_000,
         after: str | None = None,
         key: str | None = None,
+        scheduled_for: float | None = None,
     ) -> None:
         """Queue the writes that register a new task on ``pipe`` (the caller executes it with the enqueue)."""
         mapping = {
@@ -173,6 +181,9 @@ class TaskStore:
             mapping["after"] = after
         if key:
             mapping["idempotency_key"] = key
+        if scheduled_for is not None:
+            mapping["scheduled_for"] = events.iso(scheduled_for)
+            pipe.zadd(events.scheduled_key(queue), {task_id: scheduled_for})
         pipe.hset(events.info_key(task_id), mapping=mapping)
         index = events.index_key(queue)
         pipe.zadd(index, {task_id: time.time()})
@@ -284,6 +295,8 @@ class TaskStore:
             started_at=_text(data.get("started_at")),
             ended_at=_text(data.get("ended_at")),
             result=TaskResult.from_dict(orjson.loads(result)) if result else None,
+            scheduled_for=_text(data.get("scheduled_for")),
+            webhook=orjson.loads(data["webhook"]) if data.get("webhook") else None,
         )
 
     def list(self, queue: str, limit: int = 50, statuses: frozenset[str] | None = None) -> list[TaskRecord]:

@@ -23,7 +23,8 @@ from rq.job_lifecycle import call_exception_handlers, format_exc_info, record_jo
 from rq.registry import CanceledJobRegistry, FailedJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 
-from runner import events, lifecycle, queue_state
+from runner import events, lifecycle, metrics, queue_state, schedules, webhooks
+from runner.client import Runner
 from runner.config import PATIENT_RETRIES, Settings, redact_url, redis_client
 from runner.handler_client import check_transport, tls_context
 from runner.job import REQUEUE_META, TaskFailed, TaskRequeued, configure, warm_up
@@ -89,6 +90,7 @@ class CcxWorker(Worker):
         with self.connection.pipeline() as pipeline:
             self.cleanup_execution(job, pipeline=pipeline, execution=execution)  # type: ignore[arg-type]
             pipeline.execute()
+        metrics.record_retry(self.connection, queue.name, str(job.meta.get(REQUEUE_META) or ""))
         job.meta.pop(REQUEUE_META, None)
         job.save_meta()
         queue.enqueue_job(job, at_front=True)
@@ -215,6 +217,7 @@ def recover_abandoned(client: redis.Redis, queue_name: str, store: TaskStore, se
             ):
                 client.zrem(registry.key, entry)
                 queue.enqueue_job(job, at_front=True)
+                metrics.record_retry(client, queue_name, events.INTERRUPTED)
                 log.warning("task %s was running when the previous worker died; it runs again", job_id)
                 recovered.append(job_id)
                 continue
@@ -238,8 +241,20 @@ def _stop_before_work(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
 
-def run_worker(settings: Settings, *, standby: bool = False, burst: bool = False, logging_level: str = "INFO") -> int:
-    """Serve ``settings.queue`` until stopped; returns an exit status."""
+def run_worker(
+    settings: Settings,
+    *,
+    standby: bool = False,
+    burst: bool = False,
+    logging_level: str = "INFO",
+    metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
+) -> int:
+    """Serve ``settings.queue`` until stopped; returns an exit status.
+
+    With ``metrics_port``, the queue's Prometheus metrics are served from a thread of this process (never the
+    work-horses) from before the lock is taken, so a busy port fails at once and a standby worker reports too.
+    """
     import runner.job  # noqa: F401  (imported before forking, so each work-horse starts warm)
 
     # Until RQ installs its own handlers in work(), SIGTERM must still unwind through the
@@ -250,6 +265,12 @@ def run_worker(settings: Settings, *, standby: bool = False, burst: bool = False
     check_transport(settings.handler_url, settings.handler_token, settings.allow_insecure)
     tls_context(settings.handler_url, settings.handler_ca)  # a bad CA file is a bad setting: say so now
     redis_client(settings.redis_url).ping()  # a wrong URL or a Redis that is down is said at once
+    # Its own client, quick to give up: a scrape during an outage reports ccx_redis_up 0 instead of hanging.
+    metrics_url = (
+        metrics.serve(redis_client(settings.redis_url), settings.queue, metrics_host, metrics_port)
+        if metrics_port is not None
+        else ""
+    )
     # From here on, outages are waited out (see PATIENT_RETRIES), never a reason to stop serving.
     client = redis_client(settings.redis_url, retries=PATIENT_RETRIES)
     store = TaskStore(client, settings.log_maxlen, settings.log_ttl, settings.idempotency_ttl)
@@ -278,10 +299,17 @@ def run_worker(settings: Settings, *, standby: bool = False, burst: bool = False
         if problem:
             log.warning("%s Tasks fail until the handler is up (start it with `ccx handler`).", problem)
         print(
-            f"ccx worker serving queue '{settings.queue}' on {redact_url(settings.redis_url)} via {settings.handler_url}",
+            f"ccx worker serving queue '{settings.queue}' on {redact_url(settings.redis_url)} via {settings.handler_url}"
+            + (f"; metrics on {metrics_url}" if metrics_url else ""),
             flush=True,
         )
-        worker.work(burst=burst, logging_level=logging_level, with_scheduler=False)
+        deliveries = webhooks.Deliverer(settings).start()  # threads of this process: never in a work-horse
+        ticker = schedules.Ticker(Runner(settings=settings)).start()
+        try:
+            worker.work(burst=burst, logging_level=logging_level, with_scheduler=False)
+        finally:
+            ticker.close()
+            deliveries.stop()
     finally:
         lock.release()
     if lock.lost.is_set():

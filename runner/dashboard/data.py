@@ -243,6 +243,7 @@ class Reader:
             "ended_at": _text(data.get("ended_at")),
             "result": result,
             "log_key": events.log_key(task_id),
+            "webhook": orjson.loads(data["webhook"]) if data.get("webhook") else None,
         }
 
     async def progress(self, task_ids: list[str]) -> dict[str, dict[str, Any]]:

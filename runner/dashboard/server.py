@@ -7,6 +7,7 @@ cancel, the queue view, a task's log) goes over the WebSocket at ``/live``.
 
 GET endpoints (JSON; with a token, send the cookie or ``Authorization: Bearer``):
 
+* ``/metrics`` – the queue's Prometheus metrics (text format; see docs/metrics.md).
 * ``/api/queue`` – the queue view (running, queued in order, deferred, recent).
 * ``/api/tasks/<id>`` – a task's record (its result's output cut to the last 64 KiB).
 * ``/api/tasks/<id>/log?before=<entry id>[&offset=<n>]`` – about 256 KiB of the log before that
@@ -29,6 +30,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import orjson
+import prometheus_client
 import redis
 import redis.asyncio
 from redis.backoff import ExponentialBackoff
@@ -36,6 +38,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from runner import metrics
 from runner.client import RedisUnavailable, Runner
 from runner.config import redact_url
 from runner.dashboard import logview
@@ -118,6 +121,7 @@ class Dashboard:
         self.index = _static("index.html")
         self.login = _static("login.html")
         self.assets = {name: _static(name) for name in _ASSETS}
+        self.metrics = metrics.registry(runner.redis, config.queue)
 
     async def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
@@ -138,7 +142,7 @@ class Dashboard:
                 {"Location": decision.location, "Set-Cookie": decision.set_cookie},
             )
         if decision.verdict is Verdict.LOGIN:
-            if path.startswith("/api/") or websocket:
+            if path.startswith("/api/") or websocket or path == metrics.PATH:
                 return json_response(
                     HTTPStatus.UNAUTHORIZED,
                     {
@@ -151,6 +155,10 @@ class Dashboard:
             return _response(HTTPStatus.UNAUTHORIZED, page, "text/html; charset=utf-8", _PAGE_SECURITY)
         if websocket:
             return None
+        if path == metrics.PATH:
+            # The collector reads Redis with the (sync) Runner client: off the event loop.
+            body = await asyncio.to_thread(prometheus_client.generate_latest, self.metrics)
+            return _response(HTTPStatus.OK, body, prometheus_client.CONTENT_TYPE_LATEST)
         if path == "/" or re.fullmatch(r"/tasks/[^/]+", path):
             return _response(HTTPStatus.OK, self.index, "text/html; charset=utf-8", _PAGE_SECURITY)
         if path.startswith("/api/"):

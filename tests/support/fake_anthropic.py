@@ -35,7 +35,16 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
-__all__ = ["FakeAnthropic", "RecordedRequest", "Reply", "ScriptFn", "is_main_turn"]
+__all__ = [
+    "FakeAnthropic",
+    "Orchestrator",
+    "RecordedRequest",
+    "Reply",
+    "ScriptFn",
+    "is_main_turn",
+    "tool_names",
+    "tool_results",
+]
 
 ReplyKind = Literal["text", "tool_use", "hang", "error"]
 
@@ -139,6 +148,75 @@ def is_main_turn(body: dict[str, Any]) -> bool:
         return True
     thinking = body.get("thinking")
     return bool(body.get("stream")) and isinstance(thinking, dict) and thinking.get("type") not in (None, "disabled")
+
+
+def tool_names(body: dict[str, Any]) -> list[str]:
+    """The names of the tools a main turn offers the model (MCP tools arrive as ``mcp__<server>__<tool>``)."""
+    return [tool.get("name", "") for tool in body.get("tools") or []]
+
+
+def tool_results(body: dict[str, Any]) -> list[str]:
+    """The text of each ``tool_result`` block in the turn's last user message (what the tools answered)."""
+    messages = body.get("messages") or []
+    if not messages or not isinstance(messages[-1].get("content"), list):
+        return []
+    texts = []
+    for block in messages[-1]["content"]:
+        if block.get("type") != "tool_result":
+            continue
+        content = block.get("content")
+        if isinstance(content, list):
+            content = "".join(part.get("text", "") for part in content if part.get("type") == "text")
+        texts.append(str(content or ""))
+    return texts
+
+
+def _json_in(text: str) -> dict[str, Any]:
+    start = text.find("{")
+    try:
+        value = json.loads(text[start:]) if start >= 0 else None
+    except json.JSONDecodeError:
+        value = None
+    return value if isinstance(value, dict) else {}
+
+
+class Orchestrator:
+    """A script for a Claude session that orchestrates cc-execute through its MCP tools (``ccx mcp``).
+
+    A turn that offers ``mcp__ccx__submit_task`` is the orchestrator's: it submits ``task_input``, then
+    calls ``mcp__ccx__wait_for_result`` with the id it got (again while the task is still running), and
+    ends with a text quoting the task's output. Any other main turn is the inner task's (a fresh Claude
+    process started by the handler, with no ccx tools) and gets ``inner``.
+    """
+
+    SUBMIT = "mcp__ccx__submit_task"
+    WAIT = "mcp__ccx__wait_for_result"
+
+    def __init__(self, task_input: dict[str, Any], inner: Reply, quote: str = "The task answered: ") -> None:
+        self.task_input = task_input
+        self.inner = inner
+        self.quote = quote
+        self.calls: list[str] = []
+        """The tools the orchestrator was scripted to call, in order (and "inner" for inner turns)."""
+
+    def __call__(self, body: dict[str, Any]) -> Reply:
+        if self.SUBMIT not in tool_names(body):
+            self.calls.append("inner")
+            return self.inner
+        results = tool_results(body)
+        if not results:
+            return self._use(self.SUBMIT, self.task_input)
+        answer = _json_in(results[-1])
+        if answer.get("done"):
+            return Reply.text(f"{self.quote}{answer.get('output', '')}")
+        task_id = answer.get("id")
+        if not task_id:
+            return Reply.text(f"The tool failed: {results[-1]}")
+        return self._use(self.WAIT, {"task_id": task_id, "timeout_seconds": 120})
+
+    def _use(self, name: str, tool_input: dict[str, Any]) -> Reply:
+        self.calls.append(name)
+        return Reply.tool_use(name, tool_input)
 
 
 _ids = itertools.count(1)

@@ -1,0 +1,275 @@
+"""Tasks that run later: once at a time (``submit(at=…)`` / ``in_=…``), or again and again by cron.
+
+A task for later is a normal task whose RQ job waits in RQ's
+``ScheduledJobRegistry`` (so ``rq info`` and rq-dashboard show it); the
+worker runs RQ's scheduler, which moves a job that comes due to the **end** of
+the queue: it joins the line, it never jumps it. Its record says
+``scheduled`` (with ``scheduled_for``) until then, and ``queued`` after.
+
+A recurring task is a *schedule*: a cron expression (UTC) and a task spec,
+kept in Redis per queue. RQ 3's own cron scheduler runs jobs listed in a
+Python file loaded when it starts, which fits neither entries added and
+removed from the CLI nor our task records, so the worker fires schedules
+itself (:class:`Ticker`), parsing cron with ``croniter`` (RQ's own cron
+dependency). Each firing submits the task with the idempotency key
+``schedule:<id>:<slot>``, so a slot fires once even if two processes race,
+and a worker that was down when slots passed fires the latest one once when
+it returns, not every missed one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import redis
+from rq.job import JobStatus
+
+from runner import events
+from runner.errors import CcxError
+from runner.lifecycle import fetch_job
+from runner.spec import SpecError, TaskSpec
+
+if TYPE_CHECKING:
+    from runner.client import Runner
+
+log = logging.getLogger("ccx.schedules")
+
+TICK_SECONDS = 1.0
+"""How often the worker looks for due schedules and for scheduled tasks RQ has put in line."""
+
+
+def due_time(at: datetime | str | float | None, in_: float | None, now: float | None = None) -> float | None:
+    """When a task submitted with ``at`` or ``in_`` is due (epoch seconds), or None to queue it now.
+
+    ``at`` is a datetime (a naive one is UTC), an ISO 8601 string, or epoch seconds; ``in_`` is seconds from now.
+    """
+    now = time.time() if now is None else now
+    if at is not None and in_ is not None:
+        raise SpecError("Give 'at' or 'in', not both.")
+    if in_ is not None:
+        if isinstance(in_, bool) or not isinstance(in_, (int, float)) or not math.isfinite(in_) or in_ < 0:
+            raise SpecError("'in' must be a number of seconds from now (0 or more).")
+        return now + float(in_) if in_ > 0 else None
+    if at is None:
+        return None
+    if isinstance(at, str):
+        try:
+            at = datetime.fromisoformat(at.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise SpecError(f"'at' must be a time in ISO 8601, e.g. 2026-12-02T03:00:00Z, not {at!r}.") from None
+    if isinstance(at, datetime):
+        due = (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
+    elif isinstance(at, (int, float)) and not isinstance(at, bool) and math.isfinite(at):
+        due = float(at)
+    else:
+        raise SpecError("'at' must be a datetime, an ISO 8601 time or epoch seconds.")
+    return due if due > now else None
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_delay(text: str) -> float:
+    """``90``, ``90s``, ``10m``, ``2h`` or ``1d`` as seconds (for ``ccx submit --in``)."""
+    raw = str(text).strip().lower()
+    unit = _UNITS.get(raw[-1:], 0) if raw else 0
+    number = raw[:-1] if unit else raw
+    try:
+        value = float(number) * (unit or 1)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value < 0:
+        raise SpecError(f"--in must be a delay such as 90, 90s, 10m, 2h or 1d, not {text!r}.")
+    return value
+
+
+def check_cron(expression: str) -> str:
+    """``expression`` if it is a valid five-field cron expression; else a :class:`SpecError` saying so."""
+    from croniter import croniter
+
+    text = " ".join(str(expression).split())
+    if len(text.split()) not in (5, 6) or not croniter.is_valid(text):
+        raise SpecError(
+            f"{expression!r} is not a cron expression: give five fields, minute hour day month weekday "
+            "(UTC), e.g. '0 3 * * *' for 03:00 every day (a sixth field, seconds, is allowed)."
+        )
+    return text
+
+
+def next_slot(expression: str, after: float) -> float:
+    """The first time strictly after ``after`` (epoch seconds) that ``expression`` names, in UTC."""
+    from croniter import croniter
+
+    return float(croniter(expression, datetime.fromtimestamp(after, UTC)).get_next(float))
+
+
+@dataclass
+class Schedule:
+    """A recurring task: ``spec`` submitted at every time ``cron`` names."""
+
+    id: str
+    queue: str
+    cron: str
+    spec: dict[str, Any]
+    created_at: str
+    next_at: float
+    last_at: float | None = None
+    last_task: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["next_at"] = events.iso(self.next_at)
+        data["last_at"] = events.iso(self.last_at) if self.last_at else None
+        return data
+
+    def title(self) -> str:
+        from runner.dashboard.data import title
+
+        return title(self.spec)
+
+
+def _load(raw: bytes) -> Schedule:
+    return Schedule(**orjson.loads(raw))
+
+
+def _save(client: redis.Redis, schedule: Schedule, pipe: Any = None) -> None:
+    (pipe or client).hset(events.schedules_key(schedule.queue), schedule.id, orjson.dumps(asdict(schedule)))
+
+
+def add(client: redis.Redis, queue: str, cron: str, spec: TaskSpec | dict[str, Any]) -> Schedule:
+    """Register a recurring task; the spec is checked now, so a bad one never fails at 3 a.m."""
+    expression = check_cron(cron)
+    checked = spec if isinstance(spec, TaskSpec) else TaskSpec.from_dict(spec)
+    schedule = Schedule(
+        id=uuid.uuid4().hex[:12],
+        queue=queue,
+        cron=expression,
+        spec=checked.to_dict(),
+        created_at=events.now_iso(),
+        next_at=next_slot(expression, time.time()),
+    )
+    _save(client, schedule)
+    return schedule
+
+
+def all_of(client: redis.Redis, queue: str) -> list[Schedule]:
+    """The queue's schedules, soonest first."""
+    found = [_load(raw) for raw in client.hvals(events.schedules_key(queue))]
+    return sorted(found, key=lambda s: s.next_at)
+
+
+def remove(client: redis.Redis, queue: str, schedule_id: str) -> bool:
+    return bool(client.hdel(events.schedules_key(queue), schedule_id))
+
+
+def fire_due(runner: Runner, now: float | None = None) -> list[str]:
+    """Submit the task of every schedule whose time has come; the ids submitted."""
+    now = time.time() if now is None else now
+    client = runner.redis
+    submitted = []
+    for schedule in all_of(client, runner.settings.queue):
+        if schedule.next_at > now:
+            break
+        slot = int(schedule.next_at)
+        task_id = None
+        try:
+            task_id = runner.submit(schedule.spec, key=f"schedule:{schedule.id}:{slot}").id
+        except (CcxError, ValueError) as exc:  # e.g. the agent it names is gone: skip this slot, say so once
+            log.error(
+                "schedule %s (%s) could not submit its task: %s It tries again at its next time.",
+                schedule.id,
+                schedule.cron,
+                exc,
+            )
+        # Re-read before writing: a `ccx schedule remove` meanwhile must stay removed.
+        if client.hexists(events.schedules_key(schedule.queue), schedule.id):
+            schedule.last_at, schedule.last_task = float(slot), task_id
+            schedule.next_at = next_slot(schedule.cron, max(now, schedule.next_at))
+            _save(client, schedule)
+        if task_id is not None:
+            log.info("schedule %s (%s) submitted task %s", schedule.id, schedule.cron, task_id)
+            submitted.append(task_id)
+    return submitted
+
+
+def note_due_tasks(runner: Runner, now: float | None = None) -> list[str]:
+    """Records of scheduled tasks that RQ's scheduler has put in line now say ``queued``; the ids."""
+    now = time.time() if now is None else now
+    key = events.scheduled_key(runner.settings.queue)
+    moved = []
+    for raw in runner.redis.zrangebyscore(key, "-inf", now):
+        task_id = raw.decode()
+        job = fetch_job(runner.redis, task_id)
+        status = job.get_status(refresh=False) if job is not None else None
+        if status == JobStatus.SCHEDULED:
+            continue  # due, but RQ's scheduler has not run since: next tick
+        if status is not None and status != JobStatus.CANCELED:
+            runner.store.released(task_id, runner.settings.queue)
+        runner.redis.zrem(key, task_id)
+        moved.append(task_id)
+    return moved
+
+
+class Ticker:
+    """The worker's thread that runs RQ's scheduler for its queue, fires schedules, and notes scheduled
+    tasks joining the line.
+
+    RQ's scheduler is driven from this thread (``enqueue_scheduled_jobs`` each tick) rather than as the
+    process ``Worker.work(with_scheduler=True)`` forks: a forked scheduler would outlive a worker killed
+    with SIGKILL, and our queue lock already makes this worker the only one serving the queue.
+    """
+
+    LOCK_REFRESH_TICKS = 20
+    """RQ's scheduler lock lives 61 s; it is refreshed every this many ticks."""
+
+    def __init__(self, runner: Runner, interval: float = TICK_SECONDS) -> None:
+        from rq.scheduler import RQScheduler
+        from rq.serializers import JSONSerializer
+
+        self.runner = runner
+        self.interval = interval
+        self.stop = threading.Event()
+        self.rq_scheduler = RQScheduler([runner.settings.queue], connection=runner.redis, serializer=JSONSerializer)
+        self._thread = threading.Thread(target=self._run, name="ccx-schedules", daemon=True)
+        self._complained = False
+        self._ticks = 0
+
+    def start(self) -> Ticker:
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self.stop.set()
+        self._thread.join(5)
+        with contextlib.suppress(redis.RedisError):  # else it expires by itself
+            self.rq_scheduler.release_locks()
+
+    def tick(self) -> None:
+        if self._ticks % self.LOCK_REFRESH_TICKS == 0 or not self.rq_scheduler.acquired_locks:
+            self.rq_scheduler.acquire_locks()
+        self._ticks += 1
+        if self.rq_scheduler.acquired_locks:
+            self.rq_scheduler.enqueue_scheduled_jobs()
+        note_due_tasks(self.runner)
+        fire_due(self.runner)
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.interval):
+            try:
+                self.tick()
+                self._complained = False
+            except redis.RedisError as exc:
+                if not self._complained:  # once per outage, not once a second
+                    log.warning("schedules wait for Redis (%s); they fire when it is back.", exc)
+                    self._complained = True
+            except Exception as exc:  # a bad schedule must not stop the others, or the worker
+                log.error("a schedule could not fire: %s", exc)

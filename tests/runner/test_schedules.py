@@ -1,0 +1,153 @@
+"""Tasks for later and recurring tasks: they join the line when due, never jump it; cron entries fire."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+import pytest
+from rq.registry import ScheduledJobRegistry
+
+from runner import events, schedules
+from runner.client import Runner
+from runner.spec import SpecError
+from runner.stack import LocalStack
+from tests.support.processes import wait_until
+
+CCX = [sys.executable, "-m", "runner.cli"]
+
+
+def test_due_time_reads_at_and_in() -> None:
+    now = 1_790_000_000.0  # 2026-09-21
+    assert schedules.due_time(None, None, now) is None
+    assert schedules.due_time(None, 90, now) == now + 90
+    assert schedules.due_time(None, 0, now) is None  # now is now: queued at once
+    assert schedules.due_time("2027-01-15T08:00:00Z", None, now) == datetime(2027, 1, 15, 8, tzinfo=UTC).timestamp()
+    assert schedules.due_time(datetime(2027, 1, 15, 8), None, now) == datetime(2027, 1, 15, 8, tzinfo=UTC).timestamp()
+    assert schedules.due_time("2020-01-01T00:00:00Z", None, now) is None  # already past: queued at once
+    for at, in_, message in (
+        ("tomorrow", None, "'at' must be a time in ISO 8601"),
+        (None, -5, "'in' must be a number of seconds"),
+        ("2027-01-15T08:00:00Z", 5, "Give 'at' or 'in', not both"),
+    ):
+        with pytest.raises(SpecError, match=message):
+            schedules.due_time(at, in_, now)
+
+
+def test_delays_and_cron_expressions_are_checked_with_a_sentence() -> None:
+    assert [schedules.parse_delay(t) for t in ("90", "90s", "10m", "2h", "1d")] == [90, 90, 600, 7200, 86400]
+    with pytest.raises(SpecError, match="--in must be a delay such as 90"):
+        schedules.parse_delay("soon")
+    assert schedules.check_cron("0  3 * * *") == "0 3 * * *"
+    for bad in ("every night", "61 * * * *", "* * *"):
+        with pytest.raises(SpecError, match="is not a cron expression: give five fields"):
+            schedules.check_cron(bad)
+    three_am = datetime(2026, 12, 2, 3, tzinfo=UTC).timestamp()
+    assert schedules.next_slot("0 3 * * *", three_am - 1) == three_am
+    assert schedules.next_slot("0 3 * * *", three_am) == three_am + 86400
+
+
+def _order_task(log: Path, name: str, gate: Path | None = None) -> dict:
+    wait = f"while not os.path.exists({str(gate)!r}): time.sleep(0.05)\n" if gate else ""
+    code = f"import os, time\n{wait}open({str(log)!r}, 'a').write({name!r} + '\\n')"
+    return {"agent": "command", "argv": ["python3", "-c", code]}
+
+
+@pytest.mark.timeout(120)
+def test_a_task_for_later_joins_the_end_of_the_line_when_due(runner: Runner, tmp_path: Path) -> None:
+    log, gate = tmp_path / "order.log", tmp_path / "go"
+    first = runner.submit(_order_task(log, "first", gate))
+    wait_until(lambda: first.status() == events.RUNNING, 30, what="the first task to run")
+    queued = runner.submit(_order_task(log, "queued"))
+    later = runner.submit(_order_task(log, "later"), in_=1.5)
+    record = runner.get(later.id)
+    assert record is not None and record.status == events.SCHEDULED
+    assert later.id in ScheduledJobRegistry(runner.settings.queue, connection=runner.redis).get_job_ids()
+    assert record.scheduled_for is not None
+    assert abs(events.epoch(record.scheduled_for) - events.epoch(record.submitted_at or "") - 1.5) < 0.1
+    # Due while the first task still runs: it goes to the end of the line, behind the task queued before it.
+    wait_until(lambda: later.status() == events.QUEUED, 30, what="the task for later to join the line")
+    assert runner.queue.get_job_ids() == [queued.id, later.id]
+    gate.touch()
+    for handle in (first, queued, later):
+        assert handle.result(timeout=60).success
+    assert log.read_text().split() == ["first", "queued", "later"]
+
+
+@pytest.mark.timeout(60)
+def test_cancelling_a_task_for_later_means_it_never_runs(runner: Runner, tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    later = runner.submit(agent="command", argv=["touch", str(marker)], in_=3600)
+    assert runner.cancel(later.id) == "cancelled"
+    assert later.result(timeout=10).cancelled
+    assert later.id not in ScheduledJobRegistry(runner.settings.queue, connection=runner.redis).get_job_ids()
+    assert not marker.exists()
+
+
+def test_after_and_a_time_together_are_refused(runner: Runner) -> None:
+    first = runner.submit(agent="command", argv=["true"])
+    with pytest.raises(SpecError, match="cannot wait both for another task"):
+        runner.submit(agent="command", argv=["true"], after=first.id, in_=60)
+
+
+@pytest.mark.timeout(90)
+def test_a_cron_schedule_fires_through_the_worker_and_can_be_removed(stack: LocalStack, runner: Runner) -> None:
+    env = {**stack.child_env()}
+    added = subprocess.run(
+        [*CCX, "schedule", "add", "* * * * * */2", "--agent", "command", "--", "echo", "tick"],
+        env=env, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    schedule_id = added.stdout.strip()
+    fired = wait_until(lambda: runner.list(10), 30, what="the schedule to submit a task")
+    first = fired[-1]
+    assert runner.handle(first.id).result(timeout=30).output == "tick\n"
+    [entry] = schedules.all_of(runner.redis, runner.settings.queue)
+    assert entry.id == schedule_id and entry.last_task is not None and entry.next_at > time.time() - 2
+    listed = subprocess.run([*CCX, "schedule", "list"], env=env, capture_output=True, text=True, timeout=30)
+    assert schedule_id in listed.stdout and "* * * * * */2" in listed.stdout and "echo tick" in listed.stdout
+    removed = subprocess.run(
+        [*CCX, "schedule", "remove", schedule_id], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert removed.returncode == 0 and f"schedule {schedule_id} removed" in removed.stdout
+    assert schedules.all_of(runner.redis, runner.settings.queue) == []
+    again = subprocess.run(
+        [*CCX, "schedule", "remove", schedule_id], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert again.returncode == 2 and f"No schedule {schedule_id}" in again.stderr
+
+
+def test_each_slot_fires_once_even_when_two_firers_race(runner: Runner) -> None:
+    entry = schedules.add(runner.redis, runner.settings.queue, "0 3 * * *", {"agent": "command", "argv": ["true"]})
+    late = entry.next_at + 5
+    first = schedules.fire_due(runner, now=late)
+    # A second firer that read the schedule before the first one moved it on: the slot's key says "done".
+    runner.redis.hset(events.schedules_key(runner.settings.queue), entry.id, orjson.dumps({**entry.__dict__}))
+    second = schedules.fire_due(runner, now=late)
+    assert len(first) == 1 and second == first
+    [moved] = schedules.all_of(runner.redis, runner.settings.queue)
+    assert moved.next_at == entry.next_at + 86400 and moved.last_task == first[0]
+
+
+def test_bad_schedule_input_gets_one_sentence(stack: LocalStack) -> None:
+    env = stack.child_env()
+    bad_cron = subprocess.run(
+        [*CCX, "schedule", "add", "at three", "hello"], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert (
+        bad_cron.returncode == 2
+        and "is not a cron expression" in bad_cron.stderr
+        and "Traceback" not in bad_cron.stderr
+    )
+    bad_in = subprocess.run(
+        [*CCX, "submit", "--in", "soon", "--agent", "command", "--", "true"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert bad_in.returncode == 2 and "--in must be a delay" in bad_in.stderr

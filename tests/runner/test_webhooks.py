@@ -1,0 +1,421 @@
+"""Completion webhooks: the payload and its signature, the outbox and its retries, and a real stack POSTing
+to a real HTTP receiver (a finished, a failed and a cancelled task, a flaky and a dead endpoint)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis
+
+from runner import events, webhooks
+from runner.client import Runner
+from runner.config import Settings
+from runner.spec import SpecError, TaskResult, TaskSpec
+from runner.store import TaskStore
+from tests.conftest import running_stack
+from tests.runner.test_cli import ccx, clean_env
+from tests.support.processes import wait_until
+
+
+def verify_as_documented(secret: str, body: bytes, headers: Any) -> bool:
+    """The receiver's check exactly as docs/webhooks.md shows it (written out, not webhooks.verify)."""
+    timestamp = headers["X-CCX-Timestamp"]
+    expected = "sha256=" + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    fresh = abs(time.time() - int(timestamp)) < 300
+    return fresh and hmac.compare_digest(expected, headers["X-CCX-Signature"])
+
+
+# --- the payload and the signature ---------------------------------------------------------------
+
+
+def test_the_output_is_cut_at_4096_bytes_never_inside_a_character() -> None:
+    assert webhooks.cut_utf8("hi\n") == ("hi\n", False)
+    text = "é" * 3000  # two bytes each: the cut falls inside the 2049th
+    cut, truncated = webhooks.cut_utf8(text)
+    assert truncated and cut == "é" * 2048 and len(cut.encode()) == 4096
+    cut, truncated = webhooks.cut_utf8("a" + "€" * 2000)  # three bytes each, after one
+    assert truncated and len(cut.encode()) <= 4096 and cut == "a" + "€" * 1365
+
+
+def test_a_task_payload_has_the_outcome_and_no_part_of_the_spec() -> None:
+    result = TaskResult(
+        id="t1",
+        success=False,
+        exit_code=3,
+        output="x" * 5000,
+        error="The command exited with status 3.",
+        duration_ms=1234.5,
+        ended_at="2026-01-01T00:00:00.000Z",
+        agent={"total_cost_usd": 0.25},
+        metadata={"api_key": "secret"},
+    )
+    payload = webhooks.task_payload(result, "q")
+    assert payload == {
+        "event": "task.ended",
+        "id": "t1",
+        "queue": "q",
+        "status": events.FAILED,
+        "success": False,
+        "exit_code": 3,
+        "error": "The command exited with status 3.",
+        "output": "x" * 4096,
+        "output_truncated": True,
+        "cost_usd": 0.25,
+        "duration": 1.234,
+        "ended_at": "2026-01-01T00:00:00.000Z",
+    }
+    assert webhooks.task_payload(TaskResult(id="t2", cancelled=True), "q")["status"] == events.CANCELLED
+    assert webhooks.task_payload(TaskResult(id="t3", success=True, output_truncated=True), "q")["output_truncated"]
+
+
+def test_the_signature_is_hmac_sha256_of_timestamp_dot_body_and_verifies_only_unchanged() -> None:
+    body, secret, now = b'{"id":"t1"}', "s3cret", 1_700_000_000
+    expected = hmac.new(b"s3cret", b"1700000000." + body, hashlib.sha256).hexdigest()
+    assert webhooks.sign(secret, now, body) == f"sha256={expected}"
+    headers = webhooks.request_headers("task.ended", "d-1", secret, body, now)
+    assert headers["X-CCX-Event"] == "task.ended" and headers["X-CCX-Delivery"] == "d-1"
+    assert headers["Content-Type"] == "application/json" and headers["User-Agent"].startswith("cc-execute/")
+    sig, stamp = headers["X-CCX-Signature"], headers["X-CCX-Timestamp"]
+    assert webhooks.verify(secret, body, sig, stamp, now=now + 10)
+    assert not webhooks.verify(secret, body + b" ", sig, stamp, now=now)
+    assert not webhooks.verify("other", body, sig, stamp, now=now)
+    assert not webhooks.verify(secret, body, sig, str(now + 1), now=now)  # the timestamp is signed too
+    assert not webhooks.verify(secret, body, sig, stamp, now=now + 301)  # a replay, later
+    assert not webhooks.verify(secret, body, sig, "not a number", now=now)
+
+
+def test_backoff_doubles_up_to_its_ceiling() -> None:
+    assert [webhooks.backoff(n, 1, 60) for n in (1, 2, 3, 4, 7, 8, 20)] == [1, 2, 4, 8, 60, 60, 60]
+
+
+def test_logs_name_the_endpoint_without_its_credentials_or_query() -> None:
+    assert webhooks.url_for_log("https://u:pw@hooks.example:8443/in?token=abc") == "https://hooks.example:8443/in"
+
+
+@pytest.mark.parametrize("bad", ["ftp://example.com/x", "example.com/hook", "http://", "http://a b/", 42])
+def test_a_bad_webhook_in_a_spec_is_one_sentence_naming_it(bad: object) -> None:
+    with pytest.raises(SpecError, match=r"^'webhook' must be an http:// or https:// URL[^\n]*\.$"):
+        TaskSpec.from_dict({"agent": "command", "argv": ["true"], "webhook": bad})
+    assert TaskSpec.from_dict({"agent": "command", "argv": ["true"], "webhook": "https://h.example/x"}).webhook
+
+
+# --- the outbox and the deliverer, on a real Redis, with a scripted sender -----------------------------
+
+
+def _record_with_spec(client: redis.Redis, task_id: str, **spec: Any) -> None:
+    client.hset(events.info_key(task_id), mapping={"spec": orjson.dumps(TaskSpec(**spec).to_dict()), "id": task_id})
+
+
+def _due(client: redis.Redis, queue: str) -> list[str]:
+    return [item.decode() for item in client.zrange(events.webhook_due_key(queue), 0, -1)]
+
+
+def test_nothing_is_queued_without_a_url_and_a_tasks_own_url_wins(redis_client: redis.Redis, queue_name: str) -> None:
+    _record_with_spec(redis_client, "plain")
+    assert not webhooks.on_end(redis_client, queue_name, TaskResult(id="plain", success=True))
+    assert _due(redis_client, queue_name) == []
+
+    webhooks.set_queue_webhook(redis_client, queue_name, "http://queue.example/hook")
+    _record_with_spec(redis_client, "own", webhook="http://own.example/hook")
+    assert webhooks.on_end(redis_client, queue_name, TaskResult(id="own", success=True))
+    assert webhooks.on_end(redis_client, queue_name, TaskResult(id="plain", success=True))
+    urls = {}
+    for delivery_id in _due(redis_client, queue_name):
+        delivery = webhooks.Delivery.load(redis_client, delivery_id)
+        assert delivery is not None and delivery.attempts == 0 and delivery.payload["event"] == "task.ended"
+        urls[delivery.task_id] = delivery.url
+    assert urls == {"own": "http://own.example/hook", "plain": "http://queue.example/hook"}
+    pending = orjson.loads(redis_client.hget(events.info_key("own"), "webhook"))
+    assert pending["status"] == webhooks.PENDING and pending["url"] == "http://own.example/hook"
+    record = TaskStore(redis_client).get("own")  # what `ccx status ID --json` and Runner.get() show
+    assert record is not None and record.to_dict()["webhook"] == pending
+
+
+def test_pauses_are_sent_only_when_the_queue_asks(redis_client: redis.Redis, queue_name: str) -> None:
+    assert not webhooks.on_pause(redis_client, queue_name, "manual", "deploy", None)
+    webhooks.set_queue_webhook(redis_client, queue_name, "http://queue.example/hook")
+    assert not webhooks.on_pause(redis_client, queue_name, "manual", "deploy", None)
+    webhooks.set_queue_webhook(redis_client, queue_name, "http://queue.example/hook", on_pause=True)
+    assert webhooks.on_pause(redis_client, queue_name, "usage_limit", "five-hour limit", 1_800_000_000.0)
+    (delivery_id,) = _due(redis_client, queue_name)
+    delivery = webhooks.Delivery.load(redis_client, delivery_id)
+    assert delivery is not None and delivery.event == "queue.paused" and delivery.task_id == ""
+    assert delivery.payload["kind"] == "usage_limit" and delivery.payload["until"] == events.iso(1_800_000_000.0)
+
+
+def test_the_secret_is_made_once_and_clearing_the_url_keeps_it(redis_client: redis.Redis, queue_name: str) -> None:
+    secret = webhooks.queue_secret(redis_client, queue_name)
+    assert len(secret) >= 40 and webhooks.queue_secret(redis_client, queue_name) == secret
+    webhooks.set_queue_webhook(redis_client, queue_name, "https://h.example/x", on_pause=True)
+    assert webhooks.get_queue_webhook(redis_client, queue_name).on_pause
+    assert webhooks.clear_queue_webhook(redis_client, queue_name)
+    assert webhooks.get_queue_webhook(redis_client, queue_name).url is None
+    assert webhooks.queue_secret(redis_client, queue_name) == secret
+    with pytest.raises(SpecError):
+        webhooks.set_queue_webhook(redis_client, queue_name, "not a url")
+
+
+@dataclass
+class ScriptedSender:
+    """Answers each POST with the next status of ``answers`` (then 200), remembering what it got."""
+
+    answers: list[int | None]
+    calls: list[tuple[str, bytes, dict[str, str]]] = field(default_factory=list)
+
+    def __call__(self, url: str, body: bytes, headers: dict[str, str], timeout: float) -> webhooks.Response:
+        self.calls.append((url, body, headers))
+        code = self.answers.pop(0) if self.answers else 200
+        return webhooks.Response(code, None if code and code < 300 else f"HTTP {code}" if code else "refused")
+
+
+def _deliver_all(deliverer: webhooks.Deliverer, queue: str, client: redis.Redis) -> None:
+    """Attempt every queued delivery once, as if each were due now."""
+    for delivery_id in _due(client, queue):
+        deliverer.attempt(delivery_id)
+
+
+def test_a_failed_attempt_is_retried_with_backoff_and_recorded(redis_client: redis.Redis, queue_name: str) -> None:
+    settings = Settings(queue=queue_name, webhook_backoff=5, webhook_retry_for=3600, dashboard_url="http://d.example/")
+    sender = ScriptedSender([500, None])
+    deliverer = webhooks.Deliverer(settings, client=redis_client, sender=sender)
+    _record_with_spec(redis_client, "t", webhook="http://own.example/hook")
+    webhooks.on_end(redis_client, queue_name, TaskResult(id="t", success=True, output="hi\n"))
+    (delivery_id,) = _due(redis_client, queue_name)
+
+    outcome = deliverer.attempt(delivery_id)
+    assert outcome is not None and outcome["status"] == webhooks.RETRYING and outcome["last_status_code"] == 500
+    score = redis_client.zscore(events.webhook_due_key(queue_name), delivery_id)
+    assert score is not None and score > time.time() + 3  # next try in about 5 s, not now
+    deliverer.attempt(delivery_id)
+    record = orjson.loads(redis_client.hget(events.info_key("t"), "webhook"))
+    assert record["status"] == webhooks.RETRYING and record["attempts"] == 2 and record["last_error"] == "refused"
+    outcome = deliverer.attempt(delivery_id)
+    assert outcome is not None and outcome["status"] == webhooks.DELIVERED and outcome["attempts"] == 3
+    assert _due(redis_client, queue_name) == [] and not redis_client.exists(events.webhook_delivery_key(delivery_id))
+
+    bodies = [body for _, body, _ in sender.calls]
+    assert bodies[0] == bodies[1] == bodies[2]  # the same body every time; only the timestamp changes
+    assert {headers["X-CCX-Delivery"] for _, _, headers in sender.calls} == {delivery_id}
+    assert orjson.loads(bodies[0])["links"] == {"task": "http://d.example/tasks/t"}
+    secret = webhooks.queue_secret(redis_client, queue_name)
+    assert all(verify_as_documented(secret, body, headers) for _, body, headers in sender.calls)
+
+
+def test_a_delivery_is_given_up_after_its_retry_window(redis_client: redis.Redis, queue_name: str) -> None:
+    settings = Settings(queue=queue_name, webhook_backoff=10, webhook_retry_for=15)
+    deliverer = webhooks.Deliverer(settings, client=redis_client, sender=ScriptedSender([503, 503, 503]))
+    webhooks.set_queue_webhook(redis_client, queue_name, "http://down.example/hook")
+    _record_with_spec(redis_client, "t")
+    webhooks.on_end(redis_client, queue_name, TaskResult(id="t"))
+    _deliver_all(deliverer, queue_name, redis_client)  # then 10 s: still inside 15 s
+    assert orjson.loads(redis_client.hget(events.info_key("t"), "webhook"))["status"] == webhooks.RETRYING
+    _deliver_all(deliverer, queue_name, redis_client)  # then 20 s: past the window, so it ends here
+    record = orjson.loads(redis_client.hget(events.info_key("t"), "webhook"))
+    assert record["status"] == webhooks.FAILED and record["attempts"] == 2 and record["last_status_code"] == 503
+    assert _due(redis_client, queue_name) == []
+
+
+def test_a_claim_is_a_lease_another_deliverer_cannot_take_until_it_expires(
+    redis_client: redis.Redis, queue_name: str
+) -> None:
+    settings = Settings(queue=queue_name)
+    sender = ScriptedSender([])
+    first = webhooks.Deliverer(settings, client=redis_client, sender=sender, threads=1)
+    second = webhooks.Deliverer(settings, client=redis_client, sender=sender, threads=1)
+    webhooks.set_queue_webhook(redis_client, queue_name, "http://h.example/hook")
+    _record_with_spec(redis_client, "t")
+    webhooks.on_end(redis_client, queue_name, TaskResult(id="t"))
+    first.dispatch()  # claimed and handed to a sender thread, which is not running here
+    assert first._work.qsize() == 1
+    second.dispatch()
+    assert second._work.qsize() == 0
+    assert redis_client.zscore(events.webhook_due_key(queue_name), _due(redis_client, queue_name)[0]) > time.time()
+
+
+# --- a real stack and a real receiver ------------------------------------------------------------------
+
+
+@dataclass
+class Received:
+    path: str
+    headers: Any
+    """The request's headers, looked up without regard to case (HTTP's rule; urllib sends X-Ccx-Signature)."""
+    body: bytes
+    at: float
+
+
+class Receiver:
+    """A local HTTP server that records every POST and answers each path with its scripted statuses."""
+
+    def __init__(self, scripts: dict[str, list[int]]) -> None:
+        self.scripts = scripts
+        self.requests: list[Received] = []
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with receiver.lock:
+                    receiver.requests.append(Received(self.path, self.headers, body, time.monotonic()))
+                    script = receiver.scripts.get(self.path, [])
+                    code = script.pop(0) if len(script) > 1 else (script[0] if script else 200)
+                self.send_response(code)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def got(self, path: str) -> list[Received]:
+        with self.lock:
+            return [r for r in self.requests if r.path == path]
+
+    def task_posts(self, task_id: str) -> list[Received]:
+        with self.lock:
+            return [r for r in self.requests if orjson.loads(r.body).get("id") == task_id]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    # /flaky: 500 twice, then 200; /down: 500 for ever; anything else: 200.
+    server = Receiver({"/flaky": [500, 500, 200], "/down": [500]})
+    yield server
+    server.close()
+
+
+def _webhook_state(runner: Runner, task_id: str, status: str) -> dict[str, Any] | None:
+    record = runner.get(task_id)
+    hook = record.webhook if record is not None else None
+    return hook if hook and hook["status"] == status else None
+
+
+def test_a_real_stack_posts_a_signed_webhook_per_ended_task_and_retries(
+    redis_url: str, queue_name: str, tmp_path: Path, receiver: Receiver
+) -> None:
+    env = {
+        "CCX_WEBHOOK_BACKOFF": "0.2",
+        "CCX_WEBHOOK_BACKOFF_MAX": "0.4",
+        "CCX_WEBHOOK_RETRY_FOR": "8",
+        "CCX_DASHBOARD_URL": "http://dash.example:8766/",
+    }
+    with running_stack(redis_url, queue_name, tmp_path / "worker.log", **env) as stack:
+        runner = Runner(redis_url=stack.redis_url, queue=queue_name)
+        webhooks.set_queue_webhook(runner.redis, queue_name, f"{receiver.url}/hook", on_pause=True)
+        secret = webhooks.queue_secret(runner.redis, queue_name)
+
+        finished = runner.submit(agent="command", argv=["python3", "-c", "print('hi')"])
+        failed = runner.submit(agent="command", argv=["python3", "-c", "import sys; sys.exit(3)"])
+        assert failed.result(timeout=60).exit_code == 3
+        # A queued task cancelled (as the dashboard's API does) while the queue is paused: it never runs.
+        runner.pause("holding for the test")
+        cancelled = runner.submit(agent="command", argv=["python3", "-c", "print('never')"])
+        assert runner.cancel(cancelled.id) == "cancelled"
+        runner.resume()
+        flaky = runner.submit(agent="command", argv=["true"], webhook=f"{receiver.url}/flaky")
+        down = runner.submit(agent="command", argv=["true"], webhook=f"{receiver.url}/down")
+        after_down = runner.submit(agent="command", argv=["python3", "-c", "print('next')"])
+
+        for handle in (finished, failed, cancelled, after_down):
+            wait_until(lambda h=handle: receiver.task_posts(h.id), 60, what=f"the webhook of {handle.id}")
+        hook = wait_until(lambda: _webhook_state(runner, flaky.id, "delivered"), 60, what="the flaky delivery")
+        assert hook["attempts"] == 3 and hook["last_status_code"] == 200 and hook["delivered_at"]
+        assert len(receiver.got("/flaky")) == 3
+        gave_up = wait_until(lambda: _webhook_state(runner, down.id, "failed"), 60, what="the dead endpoint given up")
+        assert gave_up["attempts"] >= 2 and gave_up["last_status_code"] == 500 and gave_up["last_error"]
+
+        # Every POST is signed; one each for the ended tasks; each payload says how its task ended.
+        assert all(verify_as_documented(secret, r.body, r.headers) for r in receiver.requests)
+        seen = {}
+        for handle, status in ((finished, "finished"), (failed, "failed"), (cancelled, "cancelled")):
+            (post,) = receiver.task_posts(handle.id)
+            payload = orjson.loads(post.body)
+            assert post.headers["X-CCX-Event"] == "task.ended" and post.path == "/hook"
+            assert payload["status"] == status and payload["queue"] == queue_name
+            assert payload["links"] == {"task": f"http://dash.example:8766/tasks/{handle.id}"}
+            assert "spec" not in payload and "task" not in payload and "env" not in payload
+            seen[status] = payload
+            assert _webhook_state(runner, handle.id, "delivered")["attempts"] == 1
+        assert seen["finished"]["output"] == "hi\n" and seen["finished"]["success"] is True
+        assert seen["failed"]["exit_code"] == 3 and seen["failed"]["success"] is False
+        assert seen["cancelled"]["exit_code"] is None
+        assert len({r.headers["X-CCX-Delivery"] for r in receiver.got("/flaky")}) == 1  # retries of one delivery
+        (paused,) = [r for r in receiver.got("/hook") if r.headers["X-CCX-Event"] == "queue.paused"]
+        assert orjson.loads(paused.body)["reason"] == "holding for the test"
+
+        # The dead endpoint held up neither the queue nor the other deliveries: the next task ran and was
+        # delivered while the dead one was still being retried.
+        assert after_down.result(timeout=10).success
+        (next_post,) = receiver.task_posts(after_down.id)
+        assert next_post.at < receiver.got("/down")[-1].at
+        runner.redis.close()
+
+
+# --- the command line ---------------------------------------------------------------------------------
+
+
+def test_ccx_webhook_set_show_clear(redis_url: str) -> None:
+    queue = f"test-{uuid.uuid4().hex[:12]}"
+    env = clean_env(CCX_REDIS_URL=redis_url, CCX_QUEUE=queue)
+    done = ccx("webhook", "set", "https://hooks.example/in", "--on-pause", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "https://hooks.example/in" in done.stdout
+    shown = ccx("webhook", "show", "--json", env=env)
+    data = orjson.loads(shown.stdout)
+    assert data["url"] == "https://hooks.example/in" and data["on_pause"] is True and "secret" not in data
+    assert data["secret_in"] == f"Redis hash {events.webhook_config_key(queue)}, field secret"
+    secret = ccx("webhook", "show", "--secret", env=env).stdout.strip()
+    client = redis.Redis.from_url(redis_url)
+    assert secret == webhooks.queue_secret(client, queue)
+    text = ccx("webhook", "show", env=env).stdout
+    assert "https://hooks.example/in" in text and secret not in text
+    assert ccx("webhook", "clear", env=env).returncode == 0
+    assert orjson.loads(ccx("webhook", "show", "--json", env=env).stdout)["url"] is None
+    bad = ccx("webhook", "set", "hooks.example", env=env)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    client.close()
+
+
+def test_a_bad_webhook_flag_is_one_sentence_and_exit_2(redis_url: str, queue_name: str) -> None:
+    env = clean_env(CCX_REDIS_URL=redis_url, CCX_QUEUE=queue_name)
+    done = ccx("submit", "--agent", "command", "--webhook", "ftp://x", "--", "true", env=env)
+    assert done.returncode == 2, done
+    assert done.stderr.strip().splitlines() == [
+        "ccx: 'webhook' must be an http:// or https:// URL such as https://example.com/hook, not 'ftp://x'."
+    ]
+
+
+def test_a_delivery_queued_while_no_worker_runs_is_sent_once_one_starts(
+    redis_client: redis.Redis, redis_url: str, queue_name: str, receiver: Receiver
+) -> None:
+    webhooks.set_queue_webhook(redis_client, queue_name, f"{receiver.url}/hook")
+    _record_with_spec(redis_client, "t")
+    webhooks.on_end(redis_client, queue_name, TaskResult(id="t", success=True))  # nobody delivers yet
+    assert receiver.requests == []
+    deliverer = webhooks.Deliverer(Settings(redis_url=redis_url, queue=queue_name)).start()
+    try:
+        (post,) = wait_until(lambda: receiver.task_posts("t"), 20, what="the delivery after the start")
+        assert verify_as_documented(webhooks.queue_secret(redis_client, queue_name), post.body, post.headers)
+        wait_until(lambda: _due(redis_client, queue_name) == [], 10, what="the outbox emptied")
+    finally:
+        deliverer.stop()
+        deliverer.client.close()

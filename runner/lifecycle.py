@@ -65,11 +65,19 @@ def end(store: TaskStore, result: TaskResult, queue: str, job: Job | None = None
     (whoever ended it settled them) or ``run`` is no longer its current run."""
     if not store.finalize(result, queue, run):
         return False
+    # The end's bookkeeping, in one round trip (MULTI): its cost, its metrics, and its webhook (queued
+    # for the worker's deliverer, never sent here). The end itself is recorded already: a failure here
+    # is logged, never raised, so the dependents are still settled.
     cost = (result.agent or {}).get("total_cost_usd")
-    if isinstance(cost, (int, float)) and cost > 0:
-        queue_state.add_cost(store.client, queue, float(cost))
-    metrics.record_end(store.client, queue, result)
-    webhooks.on_end(store.client, queue, result, store.log_ttl)  # queued for the worker's deliverer; never blocks
+    try:
+        with store.client.pipeline() as pipe:
+            if isinstance(cost, (int, float)) and cost > 0:
+                queue_state.count_cost(pipe, queue, float(cost))
+            metrics.count_end(pipe, queue, result)
+            webhooks.queue_end(pipe, queue, result, store.log_ttl)
+            pipe.execute()
+    except redis.RedisError as exc:
+        log.warning("task %s: its cost, metrics or webhook could not be recorded (%s)", result.id, exc)
     job = job if job is not None else fetch_job(store.client, result.id)
     if job is not None:
         settle_dependents(store, job, result)

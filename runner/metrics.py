@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import redis
 from prometheus_client import CollectorRegistry, start_http_server
@@ -71,20 +72,23 @@ def duration_seconds(result: TaskResult) -> float | None:
     return max(0.0, ended - started) if started is not None and ended is not None else None
 
 
-def record_end(client: redis.Redis, queue: str, result: TaskResult) -> None:
-    """Count a task's end (and its duration, if it ran) in one atomic round trip.
-
-    Called after the end is recorded: a Redis error here is logged, not raised, so metrics can never
-    keep a task's dependents from being settled.
-    """
+def count_end(pipe: Any, queue: str, result: TaskResult) -> None:
+    """Add to ``pipe`` (a MULTI, so a scrape never sees a bucket without its sum) the writes that count
+    a task's end and its duration, if it ran. :func:`runner.lifecycle.end` sends them with the end's
+    other bookkeeping, in one round trip."""
     key = events.metrics_key(queue)
     seconds = duration_seconds(result)
+    pipe.hincrby(key, _ENDED + result.status, 1)
+    if seconds is not None:
+        pipe.hincrby(key, _BUCKET + bucket_of(seconds), 1)
+        pipe.hincrbyfloat(key, _SUM, seconds)
+
+
+def record_end(client: redis.Redis, queue: str, result: TaskResult) -> None:
+    """Count a task's end now, in one atomic round trip; a Redis error is logged, not raised."""
     try:
-        with client.pipeline() as pipe:  # MULTI: a scrape never sees a bucket without its sum
-            pipe.hincrby(key, _ENDED + result.status, 1)
-            if seconds is not None:
-                pipe.hincrby(key, _BUCKET + bucket_of(seconds), 1)
-                pipe.hincrbyfloat(key, _SUM, seconds)
+        with client.pipeline() as pipe:
+            count_end(pipe, queue, result)
             pipe.execute()
     except redis.RedisError as exc:
         log.warning("task %s: could not count its end in the metrics (%s)", result.id, exc)

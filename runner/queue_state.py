@@ -110,12 +110,18 @@ def today(now: float | None = None) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(time.time() if now is None else now))
 
 
-def add_cost(client: redis.Redis, queue: str, usd: float) -> None:
-    """Count a task's reported cost in the queue's totals (all time, and the UTC day)."""
+def count_cost(pipe: Any, queue: str, usd: float) -> None:
+    """Add to ``pipe`` the writes that count a task's reported cost in the queue's totals (all time, and
+    the UTC day)."""
     key = events.costs_key(queue)
+    pipe.hincrbyfloat(key, "total", usd)
+    pipe.hincrbyfloat(key, f"day:{today()}", usd)
+
+
+def add_cost(client: redis.Redis, queue: str, usd: float) -> None:
+    """Count a task's reported cost in the queue's totals, now."""
     with client.pipeline(transaction=False) as pipe:
-        pipe.hincrbyfloat(key, "total", usd)
-        pipe.hincrbyfloat(key, f"day:{today()}", usd)
+        count_cost(pipe, queue, usd)
         pipe.execute()
 
 

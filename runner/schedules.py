@@ -171,12 +171,12 @@ def remove(client: redis.Redis, queue: str, schedule_id: str) -> bool:
     return bool(client.hdel(events.schedules_key(queue), schedule_id))
 
 
-def fire_due(runner: Runner, now: float | None = None) -> list[str]:
-    """Submit the task of every schedule whose time has come; the ids submitted."""
+def fire_due(runner: Runner, now: float | None = None, entries: list[Schedule] | None = None) -> list[str]:
+    """Submit the task of every schedule (of ``entries``, else all) whose time has come; the ids submitted."""
     now = time.time() if now is None else now
     client = runner.redis
     submitted = []
-    for schedule in all_of(client, runner.settings.queue):
+    for schedule in entries if entries is not None else all_of(client, runner.settings.queue):
         if schedule.next_at > now:
             break
         slot = int(schedule.next_at)
@@ -229,7 +229,7 @@ class Ticker:
     """
 
     LOCK_REFRESH_TICKS = 20
-    """RQ's scheduler lock lives 61 s; it is refreshed every this many ticks."""
+    """RQ's scheduler lock lives 61 s; while tasks come due it is refreshed every this many of those ticks."""
 
     def __init__(self, runner: Runner, interval: float = TICK_SECONDS) -> None:
         from rq.scheduler import RQScheduler
@@ -254,13 +254,23 @@ class Ticker:
             self.rq_scheduler.release_locks()
 
     def tick(self) -> None:
-        if self._ticks % self.LOCK_REFRESH_TICKS == 0 or not self.rq_scheduler.acquired_locks:
-            self.rq_scheduler.acquire_locks()
-        self._ticks += 1
-        if self.rq_scheduler.acquired_locks:
-            self.rq_scheduler.enqueue_scheduled_jobs()
-        note_due_tasks(self.runner)
-        fire_due(self.runner)
+        """One look, in one round trip while nothing is due: is a task for later due, is a schedule?"""
+        now = time.time()
+        queue = self.runner.settings.queue
+        with self.runner.redis.pipeline(transaction=False) as pipe:
+            pipe.zrangebyscore(events.scheduled_key(queue), "-inf", now, start=0, num=1)
+            pipe.hvals(events.schedules_key(queue))
+            due_tasks, raw_schedules = pipe.execute()
+        if due_tasks:
+            if self._ticks % self.LOCK_REFRESH_TICKS == 0 or not self.rq_scheduler.acquired_locks:
+                self.rq_scheduler.acquire_locks()
+            self._ticks += 1
+            if self.rq_scheduler.acquired_locks:
+                self.rq_scheduler.enqueue_scheduled_jobs()
+            note_due_tasks(self.runner)
+        entries = sorted((_load(raw) for raw in raw_schedules), key=lambda s: s.next_at)
+        if entries and entries[0].next_at <= now:
+            fire_due(self.runner, now, entries)
 
     def _run(self) -> None:
         while not self.stop.wait(self.interval):

@@ -234,7 +234,9 @@ return 1
 """
 
 
-def _enqueue(client: redis.Redis, queue: str, mode: str, event: str, task_id: str, body: bytes, ttl: int) -> bool:
+def _enqueue(client: Any, queue: str, mode: str, event: str, task_id: str, body: bytes, ttl: int) -> Any:
+    """Run the enqueue script on ``client`` (a client: its reply; a pipeline: queued). EVAL, not EVALSHA:
+    in a pipeline redis-py would spend a round trip checking that the script is loaded."""
     delivery_id = str(uuid.uuid4())
     record = events.info_key(task_id) if task_id else events.webhook_config_key(queue)
     keys = [
@@ -244,17 +246,22 @@ def _enqueue(client: redis.Redis, queue: str, mode: str, event: str, task_id: st
         events.webhook_due_key(queue),
         events.webhook_wake_key(queue),
     ]
-    script = client.register_script(_ENQUEUE_SCRIPT)
-    return bool(script(keys=keys, args=[delivery_id, body, ttl, event, task_id, queue, mode]))
+    return client.eval(_ENQUEUE_SCRIPT, len(keys), *keys, delivery_id, body, ttl, event, task_id, queue, mode)
+
+
+def queue_end(pipe: Any, queue: str, result: TaskResult, ttl: int = events.DEFAULT_LOG_TTL) -> None:
+    """Add to ``pipe`` the script that queues an ended task's webhook, if one applies (the script decides,
+    from the record's spec and the queue's setting). :func:`runner.lifecycle.end` sends it with the end's
+    other bookkeeping, in one round trip."""
+    _enqueue(pipe, queue, "task", TASK_ENDED, result.id, orjson.dumps(task_payload(result, queue)), ttl)
 
 
 def on_end(client: redis.Redis, queue: str, result: TaskResult, ttl: int = events.DEFAULT_LOG_TTL) -> bool:
-    """Called by :func:`runner.lifecycle.end` once a task has ended: queue its webhook, if one applies.
-
-    One round trip; never raises (a task's end is recorded already, and a webhook must not undo that).
-    """
+    """Queue an ended task's webhook now, if one applies (True if one did); never raises."""
     try:
-        return _enqueue(client, queue, "task", TASK_ENDED, result.id, orjson.dumps(task_payload(result, queue)), ttl)
+        return bool(
+            _enqueue(client, queue, "task", TASK_ENDED, result.id, orjson.dumps(task_payload(result, queue)), ttl)
+        )
     except redis.RedisError as exc:
         log.warning("task %s: its webhook could not be queued (%s)", result.id, exc)
         return False

@@ -10,16 +10,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from runner.client import Runner
 from runner.stack import LocalStack
-from tests.conftest import running_stack
+from tests.runner.agents import test_claude_real_cli
 from tests.runner.agents.test_claude_real_cli import task_env
-from tests.support.claude_cli import claude_env, ensure_claude_cli, unavailable_reason
+from tests.support.claude_cli import claude_env
 from tests.support.fake_anthropic import FakeAnthropic, Orchestrator, Reply, tool_names
 
 CCX = str(Path(sys.executable).parent / "ccx")
@@ -29,18 +28,8 @@ DOCS_SNIPPET = Path(__file__).resolve().parents[3] / "docs" / "claude" / "mcp.js
 pytestmark = pytest.mark.timeout(420)
 
 
-@pytest.fixture(scope="module")
-def claude_bin() -> Path:
-    path = ensure_claude_cli()
-    if path is None:
-        pytest.skip(f"Claude Code CLI unavailable: {unavailable_reason()}")
-    return path
-
-
-@pytest.fixture
-def stack(claude_bin: Path, redis_url: str, queue_name: str, tmp_path: Path) -> Iterator[LocalStack]:
-    with running_stack(redis_url, queue_name, tmp_path / "worker.log", CCX_CLAUDE_BIN=str(claude_bin)) as stack:
-        yield stack
+claude_bin = test_claude_real_cli.claude_bin  # the CLI, installed once (a fixture)
+stack = test_claude_real_cli.stack  # the shared stack, its worker told where the CLI is (a fixture)
 
 
 def test_a_claude_session_hands_a_task_to_a_fresh_claude_and_quotes_its_result(

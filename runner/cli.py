@@ -675,7 +675,6 @@ def schedule_remove(schedule_id: str, redis_url: str | None, queue: str | None) 
 @click.option(
     "--token", envvar="CCX_MCP_TOKEN", help="with --http: bearer token (CCX_MCP_TOKEN; default: the file mcp.token)."
 )
-@click.option("--allow-origin", multiple=True, help="with --http: a browser origin allowed to call (repeatable).")
 @click.option("--tls-cert", help="with --http: certificate file (PEM), to serve https.")
 @click.option("--tls-key", help="with --http: private key file (PEM).")
 @redis_option
@@ -686,7 +685,6 @@ def mcp(
     host: str,
     port: str,
     token: str | None,
-    allow_origin: tuple[str, ...],
     tls_cert: str | None,
     tls_key: str | None,
     redis_url: str | None,
@@ -696,7 +694,6 @@ def mcp(
 
     Tools: submit_task, task_status, wait_for_result, read_output, cancel_task, list_tasks, queue_status
     (docs/mcp.md)."""
-    from handler.config import parse_origin
     from handler.secretfile import MCP_TOKEN_FILE, config_dir, load_or_create
     from runner.mcp import server
 
@@ -708,7 +705,7 @@ def mcp(
         host=host,
         port=parse_port(port, "--port"),
         token=token or load_or_create(config_dir() / MCP_TOKEN_FILE),
-        allowed_origins=frozenset(parse_origin(o, "--allow-origin") for o in allow_origin),
+        token_hint="the token ccx mcp was given" if token else f"the token is in {config_dir() / MCP_TOKEN_FILE}",
         tls_cert=tls_cert,
         tls_key=tls_key,
         allow_insecure=runner.settings.allow_insecure,

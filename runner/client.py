@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -26,6 +28,13 @@ from runner.spec import SpecError, TaskResult, TaskSpec
 from runner.store import TaskRecord, TaskStore
 
 JOB_FUNCTION = "runner.job.run_task"
+_FORGET_SCRIPT = """
+if KEYS[1] ~= '' and redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+redis.call('DEL', KEYS[2])
+return 1
+"""
+"""A submit that failed half-way: its idempotency key (if it still names this task) and its record go."""
+
 JOB_TIMEOUT_MARGIN = 120
 """Seconds RQ allows beyond the task's own timeout: the handler's kill grace and result writing fit in it."""
 
@@ -135,32 +144,52 @@ class Runner:
                 "schedule the first task of the chain instead."
             )
         self.ping()
-        task_id = str(uuid.uuid4())
-        if key is not None:
-            if not isinstance(key, str) or not key or len(key) > 200:
-                raise SpecError("'key' must be a non-empty string of at most 200 characters.")
-            # Held for as long as the task may wait and run; its end shortens it to the idempotency window.
-            hold = int(spec.timeout) + JOB_TIMEOUT_MARGIN + 7 * 24 * 3600
-            name = events.idempotency_key(self.settings.queue, key)
-            while not self.redis.set(name, task_id, nx=True, ex=hold):
-                existing = self.redis.get(name)
-                if existing is not None:  # (else it expired just now: try again)
-                    return TaskHandle(self, existing.decode())
         depends_on = None
         if after:
             if self.store.get(after) is None:
                 raise ValueError(f"Cannot run after task {after}: no such task in this Redis.")
             depends_on = Dependency(jobs=[after], allow_failure=after_any)
-        submitted_at = events.now_iso()
+        task_id = str(uuid.uuid4())
+        claimed = ""
+        if key is not None:
+            if not isinstance(key, str) or not key or len(key) > 200:
+                raise SpecError("'key' must be a non-empty string of at most 200 characters.")
+            # Held for as long as the task may wait and run; its end shortens it to the idempotency window.
+            hold = int(spec.timeout) + JOB_TIMEOUT_MARGIN + 7 * 24 * 3600 + int(max(0.0, (due or 0) - time.time()))
+            claimed = events.idempotency_key(self.settings.queue, key)
+            while not self.redis.set(claimed, task_id, nx=True, ex=hold):
+                existing = self.redis.get(claimed)
+                if existing is not None:  # (else it expired just now: try again)
+                    return TaskHandle(self, existing.decode())
+        try:
+            self._enqueue(task_id, spec, after, key, due, depends_on)
+        except BaseException:
+            # Nothing was queued: the key must not hand out this id, nor a record stand for a task.
+            with contextlib.suppress(redis.RedisError):
+                self.redis.eval(_FORGET_SCRIPT, 2, claimed, events.info_key(task_id), task_id)
+            raise
+        if after:
+            lifecycle.settle_new_dependent(self.store, task_id, after, after_any)
+        return TaskHandle(self, task_id)
+
+    def _enqueue(
+        self,
+        task_id: str,
+        spec: TaskSpec,
+        after: str | None,
+        key: str | None,
+        due: float | None,
+        depends_on: Dependency | None,
+    ) -> None:
+        """Write the task's record, then its RQ job: the record first, so the worker always finds it."""
         with self.redis.pipeline() as pipe:
-            # The record is written before the job can be dequeued, so the worker always finds it.
             self.store.create(
                 pipe,
                 task_id,
                 self.settings.queue,
                 spec,
                 events.DEFERRED if after else events.SCHEDULED if due else events.QUEUED,
-                submitted_at,
+                events.now_iso(),
                 after=after,
                 key=key,
                 scheduled_for=due,
@@ -186,9 +215,6 @@ class Runner:
                 depends_on=depends_on,
                 **job,
             )
-        if after:
-            lifecycle.settle_new_dependent(self.store, task_id, after, after_any)
-        return TaskHandle(self, task_id)
 
     def handle(self, task_id: str) -> TaskHandle:
         return TaskHandle(self, task_id)

@@ -140,6 +140,7 @@ def cancel(store: TaskStore, task_id: str, reason: str | None = None) -> str:
     pipe = client.pipeline()
     pipe.set(events.cancel_key(task_id), message, ex=store.log_ttl)
     pipe.publish(events.cancel_key(task_id), message)
+    pipe.zrem(events.scheduled_key(record.queue), task_id)  # a task for later that will never come due
     pipe.execute()
     job = fetch_job(client, task_id)
     if job is not None and job.get_status() == JobStatus.STARTED:

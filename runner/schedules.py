@@ -33,10 +33,10 @@ import orjson
 import redis
 from rq.job import JobStatus
 
-from runner import events
-from runner.errors import CcxError
+from runner import events, lifecycle
+from runner.errors import CcxError, Unavailable
 from runner.lifecycle import fetch_job
-from runner.spec import SpecError, TaskSpec
+from runner.spec import SpecError, TaskResult, TaskSpec
 
 if TYPE_CHECKING:
     from runner.client import Runner
@@ -105,6 +105,15 @@ def check_cron(expression: str) -> str:
     return text
 
 
+def latest_slot(expression: str, at: float) -> float:
+    """The last time at or before ``at`` that ``expression`` names, in UTC."""
+    from croniter import croniter
+
+    if croniter.match(expression, datetime.fromtimestamp(at, UTC)):
+        return float(int(at))
+    return float(croniter(expression, datetime.fromtimestamp(at, UTC)).get_prev(float))
+
+
 def next_slot(expression: str, after: float) -> float:
     """The first time strictly after ``after`` (epoch seconds) that ``expression`` names, in UTC."""
     from croniter import croniter
@@ -137,12 +146,39 @@ class Schedule:
         return title(self.spec)
 
 
-def _load(raw: bytes) -> Schedule:
-    return Schedule(**orjson.loads(raw))
+_FIELDS = frozenset(Schedule.__dataclass_fields__)
+
+# KEYS: the queue's schedules. ARGV: schedule id, JSON. Writes an entry back only if it is still there,
+# so a `ccx schedule remove` while it fired stays removed.
+_UPDATE_SCRIPT = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
 
 
-def _save(client: redis.Redis, schedule: Schedule, pipe: Any = None) -> None:
-    (pipe or client).hset(events.schedules_key(schedule.queue), schedule.id, orjson.dumps(asdict(schedule)))
+def _load(raw: bytes) -> Schedule | None:
+    """A stored schedule, or None for an entry that is not one (logged): one bad entry stops no other."""
+    try:
+        data = orjson.loads(raw)
+        return Schedule(**{k: v for k, v in data.items() if k in _FIELDS})
+    except (orjson.JSONDecodeError, TypeError, AttributeError) as exc:
+        log.error("a stored schedule cannot be read (%s); remove it with `ccx schedule remove`.", exc)
+        return None
+
+
+def _loaded(raws: list[bytes]) -> list[Schedule]:
+    """The readable ones of ``raws``, soonest first."""
+    return sorted((s for s in map(_load, raws) if s is not None), key=lambda s: s.next_at)
+
+
+def _save(client: redis.Redis, schedule: Schedule) -> None:
+    client.hset(events.schedules_key(schedule.queue), schedule.id, orjson.dumps(asdict(schedule)))
+
+
+def _update(client: redis.Redis, schedule: Schedule) -> bool:
+    key = events.schedules_key(schedule.queue)
+    return bool(client.eval(_UPDATE_SCRIPT, 1, key, schedule.id, orjson.dumps(asdict(schedule))))
 
 
 def add(client: redis.Redis, queue: str, cron: str, spec: TaskSpec | dict[str, Any]) -> Schedule:
@@ -163,8 +199,7 @@ def add(client: redis.Redis, queue: str, cron: str, spec: TaskSpec | dict[str, A
 
 def all_of(client: redis.Redis, queue: str) -> list[Schedule]:
     """The queue's schedules, soonest first."""
-    found = [_load(raw) for raw in client.hvals(events.schedules_key(queue))]
-    return sorted(found, key=lambda s: s.next_at)
+    return _loaded(client.hvals(events.schedules_key(queue)))
 
 
 def remove(client: redis.Redis, queue: str, schedule_id: str) -> bool:
@@ -179,10 +214,13 @@ def fire_due(runner: Runner, now: float | None = None, entries: list[Schedule] |
     for schedule in entries if entries is not None else all_of(client, runner.settings.queue):
         if schedule.next_at > now:
             break
-        slot = int(schedule.next_at)
+        # The latest slot that has come (after an outage, the ones before it are not made up for).
+        slot = int(max(schedule.next_at, latest_slot(schedule.cron, now)))
         task_id = None
         try:
             task_id = runner.submit(schedule.spec, key=f"schedule:{schedule.id}:{slot}").id
+        except Unavailable:
+            raise  # Redis is away: this slot fires on the tick after it is back
         except (CcxError, ValueError) as exc:  # e.g. the agent it names is gone: skip this slot, say so once
             log.error(
                 "schedule %s (%s) could not submit its task: %s It tries again at its next time.",
@@ -190,11 +228,9 @@ def fire_due(runner: Runner, now: float | None = None, entries: list[Schedule] |
                 schedule.cron,
                 exc,
             )
-        # Re-read before writing: a `ccx schedule remove` meanwhile must stay removed.
-        if client.hexists(events.schedules_key(schedule.queue), schedule.id):
-            schedule.last_at, schedule.last_task = float(slot), task_id
-            schedule.next_at = next_slot(schedule.cron, max(now, schedule.next_at))
-            _save(client, schedule)
+        schedule.last_at, schedule.last_task = float(slot), task_id
+        schedule.next_at = next_slot(schedule.cron, max(now, float(slot)))
+        _update(client, schedule)
         if task_id is not None:
             log.info("schedule %s (%s) submitted task %s", schedule.id, schedule.cron, task_id)
             submitted.append(task_id)
@@ -212,7 +248,20 @@ def note_due_tasks(runner: Runner, now: float | None = None) -> list[str]:
         status = job.get_status(refresh=False) if job is not None else None
         if status == JobStatus.SCHEDULED:
             continue  # due, but RQ's scheduler has not run since: next tick
-        if status is not None and status != JobStatus.CANCELED:
+        if job is None:  # its job is gone (expired, or deleted by hand): it can never run, so say so
+            record = runner.store.get(task_id)
+            if record is not None and record.result is None:
+                lifecycle.end(
+                    runner.store,
+                    TaskResult(
+                        id=task_id,
+                        error="Its RQ job was gone when it came due, so it could not run: submit it again.",
+                        ended_at=events.now_iso(),
+                        metadata=record.spec.metadata,
+                    ),
+                    runner.settings.queue,
+                )
+        elif status != JobStatus.CANCELED:
             runner.store.released(task_id, runner.settings.queue)
         runner.redis.zrem(key, task_id)
         moved.append(task_id)
@@ -268,12 +317,14 @@ class Ticker:
             if self.rq_scheduler.acquired_locks:
                 self.rq_scheduler.enqueue_scheduled_jobs()
             note_due_tasks(self.runner)
-        entries = sorted((_load(raw) for raw in raw_schedules), key=lambda s: s.next_at)
+        entries = _loaded(raw_schedules)
         if entries and entries[0].next_at <= now:
             fire_due(self.runner, now, entries)
 
     def _run(self) -> None:
-        while not self.stop.wait(self.interval):
+        first = True  # at once on start (a burst worker must see what is due), then every interval
+        while first or not self.stop.wait(self.interval):
+            first = False
             try:
                 self.tick()
                 self._complained = False

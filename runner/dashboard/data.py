@@ -34,7 +34,7 @@ MASK = "***"
 TASK_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 """What a task id may look like (they are UUIDs; this only keeps junk out of key names)."""
 
-_ROW_FIELDS = ("status", "spec", "submitted_at", "started_at", "ended_at", "queue", "after")
+_ROW_FIELDS = ("status", "spec", "submitted_at", "started_at", "ended_at", "queue", "after", "scheduled_for")
 
 
 # RQ's own key names, taken from RQ (no connection needed to know them).
@@ -83,6 +83,32 @@ def title(spec: dict[str, Any]) -> str:
     return what if len(what) <= TITLE_CHARS else what[: TITLE_CHARS - 1] + "…"
 
 
+def _schedules(raws: list[bytes]) -> list[dict[str, Any]]:
+    """The queue's recurring schedules (runner/schedules.py's entries) for the page, soonest first."""
+    found: list[tuple[float, dict[str, Any]]] = []
+    for raw in raws:
+        try:
+            entry = orjson.loads(raw)
+            next_at = float(entry["next_at"])
+            last_at = float(entry["last_at"]) if entry.get("last_at") else None
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue  # not a schedule: leave it out rather than fail the whole view
+        spec = entry.get("spec") if isinstance(entry.get("spec"), dict) else {}
+        last_task = entry.get("last_task")
+        row = {
+            "id": str(entry.get("id") or ""),
+            "cron": str(entry.get("cron") or ""),
+            "agent": spec.get("agent", "?"),
+            "title": title(spec),
+            "next_at": events.iso(next_at),
+            "last_at": events.iso(last_at) if last_at else None,
+            "last_task": last_task if isinstance(last_task, str) and TASK_ID.match(last_task) else None,
+        }
+        found.append((next_at, row))
+    found.sort(key=lambda pair: pair[0])
+    return [row for _, row in found]
+
+
 def result_summary(result: dict[str, Any]) -> dict[str, Any]:
     """The fields of a result the queue view shows."""
     agent = result.get("agent") if isinstance(result.get("agent"), dict) else {}
@@ -120,7 +146,7 @@ class Reader:
         rows: dict[str, dict[str, Any]] = {}
         ended: list[str] = []
         for task_id, values in zip(task_ids, replies, strict=True):
-            status, spec_raw, submitted, started, ended_at, queue, after = values
+            status, spec_raw, submitted, started, ended_at, queue, after, scheduled_for = values
             if spec_raw is None:
                 continue
             try:
@@ -137,6 +163,7 @@ class Reader:
                 "after": _text(after),
                 "started_at": _text(started),
                 "ended_at": _text(ended_at),
+                "scheduled_for": _text(scheduled_for),
                 "result": None,
             }
             if rows[task_id]["status"] in events.END_STATUSES:
@@ -161,7 +188,8 @@ class Reader:
         return {task_id: self._summaries[task_id] for task_id in task_ids if task_id in self._summaries}
 
     async def snapshot(self) -> dict[str, Any]:
-        """The queue view: running, queued (in the order they will run), deferred and recently ended tasks."""
+        """The queue view: running, queued (in the order they will run), deferred, scheduled (soonest first)
+        and recently ended tasks, and the queue's recurring schedules."""
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.lrange(rq_queue_key(self.queue), 0, QUEUED_SHOWN - 1)
             pipe.llen(rq_queue_key(self.queue))
@@ -171,23 +199,36 @@ class Reader:
             pipe.get(lock_key(self.queue))
             pipe.hgetall(events.queue_state_key(self.queue))
             pipe.hmget(events.costs_key(self.queue), "total", f"day:{queue_state.today()}")
+            pipe.zrange(events.scheduled_key(self.queue), 0, QUEUED_SHOWN - 1)
+            pipe.zcard(events.scheduled_key(self.queue))
+            pipe.hvals(events.schedules_key(self.queue))
             (
                 waiting_raw, waiting_total, newest_raw, started_raw, deferred_raw, worker, state_raw, costs_raw,
+                later_raw, later_total, schedules_raw,
             ) = await pipe.execute()  # fmt: skip
         waiting = [task_id.decode() for task_id in waiting_raw]
+        later = [task_id.decode() for task_id in later_raw]
+        recurring = _schedules(schedules_raw)
+        last_tasks = [entry["last_task"] for entry in recurring if entry["last_task"]]
         # The running and deferred tasks may be older than the newest INDEX_SCANNED: RQ's registries find them.
         newest = (
             [t.decode() for t in started_raw] + [t.decode() for t in deferred_raw] + [t.decode() for t in newest_raw]
         )
         newest = list(dict.fromkeys(task_id.split(":", 1)[0] for task_id in newest))
-        rows = await self.rows(list(dict.fromkeys(waiting + newest)))
+        rows = await self.rows(list(dict.fromkeys(waiting + newest + later + last_tasks)))
         in_line = [rows[task_id] for task_id in waiting if task_id in rows and rows[task_id]["status"] == events.QUEUED]
         listed = {row["id"] for row in in_line}
+        # The record decides (a task ends, or joins the line, a moment before it leaves the sorted set).
+        scheduled = [rows[t] for t in later if t in rows and rows[t]["status"] == events.SCHEDULED]
+        later_ids = {row["id"] for row in scheduled}
         # Recorded but not (or no longer) in RQ's list: just submitted, or being dequeued right now.
-        others = [rows[t] for t in newest if t in rows and t not in listed]
+        others = [rows[t] for t in newest if t in rows and t not in listed and t not in later_ids]
         in_line += sorted((r for r in others if r["status"] == events.QUEUED), key=lambda r: r["submitted_at"] or "")
         ended = [r for r in others if r["status"] in events.END_STATUSES]
         ended.sort(key=lambda r: r["ended_at"] or r["submitted_at"] or "", reverse=True)
+        for entry in recurring:
+            last = rows.get(entry["last_task"] or "")
+            entry["last_status"] = last["status"] if last else None
         return {
             "queue": self.queue,
             "now": events.now_iso(),
@@ -200,6 +241,10 @@ class Reader:
             "deferred": await self._with_predecessors(
                 sorted((r for r in others if r["status"] == events.DEFERRED), key=lambda r: r["submitted_at"] or "")
             ),
+            "scheduled": scheduled,
+            # Beyond the ids read, the count includes cancelled tasks whose time has not come yet.
+            "scheduled_total": len(scheduled) + max(0, int(later_total) - len(later)),
+            "schedules": recurring,
             "recent": ended[:RECENT_SHOWN],
             "pause": _pause(state_raw),
             "costs": {
@@ -241,6 +286,7 @@ class Reader:
             "submitted_at": _text(data.get("submitted_at")),
             "started_at": _text(data.get("started_at")),
             "ended_at": _text(data.get("ended_at")),
+            "scheduled_for": _text(data.get("scheduled_for")),
             "result": result,
             "log_key": events.log_key(task_id),
             "webhook": orjson.loads(data["webhook"]) if data.get("webhook") else None,

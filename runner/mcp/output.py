@@ -24,7 +24,11 @@ from runner.render import describe_claude_event
 
 START = "0"
 CURSOR = re.compile(r"^(?:0|\d{1,20}-\d{1,20}/\d{1,12})$")
-ENTRIES_PER_READ = 50
+ENTRIES_PER_READ = 16
+"""Log entries fetched per read: output frames can be large, and a page is small."""
+MAX_LINE_CARRY = 256 * 1024
+"""A transcript line longer than this is shown cut rather than waited for whole."""
+CUT_MARK = " … [cut]\n"
 MIN_PAGE_BYTES = 200
 MAX_PAGE_BYTES = 64 * 1024
 """The largest page one call returns, whatever it asks for."""
@@ -58,11 +62,8 @@ def parse_cursor(cursor: str) -> tuple[str, int]:
 
 
 def _notice(event: dict[str, Any]) -> str:
-    kind = event.get("type")
-    if kind == events.INTERRUPTED:
+    if event.get("type") == events.INTERRUPTED:
         return f"[attempt {event.get('attempt')} interrupted: {event.get('error')} It runs again.]\n"
-    if kind == events.GAP:
-        return f"[{event.get('missing')} earlier output frame(s) were trimmed from the log]\n"
     return ""
 
 
@@ -85,38 +86,88 @@ def _render_line(line: str) -> str:
     return "".join(text + "\n" for text in describe_claude_event(parsed))
 
 
+def _cut(text: str, budget: int) -> str:
+    """``text`` cut to ``budget`` bytes with a mark saying so, for a transcript line too long for a page."""
+    if _size(text) <= budget:
+        return text
+    return _raw(text, max(0, budget - _size(CUT_MARK)))[0] + CUT_MARK
+
+
 def _transcript(data: str, budget: int, page_empty: bool) -> tuple[str, int]:
     """The complete lines of ``data`` rendered as a transcript, as many as fit in ``budget`` bytes; and how
-    many characters of ``data`` they were. On an empty page the first line always goes in (cut if it must)."""
+    many characters of ``data`` they were. On an empty page the first line always goes in (cut if it must),
+    so every call moves on."""
     out: list[str] = []
     used = 0
     consumed = 0
     while (newline := data.find("\n", consumed)) >= 0:
         rendered = _render_line(data[consumed:newline])
         if used + _size(rendered) > budget:
-            if out or not page_empty:
+            if not page_empty:
                 break
-            rendered, _ = _raw(rendered, budget)
+            rendered = _cut(rendered, budget - used)
         out.append(rendered)
         used += _size(rendered)
         consumed = newline + 1
-        page_empty = page_empty and not rendered
+        page_empty = page_empty and used == 0
     return "".join(out), consumed
+
+
+class _Builder:
+    """The text of one page and its size."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.parts: list[str] = []
+        self.used = 0
+
+    @property
+    def empty(self) -> bool:
+        return self.used == 0
+
+    @property
+    def left(self) -> int:
+        return self.budget - self.used
+
+    def fits(self, text: str) -> bool:
+        return self.used + _size(text) <= self.budget
+
+    def add(self, text: str) -> None:
+        if text:
+            self.parts.append(text)
+            self.used += _size(text)
+
+    def page(self, cursor: str, more: bool) -> Page:
+        return Page("".join(self.parts), cursor, more)
 
 
 def read_page(client: redis.Redis, task_id: str, cursor: str, max_bytes: int, transcript: bool, ended: bool) -> Page:
     """The output after ``cursor``: at most ``max_bytes`` (UTF-8) of text, and where to go on from.
 
     ``ended``: the task has ended, so a last line without a newline is complete and shown.
+
+    In a transcript, stderr that arrives while a stdout line is still incomplete is shown after that
+    line, so that everything before a returned cursor has been shown exactly once.
     """
-    budget = max(MIN_PAGE_BYTES, min(int(max_bytes), MAX_PAGE_BYTES))
+    page = _Builder(max(MIN_PAGE_BYTES, min(int(max_bytes), MAX_PAGE_BYTES)))
     entry, offset = parse_cursor(cursor)
     key = events.log_key(task_id)
-    parts: list[str] = []
-    used = 0
     resume = cursor
     carry = ""  # the start of a transcript line whose end is in a later entry
     carry_at = ""  # where that line starts
+    held: list[str] = []  # stderr that came while carrying
+
+    def flush_carry(line: str) -> bool:
+        """Show the carried line and the stderr held behind it; False (nothing shown) if they do not fit."""
+        text = "".join([line, *held])
+        if not page.fits(text):
+            if not page.empty:
+                return False
+            text = _cut(text, page.left)
+        page.add(text)
+        held.clear()
+        return True
+
     start = "-" if cursor == START else entry
     while True:
         batch = client.xrange(key, min=start, max="+", count=ENTRIES_PER_READ)
@@ -127,51 +178,59 @@ def read_page(client: redis.Redis, task_id: str, cursor: str, max_bytes: int, tr
             if event.get("type") != events.OUTPUT:
                 text = "" if skip else _notice(event)
                 if carry:  # the attempt ended inside a line: that line will never be completed
-                    text = _render_line(carry) + text
-                if text and used + _size(text) > budget and parts:
-                    return Page("".join(parts), carry_at or f"{entry_id}/0", True)
-                parts.append(_raw(text, budget - used)[0])
-                used += _size(parts[-1])
-                carry, carry_at = "", ""
+                    if not flush_carry(_render_line(carry)):
+                        return page.page(carry_at, True)
+                    carry, carry_at = "", ""
+                if text and not page.fits(text):
+                    if not page.empty:
+                        return page.page(f"{entry_id}/0", True)
+                    text = _cut(text, page.left)
+                page.add(text)
                 resume = f"{entry_id}/1"
                 continue
             data = str(event.get("data", ""))[skip:]
-            if not transcript or event.get("stream") == "stderr":
-                text, taken = _raw(data, budget - used)
-                parts.append(text)
-                used += _size(text)
+            if not transcript or (event.get("stream") == "stderr" and not carry):
+                text, taken = _raw(data, page.left)
+                page.add(text)
                 if taken < len(data):
-                    return Page("".join(parts), f"{entry_id}/{skip + taken}", True)
+                    return page.page(f"{entry_id}/{skip + taken}", True)
                 resume = f"{entry_id}/{skip + taken}"
                 continue
-            combined = carry + data
-            text, taken = _transcript(combined, budget - used, page_empty=not parts)
-            parts.append(text)
-            used += _size(text)
-            if taken == 0:
-                if "\n" in combined:  # a whole line is there but the page is full
-                    return Page("".join(parts), carry_at or f"{entry_id}/{skip}", True)
-                carry, carry_at = combined, carry_at or f"{entry_id}/{skip}"
+            if event.get("stream") == "stderr":
+                held.append(data)
                 resume = f"{entry_id}/{skip + len(data)}"
                 continue
-            at = skip + taken - len(carry)
-            rest = data[taken - len(carry) :]
-            carry, carry_at = "", ""
+            if carry:
+                newline = data.find("\n")
+                if newline < 0 and len(carry) + len(data) <= MAX_LINE_CARRY:
+                    carry += data
+                    resume = f"{entry_id}/{skip + len(data)}"
+                    continue
+                # The carried line ends here (or is too long to keep: it is shown cut, and its tail
+                # later reads as text of its own).
+                end = newline + 1 if newline >= 0 else len(data)
+                line = carry + data[: end - 1 if newline >= 0 else end]
+                if not flush_carry(_render_line(line)):
+                    return page.page(carry_at, True)
+                carry, carry_at = "", ""
+                skip, data = skip + end, data[end:]
+            text, taken = _transcript(data, page.left, page_empty=page.empty)
+            page.add(text)
+            rest = data[taken:]
             if "\n" in rest:  # the page filled up within this entry
-                return Page("".join(parts), f"{entry_id}/{at}", True)
+                return page.page(f"{entry_id}/{skip + taken}", True)
             if rest:
-                carry, carry_at = rest, f"{entry_id}/{at}"
+                carry, carry_at = rest, f"{entry_id}/{skip + taken}"
             resume = f"{entry_id}/{skip + len(data)}"
         if len(batch) < ENTRIES_PER_READ:
             break
         last = batch[-1][0]
         start = "(" + (last.decode() if isinstance(last, bytes) else last)
     if carry:
-        last_line = _render_line(carry)
         if not ended:
-            resume = carry_at
-        elif used + _size(last_line) > budget and parts:
-            return Page("".join(parts), carry_at, True)
-        else:
-            parts.append(_raw(last_line, budget - used)[0])
-    return Page("".join(parts), resume, False)
+            return page.page(carry_at, False)  # the line is shown once it is whole
+        if not flush_carry(_render_line(carry)):
+            return page.page(carry_at, True)
+    elif held and not flush_carry(""):  # (cannot happen: stderr is held only while carrying)
+        return page.page(resume, True)
+    return page.page(resume, False)

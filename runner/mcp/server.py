@@ -4,9 +4,11 @@ Over stdio the server is a child of the orchestrator's own Claude Code
 (``claude mcp add ccx -- ccx mcp``): whoever can start it is already the
 user. Over HTTP every request must carry ``Authorization: Bearer <token>``
 (the token given, or the private file ``mcp.token``, made if missing), a
-request from a browser page (an ``Origin`` not listed with ``--allow-origin``)
-is refused, it binds loopback by default, and another address needs TLS — the
-handler's rules (docs/security.md).
+request from a browser page (any ``Origin`` header) is refused, it binds
+loopback by default, and another address needs TLS — the handler's rules
+(docs/security.md). Those checks are :class:`BearerGuard`'s; the SDK's own
+Host/Origin check is off, since with a token it adds nothing and it would
+refuse every request to a non-loopback address.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import ipaddress
 import logging
 import socket
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from pydantic import Field
@@ -127,8 +129,8 @@ def build_server(runner: Runner) -> Any:
 
     @server.tool(
         description=(
-            "A task's status (queued, deferred, running, finished, failed, cancelled), its times, how many tasks "
-            "run before it when queued, the lines printed so far when running, and its outcome when ended."
+            "A task's status (queued, scheduled, deferred, running, finished, failed, cancelled), its times, how "
+            "many tasks run before it when queued, the lines printed so far when running, and its outcome when ended."
         ),
         annotations=ToolAnnotations(readOnlyHint=True),
     )
@@ -188,7 +190,10 @@ def build_server(runner: Runner) -> Any:
         limit: Annotated[int, Field(description="How many (1 to 100).", ge=1, le=100)] = 20,
         status: Annotated[
             str | None,
-            Field(description="Only tasks with this status: queued, deferred, running, finished, failed, cancelled."),
+            Field(
+                description="Only tasks with this status: queued, scheduled, deferred, running, finished, failed, "
+                "cancelled."
+            ),
         ] = None,
     ) -> dict[str, Any]:
         return _call(ops.list_tasks, runner, limit, status)
@@ -216,7 +221,8 @@ class HttpConfig:
     host: str
     port: int
     token: str
-    allowed_origins: frozenset[str] = field(default_factory=frozenset)
+    token_hint: str = "the token ccx mcp was given"
+    """Where a client finds the token, for the 401's sentence (never the token itself)."""
     tls_cert: str | None = None
     tls_key: str | None = None
     allow_insecure: bool = False
@@ -229,6 +235,16 @@ class HttpConfig:
             )
         if bool(self.tls_cert) != bool(self.tls_key):
             raise UsageError("--tls-cert and --tls-key go together: give both.")
+        if self.tls_cert and self.tls_key:
+            import ssl
+
+            try:
+                ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(self.tls_cert, self.tls_key)
+            except (OSError, ssl.SSLError) as exc:
+                raise UsageError(
+                    f"Cannot use --tls-cert {self.tls_cert} with --tls-key {self.tls_key} ({exc}): give a PEM "
+                    "certificate and its private key."
+                ) from None
 
 
 def _is_loopback(host: str) -> bool:
@@ -241,28 +257,27 @@ def _is_loopback(host: str) -> bool:
 
 
 class BearerGuard:
-    """ASGI middleware: browser origins refused, then the bearer token checked (in constant time)."""
+    """ASGI middleware: any request from a web page (an ``Origin`` header) refused, then the bearer token
+    checked in constant time. Only HTTP requests (and the app's lifespan) get through."""
 
-    def __init__(self, app: Any, token: str, allowed_origins: frozenset[str]) -> None:
+    def __init__(self, app: Any, token: str, token_hint: str) -> None:
         self.app = app
         self.expected = f"Bearer {token}".encode()
-        self.allowed_origins = allowed_origins
+        self.token_hint = token_hint
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "lifespan":
             await self.app(scope, receive, send)
             return
+        if scope["type"] != "http":
+            return  # e.g. a WebSocket: nothing here speaks it
         headers = dict(scope.get("headers") or [])
         origin = headers.get(b"origin", b"").decode(errors="replace")
-        if origin and origin not in self.allowed_origins:
+        if origin:
             await _refuse(send, 403, f"Forbidden: requests from web pages ({origin}) may not use this server.")
             return
         if not hmac.compare_digest(headers.get(b"authorization", b""), self.expected):
-            await _refuse(
-                send,
-                401,
-                "Unauthorized: send 'Authorization: Bearer <token>' (the token is in ~/.config/cc-execute/mcp.token).",
-            )
+            await _refuse(send, 401, f"Unauthorized: send 'Authorization: Bearer <token>' ({self.token_hint}).")
             return
         await self.app(scope, receive, send)
 
@@ -285,7 +300,14 @@ def run_http(runner: Runner, config: HttpConfig) -> int:
 
     config.check()
     server = build_server(runner)
-    app = BearerGuard(server.streamable_http_app(streamable_http_path=HTTP_PATH), config.token, config.allowed_origins)
+    from mcp.server.transport_security import TransportSecuritySettings
+
+    inner = server.streamable_http_app(
+        streamable_http_path=HTTP_PATH,
+        host=config.host,
+        transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+    )
+    app = BearerGuard(inner, config.token, config.token_hint)
     family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

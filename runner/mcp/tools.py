@@ -85,7 +85,8 @@ def submit_task(
         answer["scheduled_for"] = record.scheduled_for
         answer["message"] = f"Scheduled as {handle.id}; at {record.scheduled_for} it joins the end of the line."
     elif status == events.DEFERRED:
-        answer["message"] = f"Queued as {handle.id}; it waits for task {after} to end, then joins the line."
+        waits_for = f"task {after}" if after else "the task it was submitted after"
+        answer["message"] = f"Queued as {handle.id}; it waits for {waits_for} to end, then joins the line."
     else:
         answer["message"] = f"Task {handle.id} is {status} (an earlier submit with the same key)."
     return answer
@@ -108,6 +109,8 @@ def task_status(runner: Runner, task_id: str) -> dict[str, Any]:
     }
     if record.status == events.QUEUED:
         answer["tasks_ahead"] = _ahead(runner, task_id)
+    if record.scheduled_for and record.status == events.SCHEDULED:
+        answer["scheduled_for"] = record.scheduled_for
     if record.status == events.RUNNING:
         answer["lines_so_far"] = _progress(runner, task_id).get("lines", 0)
     if record.result is not None:
@@ -139,9 +142,11 @@ def _outcome(result: dict[str, Any], with_output: bool) -> dict[str, Any]:
             import orjson
 
             text = orjson.dumps(structured).decode()
-            answer["structured_output"] = (
-                structured if len(text) <= STRUCTURED_OUTPUT_CHARS else text[:STRUCTURED_OUTPUT_CHARS] + "…"
-            )
+            if len(text) <= STRUCTURED_OUTPUT_CHARS:
+                answer["structured_output"] = structured
+            else:  # too big for the model's context: the start of its JSON, said to be cut
+                answer["structured_output_json_start"] = text[:STRUCTURED_OUTPUT_CHARS]
+                answer["structured_output_truncated"] = True
     return answer
 
 

@@ -11,6 +11,7 @@ import uuid
 
 import orjson
 import pytest
+import redis
 
 from runner import events
 from runner.client import RedisUnavailable, Runner
@@ -370,3 +371,31 @@ def test_submits_with_one_idempotency_key_make_one_task(redis_url: str, queue_na
         wait_until(lambda: not runner.redis.exists(name), 10, what="the idempotency window to pass")
         again = runner.submit(agent="command", argv=["echo", "once"], key=key)
         assert again.id != task_id and again.result(timeout=30).success
+
+
+def test_a_submit_that_fails_half_way_leaves_its_key_free(redis_url: str, queue_name: str) -> None:
+    """A key never names a task that was not queued: not after a refused `after`, nor after Redis
+    failed between the record and the job (a retry then queues the task for real)."""
+    runner = Runner(redis_url=redis_url, queue=queue_name)
+    with pytest.raises(ValueError, match="no such task"):
+        runner.submit(agent="command", argv=["true"], key="k1", after="no-such-task")
+    assert not runner.redis.exists(f"ccx:idem:{queue_name}:k1")
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise redis.ConnectionError("Connection reset by peer")
+
+    real = runner.queue.enqueue_call
+    runner.queue.enqueue_call = broken  # type: ignore[method-assign]
+    with pytest.raises(redis.ConnectionError):
+        runner.submit(agent="command", argv=["true"], key="k2")
+    runner.queue.enqueue_call = real  # type: ignore[method-assign]
+    assert not runner.redis.exists(f"ccx:idem:{queue_name}:k2")
+    assert runner.list(10) == []  # no record stands for a task that was never queued
+    retried = runner.submit(agent="command", argv=["true"], key="k2")
+    assert runner.get(retried.id) is not None and runner.queue.get_job_ids() == [retried.id]
+
+
+def test_a_key_outlives_the_wait_of_a_task_for_later(redis_url: str, queue_name: str) -> None:
+    runner = Runner(redis_url=redis_url, queue=queue_name)
+    runner.submit(agent="command", argv=["true"], key="later", in_=30 * 86400)
+    assert runner.redis.ttl(f"ccx:idem:{queue_name}:later") > 30 * 86400

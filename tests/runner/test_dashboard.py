@@ -511,6 +511,92 @@ def test_a_waiting_task_names_its_predecessor_and_progress_tracks_the_output_sho
     assert waiting.result(timeout=60).output == "the follower\n"
 
 
+@pytest.mark.timeout(180)
+def test_tasks_for_later_and_schedules_show_and_a_task_for_later_cancels_from_the_page(
+    runner: Runner, dashboard: Dashboard, browser_page: Any
+) -> None:
+    """Scheduled tasks (soonest first, with their due time) and recurring schedules (cron, next run, the
+    last task) have their sections; a cancel from the page ends a task for later, and one that comes due
+    moves to the line, both pushed by their lifecycle events."""
+    from playwright.sync_api import expect
+    from rq.registry import ScheduledJobRegistry
+
+    from runner import events, schedules
+
+    page = browser_page
+    queue = runner.settings.queue
+    page.goto(signed(dashboard, dashboard.url))
+    expect(page.locator("#conn")).to_have_text("live")
+    for card in ("#scheduled-card", "#schedules-card"):
+        expect(page.locator(card)).to_be_hidden()
+
+    marker = f"dash-later-{uuid.uuid4().hex[:10]}"
+    blocker = runner.submit(agent="command", argv=[PY, "-c", "import time; time.sleep(600)", marker])
+    entry = schedules.add(runner.redis, queue, "0 3 * * *", {"agent": "command", "argv": ["true"]})
+    try:
+        expect(page.locator(f'#running [data-task-id="{blocker.id}"]')).to_be_visible()
+        # From here on only the tasks' `scheduled` events tell the page (adding a schedule announces nothing).
+        sooner = runner.submit(agent="command", argv=["echo", "sooner"], in_=3600)
+        later = runner.submit(agent="command", argv=["echo", "later"], in_=7200)
+        rows = page.locator("#scheduled [data-task-id]")
+        expect(rows).to_have_count(2)
+        assert [rows.nth(i).get_attribute("data-task-id") for i in range(2)] == [sooner.id, later.id]
+        expect(page.locator("#scheduled-count")).to_have_text("(2)")
+        due = runner.get(sooner.id).scheduled_for or ""
+        expect(rows.nth(0)).to_contain_text("echo sooner")
+        expect(rows.nth(0).locator(".when")).to_have_text(
+            re.compile(rf"^in (1 h|5\d min) · (\d{{4}}-\d\d-\d\d )?{re.escape(due[11:16])} UTC$")
+        )
+        expect(rows.nth(1).locator(".when")).to_have_text(re.compile(r"^in (2 h|1 h 5\d min) · "))
+        recurring = page.locator(f'#schedules [data-schedule-id="{entry.id}"]')
+        expect(recurring).to_contain_text("0 3 * * *")
+        expect(recurring).to_contain_text("true")
+        expect(recurring.locator(".next")).to_have_text(
+            re.compile(rf"^next run in .+ · ({events.iso(entry.next_at)[:10]} )?03:00 UTC$")
+        )
+        expect(recurring).to_contain_text("not run yet")
+        assert page.locator("#queued [data-task-id]").count() == 0
+
+        # A task for later's own page says when it is due, and can cancel it.
+        rows.nth(1).locator("a.title").click()
+        expect(page).to_have_url(task_url(dashboard, later.id))
+        expect(page.locator("#task-status")).to_have_text("scheduled")
+        expect(page.locator("#task-facts")).to_contain_text(re.compile(r"Duein (2 h|1 h 5\d min) · "))
+        expect(page.locator("#cancel")).to_be_visible()
+        page.locator(".crumbs a").click()
+        expect(rows).to_have_count(2)
+
+        # Cancel the sooner one from its row: it ends, leaves the section, and is listed as ended.
+        page.once("dialog", lambda dialog: dialog.accept())
+        rows.nth(0).locator("button").click()
+        expect(page.locator(f'#recent [data-task-id="{sooner.id}"]')).to_contain_text("cancelled")
+        expect(rows).to_have_count(1)
+        expect(page.locator(f'#scheduled [data-task-id="{sooner.id}"]')).to_have_count(0)
+        wait_until(lambda: runner.get(sooner.id).status == "cancelled", 20, what="the task for later to be cancelled")
+        # The cancel took it out of the tasks for later, too.
+        assert runner.redis.zscore(events.scheduled_key(queue), sooner.id) is None
+
+        # The later one comes due now: the worker puts it in line (a `queued` event) and the section goes.
+        due_now = int(time.time()) - 1
+        runner.redis.zadd(ScheduledJobRegistry(queue, connection=runner.redis).key, {later.id: due_now})
+        runner.redis.zadd(events.scheduled_key(queue), {later.id: due_now})
+        expect(page.locator(f'#queued [data-task-id="{later.id}"]')).to_be_visible()
+        expect(page.locator("#scheduled-card")).to_be_hidden()
+
+        # The schedule fires (as the worker does at 03:00): its row links to the task it submitted.
+        [fired] = schedules.fire_due(runner, now=entry.next_at)
+    finally:
+        runner.cancel(blocker.id)
+    last = recurring.locator("a.last")
+    expect(last).to_have_attribute("href", f"/tasks/{fired}")
+    expect(last).to_contain_text(fired[:8])
+    expect(recurring.locator(".next")).to_contain_text(events.iso(entry.next_at + 86400)[:10])
+    assert runner.handle(later.id).result(timeout=60).output == "later\n"
+    last.click()
+    expect(page).to_have_url(task_url(dashboard, fired))
+    expect(page.locator("#task-title")).to_have_text("true")
+
+
 @pytest.mark.timeout(120)
 def test_an_unknown_task_page_shows_only_the_message(dashboard: Dashboard, browser_page: Any) -> None:
     from playwright.sync_api import expect
@@ -584,6 +670,82 @@ def test_the_dashboard_never_serves_without_a_token(tmp_path: Path, redis_url: s
             [PY, "-m", "runner.dashboard", *args], capture_output=True, text=True, timeout=30, env=env
         )
         assert done.returncode == 2 and expected in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+@pytest.mark.timeout(60)
+def test_the_queue_view_has_tasks_for_later_soonest_first_and_the_schedules(redis_url: str, queue_name: str) -> None:
+    """Without a worker: the snapshot's ``scheduled`` (by due time, a cancelled one left out) and
+    ``schedules``, read in the same two round trips as the rest of the view."""
+    import asyncio
+
+    import redis.asyncio
+
+    from runner import events, schedules
+    from runner.dashboard.data import Reader
+
+    runner = Runner(redis_url=redis_url, queue=queue_name)
+    try:
+        late = runner.submit(agent="command", argv=["echo", "late"], in_=7200)
+        soon = runner.submit(agent="command", argv=["echo", "soon"], in_=600)
+        dropped = runner.submit(agent="command", argv=["echo", "dropped"], in_=60)
+        assert runner.cancel(dropped.id) == "cancelled"
+        now = runner.submit(agent="command", argv=["echo", "now"])
+        entry = schedules.add(runner.redis, queue_name, "0 3 * * *", {"agent": "command", "argv": ["true"]})
+
+        async def snapshots() -> tuple[dict[str, Any], int, str, dict[str, Any]]:
+            client = redis.asyncio.Redis.from_url(redis_url)
+            reader = Reader(client, queue_name)
+            round_trips = 0
+            pipeline = client.pipeline
+
+            def counted(*args: Any, **kwargs: Any) -> Any:
+                nonlocal round_trips
+                round_trips += 1
+                return pipeline(*args, **kwargs)
+
+            try:
+                first = await reader.snapshot()  # reads the cancelled task's result summary once
+                client.pipeline = counted  # type: ignore[method-assign]
+                await reader.snapshot()
+                trips = round_trips
+                [fired] = await asyncio.to_thread(schedules.fire_due, runner, entry.next_at)
+                return first, trips, fired, await reader.snapshot()
+            finally:
+                await client.aclose()
+
+        view, trips, fired, after_firing = asyncio.run(snapshots())
+
+        assert trips == 2, "the scheduled tasks and the schedules come with the queue's own reads"
+        assert [row["id"] for row in view["scheduled"]] == [soon.id, late.id]
+        assert view["scheduled_total"] == 2
+        for row, handle, name in zip(view["scheduled"], (soon, late), ("soon", "late"), strict=True):
+            record = runner.get(handle.id)
+            assert record is not None and record.scheduled_for is not None
+            assert row["status"] == "scheduled" and row["scheduled_for"] == record.scheduled_for
+            assert row["title"] == f"echo {name}"
+        ended = [row["id"] for row in view["recent"]]
+        assert ended == [dropped.id], "a task for later is never among the ended ones (unless cancelled)"
+        assert [row["id"] for row in view["queued"]] == [now.id]
+        assert not view["running"] and not view["deferred"]
+        assert view["schedules"] == [
+            {
+                "id": entry.id,
+                "cron": "0 3 * * *",
+                "agent": "command",
+                "title": "true",
+                "next_at": events.iso(entry.next_at),
+                "last_at": None,
+                "last_task": None,
+                "last_status": None,
+            }
+        ]
+        [fired_entry] = after_firing["schedules"]
+        assert fired_entry["next_at"] == events.iso(entry.next_at + 86400)
+        assert fired_entry["last_at"] == events.iso(entry.next_at)
+        assert fired_entry["last_task"] == fired and after_firing["queued"][-1]["id"] == fired
+        assert fired_entry["last_status"] == "queued"
+    finally:
+        runner.redis.close()
 
 
 def _headers(**values: str) -> Headers:
@@ -709,7 +871,8 @@ def test_long_entries_are_split_into_chunks_and_older_pages_resume_mid_entry(red
 
 
 def take_screenshots(out_dir: Path) -> None:
-    """Run a stack with a few tasks (a Claude stand-in among them) and photograph both views."""
+    """Run a stack with a few tasks (a Claude stand-in among them) and photograph both views (and the queue
+    paused, and with tasks for later and schedules)."""
     from playwright.sync_api import expect, sync_playwright
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -764,6 +927,19 @@ def take_screenshots(out_dir: Path) -> None:
                     expect(page.locator("#pause")).to_contain_text("five-hour usage limit")
                     page.screenshot(path=str(out_dir / "dashboard-paused.png"))
                     runner.resume()
+                    from runner import schedules
+
+                    nightly = {"task": "Run the nightly dependency update", "tools": ["Edit", "Bash"]}
+                    schedules.add(runner.redis, stack.queue, "0 3 * * *", nightly)
+                    weekly = {"task": "Triage the issues opened last week", "tools": ["Bash"]}
+                    schedules.add(runner.redis, stack.queue, "0 9 * * 1", weekly)
+                    # Adding a schedule announces nothing; these tasks' `scheduled` events refresh the view.
+                    tomorrow_7 = (int(time.time()) // 86400 + 1) * 86400 + 7 * 3600
+                    runner.submit("Check the deploy of v0.2 and report any 5xx", tools=["Bash"], in_=25 * 60)
+                    runner.submit("Summarise yesterday's CI failures", tools=["Bash"], at=float(tomorrow_7))
+                    expect(page.locator("#scheduled [data-task-id]")).to_have_count(2)
+                    expect(page.locator("#schedules [data-schedule-id]")).to_have_count(2)
+                    page.screenshot(path=str(out_dir / "dashboard-scheduled.png"), full_page=True)
                     page.goto(signed(board, task_url(board, running.id)))
                     expect(page.locator("#output")).to_contain_text("3 passed")
                     expect(page.locator("#task-facts")).to_contain_text("6 lines")

@@ -5,7 +5,7 @@
 
 (() => {
   const MAX_CHARS = 1_000_000; // most output characters the page keeps; older chunks are dropped
-  const ACTIVE = new Set(["queued", "deferred", "running"]);
+  const ACTIVE = new Set(["queued", "scheduled", "deferred", "running"]);
 
   const $ = (id) => document.getElementById(id);
 
@@ -56,6 +56,26 @@
     const today = new Date(serverNow()).toDateString() === d.toDateString();
     return today ? time : `${d.getFullYear()}-${two(d.getMonth() + 1)}-${two(d.getDate())} ${time}`;
   }
+
+  // A time to come, as the pause banner gives one: in UTC, with the date unless it is today's.
+  function fmtUtc(iso) {
+    const text = new Date(iso).toISOString();
+    const today = new Date(serverNow()).toISOString().slice(0, 10) === text.slice(0, 10);
+    return `${today ? "" : `${text.slice(0, 10)} `}${text.slice(11, 16)} UTC`;
+  }
+
+  function fmtIn(iso) {
+    const s = (Date.parse(iso) - serverNow()) / 1000;
+    if (s <= 0) return "due now";
+    if (s < 60) return `in ${Math.ceil(s)} s`;
+    const m = Math.round(s / 60);
+    if (m < 60) return `in ${m} min`;
+    if (m < 1440) return `in ${Math.floor(m / 60)} h${m % 60 ? ` ${m % 60} min` : ""}`;
+    const hours = Math.floor((m % 1440) / 60);
+    return `in ${Math.floor(m / 1440)} d${hours ? ` ${hours} h` : ""}`;
+  }
+
+  const dueText = (iso) => (iso ? `${fmtIn(iso)} · ${fmtUtc(iso)}` : "—");
 
   function fmtBytes(n) {
     if (n === null || n === undefined) return "—";
@@ -293,6 +313,27 @@
     );
   }
 
+  function scheduleRow(entry) {
+    const last = entry.last_task
+      ? h("a", {
+          href: `/tasks/${encodeURIComponent(entry.last_task)}`,
+          "data-nav": "",
+          class: "last",
+          title: entry.last_task,
+          text: `last ${entry.last_task.slice(0, 8)}${entry.last_status ? ` (${entry.last_status})` : ""}`,
+        })
+      : "not run yet";
+    return h(
+      "li",
+      { class: "row schedule", "data-schedule-id": entry.id },
+      h("code", { class: "cron", title: "minute hour day month weekday (UTC)", text: entry.cron }),
+      h("span", { class: "title", title: entry.title, text: entry.title }),
+      h("span", { class: "agent", text: entry.agent }),
+      h("span", { class: "when next", "data-until": entry.next_at, "data-prefix": "next run ", text: `next run ${dueText(entry.next_at)}` }),
+      h("span", { class: "when" }, last),
+    );
+  }
+
   function renderQueue() {
     const q = state.queue;
     if (!q) return;
@@ -351,6 +392,20 @@
         );
       }),
     );
+    const scheduled = (q.scheduled || []).map((row) =>
+      taskRow(row, {
+        lead: badge("scheduled"),
+        info: h("span", { class: "when", "data-until": row.scheduled_for, text: dueText(row.scheduled_for) }),
+      }),
+    );
+    const scheduledTotal = q.scheduled_total || scheduled.length;
+    if (scheduledTotal > scheduled.length) scheduled.push(h("li", { class: "more", text: `… and ${fmtCount(scheduledTotal - scheduled.length)} more` }));
+    $("scheduled-card").hidden = scheduled.length === 0;
+    $("scheduled").replaceChildren(...scheduled);
+    $("scheduled-count").textContent = scheduled.length ? `(${fmtCount(scheduledTotal)})` : "";
+    const schedules = q.schedules || [];
+    $("schedules-card").hidden = schedules.length === 0;
+    $("schedules").replaceChildren(...schedules.map(scheduleRow));
     if (state.flash) {
       const fresh = document.querySelector(`#queue-view [data-task-id="${CSS.escape(state.flash)}"]`);
       if (fresh) {
@@ -373,6 +428,9 @@
   setInterval(() => {
     for (const node of document.querySelectorAll("[data-since]")) {
       node.textContent = fmtDuration(serverNow() - Date.parse(node.dataset.since));
+    }
+    for (const node of document.querySelectorAll("[data-until]")) {
+      node.textContent = `${node.dataset.prefix || ""}${dueText(node.dataset.until)}`;
     }
   }, 1000);
 
@@ -469,6 +527,8 @@
     const r = state.record;
     const result = r.result;
     const items = [fact("Task id", h("code", { text: r.id })), fact("Agent", r.spec.agent), fact("Submitted", fmtTime(r.submitted_at))];
+    if (r.status === "scheduled" && r.scheduled_for) items.push(fact("Due", dueText(r.scheduled_for), { "data-until": r.scheduled_for }));
+    else if (r.scheduled_for) items.push(fact("Scheduled for", fmtTime(r.scheduled_for)));
     if (r.started_at) items.push(fact("Started", fmtTime(r.started_at)));
     if (r.status === "running" && r.started_at) {
       items.push(fact("Elapsed", fmtDuration(serverNow() - Date.parse(r.started_at)), { "data-since": r.started_at }));

@@ -89,7 +89,8 @@ def test_a_live_transcript_waits_for_the_end_of_a_line() -> None:
 def test_a_huge_line_is_cut_to_the_page_and_paging_moves_on() -> None:
     client = fakeredis.FakeRedis()
     _log(client, _out("x" * 100_000 + "\n"), _out("after\n"))
-    assert _read_all(client, 500, transcript=True) == ["x" * 500, "after\n"]
+    mark = " … [cut]\n"
+    assert _read_all(client, 500, transcript=True) == ["x" * (500 - len(mark.encode())) + mark, "after\n"]
 
 
 def test_interruptions_are_noted_in_the_text() -> None:
@@ -108,3 +109,29 @@ def test_interruptions_are_noted_in_the_text() -> None:
 def test_a_cursor_not_handed_out_is_refused_with_a_sentence(cursor: str) -> None:
     with pytest.raises(BadCursor, match="pass '0' for the start"):
         read_page(fakeredis.FakeRedis(), TASK, cursor, 8000, transcript=False, ended=True)
+
+
+def test_a_long_line_after_a_cursor_inside_the_log_is_cut_and_paging_moves_on() -> None:
+    client = fakeredis.FakeRedis()
+    _log(client, {"type": events.STARTED, "task_id": TASK}, _out(_claude_line("short")))
+    first = read_page(client, TASK, "0", 8000, transcript=True, ended=False)
+    assert "short" in first.text and not first.more
+    long_line = _claude_line("L" * 9000)
+    _log(client, _out(long_line[:5000]), _out(long_line[5000:]))
+    page = read_page(client, TASK, first.next_seq, 8000, transcript=True, ended=False)
+    assert page.text.endswith(" … [cut]\n") and len(page.text.encode()) <= 8000
+    assert page.next_seq != first.next_seq
+    assert read_page(client, TASK, page.next_seq, 8000, transcript=True, ended=False).text == ""
+
+
+def test_stderr_while_a_stdout_line_is_incomplete_is_shown_once_after_it() -> None:
+    client = fakeredis.FakeRedis()
+    line = _claude_line("hello")
+    _log(client, _out(line[:20]), _out("warn\n", stream="stderr"))
+    page = read_page(client, TASK, "0", 8000, transcript=True, ended=False)
+    assert page.text == ""
+    assert read_page(client, TASK, page.next_seq, 8000, transcript=True, ended=False).text == ""
+    _log(client, _out(line[20:]))
+    done = read_page(client, TASK, page.next_seq, 8000, transcript=True, ended=False)
+    assert "hello" in done.text and done.text.endswith("warn\n") and done.text.count("warn") == 1
+    assert read_page(client, TASK, done.next_seq, 8000, transcript=True, ended=False).text == ""

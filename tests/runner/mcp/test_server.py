@@ -80,6 +80,7 @@ async def _session(client: Client, runner: Runner, tmp_path: Path) -> None:
     )
     status = await _call(client, "task_status", {"task_id": blocker["id"]})
     while status["status"] != "running":  # bounded by the test's timeout
+        await asyncio.sleep(0.05)
         status = await _call(client, "task_status", {"task_id": blocker["id"]})
     waiting = await _call(client, "submit_task", {"task": "", "agent": "command", "argv": ["true"]})
     assert waiting["tasks_ahead"] == 1
@@ -136,8 +137,16 @@ def http_server(stack: LocalStack) -> Iterator[tuple[str, str]]:
         terminate(proc, 10)
 
 
-def _post(url: str, headers: dict[str, str]) -> tuple[int, str]:
-    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}).encode()
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}},
+}
+
+
+def _post(url: str, headers: dict[str, str], message: dict[str, Any] = INITIALIZE) -> tuple[int, str]:
+    body = json.dumps(message).encode()
     request = urllib.request.Request(
         url, body, {"Content-Type": "application/json", "Accept": "application/json, text/event-stream", **headers}
     )
@@ -161,6 +170,9 @@ def test_http_with_the_official_client_and_the_token_rules(
     assert _post(url, {"Authorization": "Bearer wrong"})[0] == 401
     status, body = _post(url, {"Authorization": f"Bearer {token}", "Origin": "https://evil.example"})
     assert status == 403 and "web pages" in body
+    # Reached by another name (as it is when it serves another address): the token is what counts.
+    status, body = _post(url, {"Authorization": f"Bearer {token}", "Host": "mcp.example.com:8767"})
+    assert status == 200 and '"name":"ccx"' in body.replace(" ", ""), body
     assert runner.list(10) == []  # nothing the strangers sent reached the queue
 
     async def main() -> None:

@@ -8,7 +8,7 @@ restarts of either (a counter that went back to zero would read as a reset).
   read from the keys the queue already has.
 * Counters and the duration histogram are kept in one hash per queue
   (:func:`runner.events.metrics_key`), written where things happen: a task's
-  end (:func:`record_end`, from :func:`runner.lifecycle.end`) and a task going
+  end (:func:`count_end`, in :func:`runner.lifecycle.end`'s pipeline) and a task going
   back to its queue for another attempt (:func:`record_retry`, from the worker).
 """
 
@@ -73,9 +73,9 @@ def duration_seconds(result: TaskResult) -> float | None:
 
 
 def count_end(pipe: Any, queue: str, result: TaskResult) -> None:
-    """Add to ``pipe`` (a MULTI, so a scrape never sees a bucket without its sum) the writes that count
-    a task's end and its duration, if it ran. :func:`runner.lifecycle.end` sends them with the end's
-    other bookkeeping, in one round trip."""
+    """Add to ``pipe`` the writes that count a task's end and its duration, if it ran.
+    :func:`runner.lifecycle.end` sends them with the end's other bookkeeping, in one round trip (a
+    scrape between two of them sees a bucket a moment before its sum: harmless for a histogram)."""
     key = events.metrics_key(queue)
     seconds = duration_seconds(result)
     pipe.hincrby(key, _ENDED + result.status, 1)
@@ -253,6 +253,18 @@ def registry(client: redis.Redis, queue: str) -> CollectorRegistry:
     found = CollectorRegistry(auto_describe=False)  # registering must not read Redis
     found.register(QueueCollector(client, queue))
     return found
+
+
+SCRAPE_TIMEOUT = 2.0
+"""Seconds a scrape's Redis client waits to connect, and for each answer: far inside Prometheus's 10 s
+scrape timeout, so a Redis that is cut off shows as ``ccx_redis_up 0`` rather than a scrape that hangs."""
+
+
+def scrape_client(url: str) -> redis.Redis:
+    """The client scrapes read with: short timeouts and no retries (see :data:`SCRAPE_TIMEOUT`)."""
+    return redis.Redis.from_url(
+        url, socket_connect_timeout=SCRAPE_TIMEOUT, socket_timeout=SCRAPE_TIMEOUT, retry=None, driver_info=None
+    )
 
 
 def serve(client: redis.Redis, queue: str, host: str, port: int) -> str:

@@ -26,11 +26,11 @@ import http.client
 import logging
 import queue as queue_lib
 import secrets
+import socket
+import ssl
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -218,6 +218,10 @@ elseif redis.call('HGET', KEYS[2], 'on_pause') ~= '1' then
 end
 if not url then url = redis.call('HGET', KEYS[2], 'url') end
 if not url or url == '' then return 0 end
+-- What the record shows: scheme and host, never credentials, path or query (see url_for_log).
+local shown = string.match(url, '^[%a][%w+.-]*://[^/?#]*') or ''
+shown = string.gsub(shown, '//[^@/]*@', '//')
+if #url > #(string.match(url, '^[%a][%w+.-]*://[^/?#]*') or '') + 1 then shown = shown .. '/…' end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 redis.call('HSET', KEYS[3], 'url', url, 'event', ARGV[4], 'body', ARGV[2], 'task', ARGV[5], 'queue', ARGV[6],
@@ -228,7 +232,7 @@ redis.call('LPUSH', KEYS[5], '1')
 redis.call('LTRIM', KEYS[5], 0, 0)
 if ARGV[7] == 'task' and redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('HSET', KEYS[1], 'webhook',
-    cjson.encode({url = url, status = 'pending', attempts = 0, delivery = ARGV[1], event = ARGV[4]}))
+    cjson.encode({url = shown, status = 'pending', attempts = 0, delivery = ARGV[1], event = ARGV[4]}))
 end
 return 1
 """
@@ -287,15 +291,21 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
 for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), id) end
 local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-local reply = {tostring(now), nxt[2] or ''}
+local reply = {tostring(now), nxt[2] or '', tostring(now + tonumber(ARGV[1]))}
 for _, id in ipairs(ids) do reply[#reply + 1] = id end
 return reply
 """
 
 # KEYS: the delivery, the outbox, the record (task record or queue webhook hash), the wake list.
-# ARGV: delivery id, outcome JSON, record field, attempts, next attempt ('' = done: delivered or given up).
+# ARGV: delivery id, outcome JSON, record field, attempts, next attempt ('' = done: delivered or given up),
+# the lease (the score the claim gave it).
 # A retry wakes the claimer, which may be waiting for a later one.
 _RECORD_SCRIPT = """
+-- Only the attempt that holds the delivery's lease records: a stale one (its lease ran out and the
+-- delivery was claimed again, or finished) changes nothing, and never brings a delivery back.
+local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('ZREM', KEYS[2], ARGV[1]) return 0 end
+if not score or math.abs(tonumber(score) - tonumber(ARGV[6])) > 0.001 then return 0 end
 if ARGV[5] == '' then
   redis.call('ZREM', KEYS[2], ARGV[1])
   redis.call('DEL', KEYS[1])
@@ -353,43 +363,62 @@ class Response:
         return self.status_code is not None and 200 <= self.status_code < 300
 
 
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    """A redirect is an answer that is not 2xx: following it would resend a signed body somewhere else."""
-
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-_opener = urllib.request.build_opener(_NoRedirects)
+def _abort(conn: http.client.HTTPConnection) -> None:
+    """The attempt's deadline passed: cut its connection, which ends whatever read or write it is in."""
+    sock = conn.sock
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> Response:
-    """POST ``body``; any answer but a 2xx, and any network error, is a failed attempt."""
-    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    """POST ``body``, all of it (connect, send, answer) within ``timeout`` seconds; any answer but a 2xx,
+    and any network error, is a failed attempt. A redirect is not followed: it would resend a signed body
+    somewhere else. (``timeout`` bounds the whole request, not each read: a receiver that answers a byte
+    at a time cannot hold a sender for longer.)"""
+    parts = urllib.parse.urlsplit(url)
     try:
-        with _opener.open(request, timeout=timeout) as answer:
-            answer.read(65536)
+        if parts.scheme == "https":
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                parts.hostname or "", parts.port, timeout=timeout, context=ssl.create_default_context()
+            )
+        else:
+            conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
+    except ValueError as exc:  # e.g. a port that is not a number
+        return Response(None, str(exc))
+    watchdog = threading.Timer(timeout, _abort, args=(conn,))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        conn.request("POST", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""), body, headers)
+        answer = conn.getresponse()
+        answer.read(65536)
+        if 200 <= answer.status < 300:
             return Response(answer.status)
-    except urllib.error.HTTPError as exc:
-        exc.close()
-        return Response(exc.code, f"HTTP {exc.code} {exc.reason}".strip())
-    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
-        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-        return Response(None, str(reason) or type(reason).__name__)
+        return Response(answer.status, f"HTTP {answer.status} {answer.reason}".strip())
+    except (http.client.HTTPException, OSError, ValueError) as exc:
+        if not watchdog.is_alive():
+            return Response(None, f"no complete answer within {timeout:g} s")
+        return Response(None, str(exc) or type(exc).__name__)
+    finally:
+        watchdog.cancel()
+        conn.close()
 
 
 def url_for_log(url: str) -> str:
-    """Scheme, host and path only: a URL's credentials and query (often a token) stay out of logs."""
+    """Scheme and host only (``https://hooks.example.com/…``): a URL's credentials, path and query often
+    are its secret (Slack-style hooks put it in the path), so records and logs never show them."""
     parts = urllib.parse.urlsplit(url)
     host = parts.hostname or ""
     with contextlib.suppress(ValueError):
         host += f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{parts.path}"
+    rest = "/…" if (parts.path not in ("", "/") or parts.query) else ""
+    return f"{parts.scheme}://{host}{rest}"
 
 
 def backoff(attempts: int, first: float, ceiling: float) -> float:
     """Seconds before attempt ``attempts + 1``: ``first``, doubled after each failure, at most ``ceiling``."""
-    return min(ceiling, max(0.05, first) * 2 ** max(0, attempts - 1))
+    return min(ceiling, max(0.05, first) * 2 ** min(62, max(0, attempts - 1)))  # (no float overflow)
 
 
 def dashboard_base(settings: Settings) -> str | None:
@@ -438,6 +467,7 @@ class Deliverer:
         self._record = self.client.register_script(_RECORD_SCRIPT)
         self._work: queue_lib.Queue[str | None] = queue_lib.Queue()
         self._idle = threads
+        self._inflight: set[str] = set()
         self._idle_changed = threading.Condition()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._claim_loop, name="ccx-webhooks", daemon=True)]
@@ -485,11 +515,15 @@ class Deliverer:
         if self._stop.is_set():
             return 0.0
         reply = self._claim(keys=[events.webhook_due_key(self.queue)], args=[self.timeout + CLAIM_MARGIN, free])
-        now, next_due, ids = float(reply[0]), reply[1], [item.decode() for item in reply[2:]]
+        now, next_due, lease = float(reply[0]), reply[1], reply[2].decode()
+        ids = [item.decode() for item in reply[3:]]
         with self._idle_changed:
+            # One in flight per delivery: one whose lease ran out while it is still being sent waits.
+            ids = [delivery_id for delivery_id in ids if delivery_id not in self._inflight]
+            self._inflight.update(ids)
             self._idle -= len(ids)
         for delivery_id in ids:
-            self._work.put(delivery_id)
+            self._work.put(f"{delivery_id} {lease}")
         if len(ids) == free:
             return 0.0  # perhaps more are due
         if not next_due:
@@ -498,21 +532,23 @@ class Deliverer:
 
     def _send_loop(self) -> None:
         while True:
-            delivery_id = self._work.get()
-            if delivery_id is None:
+            item = self._work.get()
+            if item is None:
                 return
+            delivery_id, lease = item.split(" ", 1)
             try:
-                self.attempt(delivery_id)
+                self.attempt(delivery_id, lease)
             except redis.RedisError as exc:  # the lease runs out and it is claimed again
                 log.warning("webhook delivery %s: Redis failed during it (%s); it is tried again", delivery_id, exc)
             except Exception as exc:
                 log.error("webhook delivery %s: internal error: %r", delivery_id, exc)
             finally:
                 with self._idle_changed:
+                    self._inflight.discard(delivery_id)
                     self._idle += 1
                     self._idle_changed.notify_all()
 
-    def attempt(self, delivery_id: str) -> dict[str, Any] | None:
+    def attempt(self, delivery_id: str, lease: str = "") -> dict[str, Any] | None:
         """POST one delivery once and record the outcome; return what was recorded (None: nothing to do)."""
         delivery = Delivery.load(self.client, delivery_id)
         if delivery is None:  # expired, or finished by another deliverer meanwhile
@@ -524,9 +560,14 @@ class Deliverer:
         response = self.sender(delivery.url, body, headers, self.timeout)
         seconds, micros = self.client.time()
         now = seconds + micros / 1e6
-        return self._outcome(delivery, response, now)
+        return self._outcome(delivery, response, now, lease)
 
-    def _outcome(self, delivery: Delivery, response: Response, now: float) -> dict[str, Any]:
+    def _lease_of(self, delivery_id: str) -> str:
+        """The delivery's current score, for an attempt made outside :meth:`dispatch` (tests, tools)."""
+        score = self.client.zscore(events.webhook_due_key(self.queue), delivery_id)
+        return repr(score) if score is not None else "-1"
+
+    def _outcome(self, delivery: Delivery, response: Response, now: float, lease: str = "") -> dict[str, Any]:
         attempts = delivery.attempts + 1
         delay = backoff(attempts, self.settings.webhook_backoff, self.settings.webhook_backoff_max)
         if response.ok:
@@ -536,7 +577,7 @@ class Deliverer:
         else:
             status, next_at = RETRYING, now + delay
         outcome: dict[str, Any] = {
-            "url": delivery.url,
+            "url": url_for_log(delivery.url),
             "event": delivery.event,
             "delivery": delivery.id,
             "status": status,
@@ -561,6 +602,7 @@ class Deliverer:
                 "webhook" if delivery.task_id else "last_delivery",
                 attempts,
                 "" if next_at is None else repr(next_at),
+                lease or self._lease_of(delivery.id),
             ],
         )
         if status == FAILED:

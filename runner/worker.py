@@ -267,7 +267,7 @@ def run_worker(
     redis_client(settings.redis_url).ping()  # a wrong URL or a Redis that is down is said at once
     # Its own client, quick to give up: a scrape during an outage reports ccx_redis_up 0 instead of hanging.
     metrics_url = (
-        metrics.serve(redis_client(settings.redis_url), settings.queue, metrics_host, metrics_port)
+        metrics.serve(metrics.scrape_client(settings.redis_url), settings.queue, metrics_host, metrics_port)
         if metrics_port is not None
         else ""
     )

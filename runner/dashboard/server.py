@@ -18,6 +18,7 @@ GET endpoints (JSON; with a token, send the cookie or ``Authorization: Bearer``)
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import re
@@ -121,7 +122,10 @@ class Dashboard:
         self.index = _static("index.html")
         self.login = _static("login.html")
         self.assets = {name: _static(name) for name in _ASSETS}
-        self.metrics = metrics.registry(runner.redis, config.queue)
+        self.metrics = metrics.registry(metrics.scrape_client(config.redis_url), config.queue)
+        # Scrapes get a thread of their own: a slow Redis never holds up submit and cancel, which use
+        # the default executor.
+        self._scrapes = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ccx-metrics")
 
     async def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
@@ -156,8 +160,10 @@ class Dashboard:
         if websocket:
             return None
         if path == metrics.PATH:
-            # The collector reads Redis with the (sync) Runner client: off the event loop.
-            body = await asyncio.to_thread(prometheus_client.generate_latest, self.metrics)
+            # The collector reads Redis with a sync client: off the event loop, on the scrapes' thread.
+            body = await asyncio.get_running_loop().run_in_executor(
+                self._scrapes, prometheus_client.generate_latest, self.metrics
+            )
             return _response(HTTPStatus.OK, body, prometheus_client.CONTENT_TYPE_LATEST)
         if path == "/" or re.fullmatch(r"/tasks/[^/]+", path):
             return _response(HTTPStatus.OK, self.index, "text/html; charset=utf-8", _PAGE_SECURITY)

@@ -3,6 +3,7 @@ to a real HTTP receiver (a finished, a failed and a cancelled task, a flaky and 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import threading
@@ -96,11 +97,16 @@ def test_the_signature_is_hmac_sha256_of_timestamp_dot_body_and_verifies_only_un
 
 
 def test_backoff_doubles_up_to_its_ceiling() -> None:
-    assert [webhooks.backoff(n, 1, 60) for n in (1, 2, 3, 4, 7, 8, 20)] == [1, 2, 4, 8, 60, 60, 60]
+    assert [webhooks.backoff(n, 1, 60) for n in (1, 2, 3, 4, 7, 8, 20, 5000)] == [1, 2, 4, 8, 60, 60, 60, 60]
 
 
-def test_logs_name_the_endpoint_without_its_credentials_or_query() -> None:
-    assert webhooks.url_for_log("https://u:pw@hooks.example:8443/in?token=abc") == "https://hooks.example:8443/in"
+def test_logs_and_records_name_the_endpoint_without_its_credentials_path_or_query() -> None:
+    # A Slack-style hook keeps its secret in the path, others in the query or the credentials.
+    assert webhooks.url_for_log("https://u:pw@hooks.example:8443/in?token=abc") == "https://hooks.example:8443/…"
+    assert (
+        webhooks.url_for_log("https://hooks.slack.example/services/T0/B0/XYZSECRET") == "https://hooks.slack.example/…"
+    )
+    assert webhooks.url_for_log("http://127.0.0.1:9000/") == "http://127.0.0.1:9000"
 
 
 @pytest.mark.parametrize("bad", ["ftp://example.com/x", "example.com/hook", "http://", "http://a b/", 42])
@@ -137,7 +143,7 @@ def test_nothing_is_queued_without_a_url_and_a_tasks_own_url_wins(redis_client: 
         urls[delivery.task_id] = delivery.url
     assert urls == {"own": "http://own.example/hook", "plain": "http://queue.example/hook"}
     pending = orjson.loads(redis_client.hget(events.info_key("own"), "webhook"))
-    assert pending["status"] == webhooks.PENDING and pending["url"] == "http://own.example/hook"
+    assert pending["status"] == webhooks.PENDING and pending["url"] == "http://own.example/…"  # never its path
     record = TaskStore(redis_client).get("own")  # what `ccx status ID --json` and Runner.get() show
     assert record is not None and record.to_dict()["webhook"] == pending
 
@@ -419,3 +425,62 @@ def test_a_delivery_queued_while_no_worker_runs_is_sent_once_one_starts(
     finally:
         deliverer.stop()
         deliverer.client.close()
+
+
+def test_a_stale_attempt_neither_overwrites_the_outcome_nor_brings_a_delivery_back(
+    redis_client: redis.Redis, queue_name: str
+) -> None:
+    """An attempt whose lease ran out (the delivery was claimed again, and delivered) records nothing."""
+    settings = Settings(queue=queue_name)
+    deliverer = webhooks.Deliverer(settings, client=redis_client, sender=ScriptedSender([500]))
+    webhooks.set_queue_webhook(redis_client, queue_name, "http://q.example/hook")
+    _record_with_spec(redis_client, "t")
+    webhooks.on_end(redis_client, queue_name, TaskResult(id="t", success=True))
+    (delivery_id,) = _due(redis_client, queue_name)
+    stale_lease = "12345.0"  # not the delivery's score: the lease it was sent under has passed
+    outcome = deliverer.attempt(delivery_id, stale_lease)
+    assert outcome is not None and outcome["status"] == webhooks.RETRYING  # what it would have said…
+    record = orjson.loads(redis_client.hget(events.info_key("t"), "webhook"))
+    assert record["status"] == webhooks.PENDING and record["attempts"] == 0  # …but the record is untouched
+    assert redis_client.hget(events.webhook_delivery_key(delivery_id), "attempts") == b"0"
+
+    ok = webhooks.Deliverer(settings, client=redis_client, sender=ScriptedSender([200]))
+    assert ok.attempt(delivery_id)["status"] == webhooks.DELIVERED  # type: ignore[index]
+    deliverer.attempt(delivery_id, stale_lease)  # the old attempt reports late: the delivery is gone
+    assert not redis_client.exists(events.webhook_delivery_key(delivery_id))
+    assert _due(redis_client, queue_name) == []
+    assert orjson.loads(redis_client.hget(events.info_key("t"), "webhook"))["status"] == webhooks.DELIVERED
+
+
+def test_a_receiver_that_answers_a_byte_at_a_time_gets_the_whole_timeout_not_more() -> None:
+    """The timeout bounds a whole POST, so a trickling receiver cannot hold a sender thread."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    stop = threading.Event()
+
+    def trickle() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"x" * 1000:
+                if stop.wait(0.2):
+                    return
+                with contextlib.suppress(OSError):
+                    conn.sendall(bytes([byte]))
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    started = time.monotonic()
+    try:
+        answer = webhooks.post(f"http://127.0.0.1:{server.getsockname()[1]}/hook", b"{}", {}, timeout=1.0)
+    finally:
+        stop.set()
+        server.close()
+    elapsed = time.monotonic() - started
+    assert not answer.ok and answer.error == "no complete answer within 1 s"
+    assert elapsed < 5, elapsed  # 1 s, plus a loaded machine's slack; without the bound it would take minutes
+    thread.join(5)

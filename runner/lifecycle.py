@@ -119,11 +119,16 @@ def settle_new_dependent(store: TaskStore, task_id: str, after: str, after_any: 
     predecessor = store.get(after)
     if predecessor is None or predecessor.result is None or predecessor.result.success:
         return
-    job = fetch_job(store.client, task_id)
-    if job is None or job.get_status() != JobStatus.DEFERRED:
-        return  # RQ already let it run (after_any and a failed predecessor)
-    if not after_any or predecessor.result.cancelled:
-        what = "was cancelled" if predecessor.result.cancelled else "failed"
+    if not predecessor.result.cancelled:
+        if after_any:
+            return  # after_any and a failed predecessor: it runs (RQ has let it, or will)
+        job = fetch_job(store.client, task_id)
+        if job is None or job.get_status() != JobStatus.DEFERRED:
+            return
+    # A cancelled predecessor cancels it whatever RQ made of it: RQ enqueues a dependent of a job it has
+    # already filed as canceled when failures are allowed, which would let it run.
+    what = "was cancelled" if predecessor.result.cancelled else "failed"
+    with contextlib.suppress(UnknownTask):
         cancel(
             store,
             task_id,

@@ -260,6 +260,8 @@ def test_after_a_task_that_already_ended_badly_never_waits_forever(runner: Runne
     dependent = runner.submit(agent="command", argv=["true"], after=blocker.id, after_any=True)
     assert runner.cancel(blocker.id) == "cancelling"
     assert blocker.result(timeout=30).cancelled
+    # The worst moment: RQ has filed the job as canceled, and so would enqueue an after_any dependent at once.
+    wait_until(lambda: runner.job(blocker.id).get_status() == "canceled", 30, what="RQ to file the cancel")
     late_after_running = runner.submit(agent="command", argv=["true"], after=blocker.id, after_any=True)
     assert dependent.result(timeout=30).cancelled and late_after_running.result(timeout=30).cancelled
 

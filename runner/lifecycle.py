@@ -29,7 +29,7 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from runner import events, metrics, queue_state, webhooks
+from runner import events, metrics, webhooks
 from runner.errors import UnknownTask
 from runner.spec import TaskResult
 from runner.store import Started, TaskStore
@@ -65,19 +65,15 @@ def end(store: TaskStore, result: TaskResult, queue: str, job: Job | None = None
     (whoever ended it settled them) or ``run`` is no longer its current run."""
     if not store.finalize(result, queue, run):
         return False
-    # The end's bookkeeping, in one round trip: its cost, its metrics, and its webhook (queued for the
-    # worker's deliverer, never sent here). A plain pipeline, not MULTI: one refused command (a Redis
+    # The end's bookkeeping, in one round trip: its metrics and its webhook (queued for the worker's
+    # deliverer, never sent here); its cost was counted by the finalize script itself. A plain pipeline, not MULTI: one refused command (a Redis
     # without scripting, say) must not discard the others. The end itself is recorded already, so a
     # failure here is logged, never raised, and the dependents are still settled.
-    cost = (result.agent or {}).get("total_cost_usd")
     parts = []
     try:
         with store.client.pipeline(transaction=False) as pipe:
-            if isinstance(cost, (int, float)) and cost > 0:
-                queue_state.count_cost(pipe, queue, float(cost))
-                parts += ["its cost"] * 2
             metrics.count_end(pipe, queue, result)
-            parts += ["its metrics"] * (len(pipe.command_stack) - len(parts))
+            parts += ["its metrics"] * len(pipe.command_stack)
             webhooks.queue_end(pipe, queue, result, store.log_ttl)
             parts.append("its webhook")
             replies = pipe.execute(raise_on_error=False)
@@ -85,7 +81,7 @@ def end(store: TaskStore, result: TaskResult, queue: str, job: Job | None = None
         for what in failed:
             log.warning("task %s: %s could not be recorded in Redis", result.id, what)
     except redis.RedisError as exc:
-        log.warning("task %s: its cost, metrics and webhook could not be recorded (%s)", result.id, exc)
+        log.warning("task %s: its metrics and webhook could not be recorded (%s)", result.id, exc)
     job = job if job is not None else fetch_job(store.client, result.id)
     if job is not None:
         settle_dependents(store, job, result)

@@ -110,25 +110,27 @@ def today(now: float | None = None) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(time.time() if now is None else now))
 
 
-def count_cost(pipe: Any, queue: str, usd: float) -> None:
-    """Add to ``pipe`` the writes that count a task's reported cost in the queue's totals (all time, and
-    the UTC day)."""
-    key = events.costs_key(queue)
-    pipe.hincrbyfloat(key, "total", usd)
-    pipe.hincrbyfloat(key, f"day:{today()}", usd)
+TOTAL = "total"
+
+
+def day_field(now: float | None = None) -> str:
+    """The field of the costs hash (:func:`runner.events.costs_key`) that holds a UTC day's spend."""
+    return f"day:{today(now)}"
 
 
 def add_cost(client: redis.Redis, queue: str, usd: float) -> None:
-    """Count a task's reported cost in the queue's totals, now."""
+    """Count a cost in the queue's totals (all time, and the UTC day). A task's own cost is counted by
+    the script that records its end (runner/store.py), so that its result is never seen before its cost."""
     with client.pipeline(transaction=False) as pipe:
-        count_cost(pipe, queue, usd)
+        pipe.hincrbyfloat(events.costs_key(queue), TOTAL, usd)
+        pipe.hincrbyfloat(events.costs_key(queue), day_field(), usd)
         pipe.execute()
 
 
 def costs(client: redis.Redis, queue: str) -> dict[str, float]:
     """``{"today": …, "total": …}`` in USD, and ``budget_per_day`` when one is set."""
     with client.pipeline(transaction=False) as pipe:
-        pipe.hmget(events.costs_key(queue), "total", f"day:{today()}")
+        pipe.hmget(events.costs_key(queue), TOTAL, day_field())
         pipe.hget(events.queue_state_key(queue), "budget_per_day")
         (total, day), budget = pipe.execute()
     found = {"today": float(day or 0), "total": float(total or 0)}

@@ -18,20 +18,26 @@ from typing import Any
 import orjson
 import redis
 
-from runner import events
+from runner import events, queue_state
 from runner.spec import TaskResult, TaskSpec
 
 # Ends a task: sets status and fields, logs and publishes the result event, marks the task done (KEYS[5],
 # a one-entry stream result waiters block on),
-# drops the run lease (KEYS[6]) and sets the expiry of the finished task's keys.
-# ARGV: status, field/value pairs..., lifecycle event, log event, maxlen, ttl, run ('' = any run).
+# drops the run lease (KEYS[6]), counts the task's cost in the queue's totals (KEYS[7], so its result is
+# never seen before its cost) and sets the expiry of the finished task's keys.
+# ARGV: status, cost ('' = none), the costs hash's total and day fields, field/value pairs..., lifecycle
+# event, log event, maxlen, ttl, run ('' = any run).
 # With a run id, only that run (the one the record says is current) may end the task.
 _FINALIZE_SCRIPT = """
 if redis.call('HEXISTS', KEYS[1], 'result') == 1 then return 0 end
 local n = #ARGV
 if ARGV[n] ~= '' and redis.call('HGET', KEYS[1], 'run') ~= ARGV[n] then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1])
-for i = 2, n - 5, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if ARGV[2] ~= '' then
+  redis.call('HINCRBYFLOAT', KEYS[7], ARGV[3], ARGV[2])
+  redis.call('HINCRBYFLOAT', KEYS[7], ARGV[4], ARGV[2])
+end
+for i = 5, n - 5, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[n - 2], '*', 'e', ARGV[n - 3])
 redis.call('PUBLISH', KEYS[3], ARGV[n - 3])
 redis.call('PUBLISH', KEYS[4], ARGV[n - 4])
@@ -261,10 +267,22 @@ class TaskStore:
             "error": result.error,
             "cost_usd": result.agent.get("total_cost_usd"),
         }
+        cost = result.agent.get("total_cost_usd")
+        counted = (
+            repr(float(cost)) if isinstance(cost, (int, float)) and not isinstance(cost, bool) and cost > 0 else ""
+        )
         reply = self._finalize(
-            keys=[*self._keys(result.id), events.done_key(result.id), events.lease_key(result.id)],
+            keys=[
+                *self._keys(result.id),
+                events.done_key(result.id),
+                events.lease_key(result.id),
+                events.costs_key(queue),
+            ],
             args=[
                 result.status,
+                counted,  # the task's cost, counted in the queue's totals with its end, atomically
+                queue_state.TOTAL,
+                queue_state.day_field(),
                 "result",
                 payload,
                 "ended_at",

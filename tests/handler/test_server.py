@@ -734,7 +734,7 @@ def test_a_newer_fencing_token_stops_the_older_run_first_and_an_older_token_is_r
     async def scenario() -> None:
         async with serving(max_concurrent=2) as served, await served.client() as old, await served.client() as new:
             await old.execute("a", [PY, "-c", LONER, str(tmp_path), "a", "60"], fence={"key": "q", "token": 1})
-            first = await old.read_until_output("a", "alone")
+            first = await old.read_until_output("a", "alone\n")
             assert first.output() == "alone\n"
             exchange = await new.run("b", [PY, "-c", LONER, str(tmp_path), "b", "0"], fence={"key": "q", "token": 2})
             assert (exchange.output(), exchange.result["exit_code"]) == ("alone\n", 0)

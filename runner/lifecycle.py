@@ -69,17 +69,15 @@ def end(store: TaskStore, result: TaskResult, queue: str, job: Job | None = None
     # deliverer, never sent here); its cost was counted by the finalize script itself. A plain pipeline, not MULTI: one refused command (a Redis
     # without scripting, say) must not discard the others. The end itself is recorded already, so a
     # failure here is logged, never raised, and the dependents are still settled.
-    parts = []
     try:
         with store.client.pipeline(transaction=False) as pipe:
             metrics.count_end(pipe, queue, result)
-            parts += ["its metrics"] * len(pipe.command_stack)
-            webhooks.queue_end(pipe, queue, result, store.log_ttl)
-            parts.append("its webhook")
-            replies = pipe.execute(raise_on_error=False)
-        failed = sorted({what for what, reply in zip(parts, replies, strict=True) if isinstance(reply, Exception)})
-        for what in failed:
-            log.warning("task %s: %s could not be recorded in Redis", result.id, what)
+            webhooks.queue_end(pipe, queue, result, store.log_ttl)  # the last command
+            *counted, queued = pipe.execute(raise_on_error=False)
+        if any(isinstance(reply, Exception) for reply in counted):
+            log.warning("task %s: its metrics could not be recorded in Redis", result.id)
+        if isinstance(queued, Exception):
+            log.warning("task %s: its webhook could not be queued (%s)", result.id, queued)
     except redis.RedisError as exc:
         log.warning("task %s: its metrics and webhook could not be recorded (%s)", result.id, exc)
     job = job if job is not None else fetch_job(store.client, result.id)

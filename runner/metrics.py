@@ -19,7 +19,6 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import redis
@@ -291,6 +290,6 @@ def serve(client: redis.Redis, queue: str, host: str, port: int) -> str:
 def _epoch(iso_time: str | None) -> float | None:
     """Epoch seconds of one of our ISO times; None for none or junk (a metric is never worth an exception)."""
     try:
-        return datetime.fromisoformat(iso_time).timestamp() if iso_time else None
+        return events.epoch(iso_time) if iso_time else None
     except ValueError:
         return None

@@ -36,7 +36,7 @@ from rq.job import JobStatus
 from runner import events, lifecycle
 from runner.errors import CcxError, Unavailable
 from runner.lifecycle import fetch_job
-from runner.spec import SpecError, TaskResult, TaskSpec
+from runner.spec import SpecError, TaskResult, TaskSpec, title
 
 if TYPE_CHECKING:
     from runner.client import Runner
@@ -141,8 +141,6 @@ class Schedule:
         return data
 
     def title(self) -> str:
-        from runner.dashboard.data import title
-
         return title(self.spec)
 
 
@@ -167,7 +165,7 @@ def _load(raw: bytes) -> Schedule | None:
         return None
 
 
-def _loaded(raws: list[bytes]) -> list[Schedule]:
+def loaded(raws: list[bytes]) -> list[Schedule]:
     """The readable ones of ``raws``, soonest first."""
     return sorted((s for s in map(_load, raws) if s is not None), key=lambda s: s.next_at)
 
@@ -199,7 +197,7 @@ def add(client: redis.Redis, queue: str, cron: str, spec: TaskSpec | dict[str, A
 
 def all_of(client: redis.Redis, queue: str) -> list[Schedule]:
     """The queue's schedules, soonest first."""
-    return _loaded(client.hvals(events.schedules_key(queue)))
+    return loaded(client.hvals(events.schedules_key(queue)))
 
 
 def remove(client: redis.Redis, queue: str, schedule_id: str) -> bool:
@@ -317,7 +315,7 @@ class Ticker:
             if self.rq_scheduler.acquired_locks:
                 self.rq_scheduler.enqueue_scheduled_jobs()
             note_due_tasks(self.runner)
-        entries = _loaded(raw_schedules)
+        entries = loaded(raw_schedules)
         if entries and entries[0].next_at <= now:
             fire_due(self.runner, now, entries)
 

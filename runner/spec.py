@@ -71,6 +71,19 @@ def _check_webhook(value: Any) -> str:
         raise SpecError(str(exc)) from None
 
 
+TITLE_CHARS = 160
+
+
+def title(spec: dict[str, Any]) -> str:
+    """One line saying what a task does: the prompt, or the command line (lists, dashboards, tools)."""
+    if spec.get("agent") == "command":
+        what = " ".join(str(arg) for arg in spec.get("argv") or [])
+    else:
+        what = str(spec.get("task") or "")
+    what = " ".join(what.split())
+    return what if len(what) <= TITLE_CHARS else what[: TITLE_CHARS - 1] + "…"
+
+
 @dataclass
 class TaskSpec:
     """What to run. ``task`` is the prompt; ``argv`` is for the ``command`` agent."""

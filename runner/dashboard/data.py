@@ -17,8 +17,9 @@ from rq import Queue
 from rq.job import Job
 from rq.registry import DeferredJobRegistry, StartedJobRegistry
 
-from runner import events, queue_state
+from runner import events, queue_state, schedules
 from runner.events import lock_key
+from runner.spec import title
 
 QUEUED_SHOWN = 200
 """Queued tasks listed (the count says how many more wait)."""
@@ -27,7 +28,6 @@ INDEX_SCANNED = 300
 RECENT_SHOWN = 30
 RESULT_OUTPUT_SHOWN = 64 * 1024
 """Characters of a result's ``output`` sent to the task page (the tail); the log has everything."""
-TITLE_CHARS = 160
 MASK = "***"
 """What the dashboard shows instead of the values of a spec's ``env``."""
 
@@ -73,40 +73,22 @@ def _text(value: bytes | None) -> str | None:
     return value.decode(errors="replace") if value is not None else None
 
 
-def title(spec: dict[str, Any]) -> str:
-    """One line saying what a task does: the prompt, or the command line."""
-    if spec.get("agent") == "command":
-        what = " ".join(str(arg) for arg in spec.get("argv") or [])
-    else:
-        what = str(spec.get("task") or "")
-    what = " ".join(what.split())
-    return what if len(what) <= TITLE_CHARS else what[: TITLE_CHARS - 1] + "…"
-
-
 def _schedules(raws: list[bytes]) -> list[dict[str, Any]]:
     """The queue's recurring schedules (runner/schedules.py's entries) for the page, soonest first."""
-    found: list[tuple[float, dict[str, Any]]] = []
-    for raw in raws:
-        try:
-            entry = orjson.loads(raw)
-            next_at = float(entry["next_at"])
-            last_at = float(entry["last_at"]) if entry.get("last_at") else None
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-            continue  # not a schedule: leave it out rather than fail the whole view
-        spec = entry.get("spec") if isinstance(entry.get("spec"), dict) else {}
-        last_task = entry.get("last_task")
-        row = {
-            "id": str(entry.get("id") or ""),
-            "cron": str(entry.get("cron") or ""),
-            "agent": spec.get("agent", "?"),
-            "title": title(spec),
-            "next_at": events.iso(next_at),
-            "last_at": events.iso(last_at) if last_at else None,
-            "last_task": last_task if isinstance(last_task, str) and TASK_ID.match(last_task) else None,
+    return [
+        {
+            "id": entry.id,
+            "cron": entry.cron,
+            "agent": entry.spec.get("agent", "?"),
+            "title": title(entry.spec),
+            "next_at": events.iso(entry.next_at),
+            "last_at": events.iso(entry.last_at) if entry.last_at else None,
+            "last_task": entry.last_task
+            if isinstance(entry.last_task, str) and TASK_ID.match(entry.last_task)
+            else None,
         }
-        found.append((next_at, row))
-    found.sort(key=lambda pair: pair[0])
-    return [row for _, row in found]
+        for entry in schedules.loaded(raws)
+    ]
 
 
 def result_summary(result: dict[str, Any]) -> dict[str, Any]:

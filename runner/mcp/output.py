@@ -231,6 +231,4 @@ def read_page(client: redis.Redis, task_id: str, cursor: str, max_bytes: int, tr
             return page.page(carry_at, False)  # the line is shown once it is whole
         if not flush_carry(_render_line(carry)):
             return page.page(carry_at, True)
-    elif held and not flush_carry(""):  # (cannot happen: stderr is held only while carrying)
-        return page.page(resume, True)
     return page.page(resume, False)

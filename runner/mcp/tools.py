@@ -9,17 +9,18 @@ the same sentence the CLI prints; the server turns it into an MCP tool error.
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
+import orjson
 import redis
 
 from runner import events
 from runner.client import Runner
-from runner.dashboard.data import title
-from runner.errors import CcxError, Unavailable, UnknownTask, UsageError
+from runner.errors import Unavailable, UnknownTask, UsageError
 from runner.mcp.output import BadCursor, read_page
-from runner.spec import SpecError
+from runner.spec import title
 
 RESULT_OUTPUT_CHARS = 4000
 """The result's output a model gets from wait_for_result; the rest is one read_output call away."""
@@ -32,6 +33,7 @@ DEFAULT_PAGE_BYTES = 8000
 def _redis_errors(func: Any) -> Any:
     """Redis failing mid-call is said in one sentence, like the CLI says it."""
 
+    @functools.wraps(func)
     def wrapper(runner: Runner, *args: Any, **kwargs: Any) -> Any:
         try:
             return func(runner, *args, **kwargs)
@@ -39,8 +41,6 @@ def _redis_errors(func: Any) -> Any:
             runner.ping()  # the sentence that names the URL and what to do, when Redis is down or refuses us
             raise Unavailable(f"Redis failed the request ({exc}); call the tool again.") from None
 
-    wrapper.__name__ = func.__name__
-    wrapper.__doc__ = func.__doc__
     return wrapper
 
 
@@ -139,8 +139,6 @@ def _outcome(result: dict[str, Any], with_output: bool) -> dict[str, Any]:
             answer["output_chars"] = len(output)
         structured = result.get("structured_output")
         if structured is not None:
-            import orjson
-
             text = orjson.dumps(structured).decode()
             if len(text) <= STRUCTURED_OUTPUT_CHARS:
                 answer["structured_output"] = structured
@@ -260,16 +258,3 @@ def queue_status(runner: Runner) -> dict[str, Any]:
     if "budget_per_day" in costs:
         answer["budget_per_day_usd"] = costs["budget_per_day"]
     return answer
-
-
-__all__ = [
-    "CcxError",
-    "SpecError",
-    "cancel_task",
-    "list_tasks",
-    "queue_status",
-    "read_output",
-    "submit_task",
-    "task_status",
-    "wait_for_result",
-]

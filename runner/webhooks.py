@@ -386,20 +386,37 @@ def post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> Resp
             conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
     except ValueError as exc:  # e.g. a port that is not a number
         return Response(None, str(exc))
-    watchdog = threading.Timer(timeout, _abort, args=(conn,))
+    # Once the deadline has cut the socket, what http.client makes of the cut depends on where it was
+    # (RemoteDisconnected, BadStatusLine('HTTP') for a half-read status line, even a "200" whose headers
+    # were cut short), so the attempt's outcome is then the timeout, whatever the request returned or raised.
+    # The flag, not the timer thread's liveness: that thread may still be running when the error arrives.
+    # A TimeoutError is the same story: the socket's own per-read timeout is the same N s, and on a busy
+    # machine it may expire before the timer thread is scheduled.
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()  # before the cut, so whoever sees the cut finds it set
+        _abort(conn)
+
+    timed_out = Response(None, f"no complete answer within {timeout:g} s")
+    watchdog = threading.Timer(timeout, expire)
     watchdog.daemon = True
     watchdog.start()
     try:
         conn.request("POST", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""), body, headers)
         answer = conn.getresponse()
         answer.read(65536)
+        if expired.is_set():
+            return timed_out
         if 200 <= answer.status < 300:
             return Response(answer.status)
         return Response(answer.status, f"HTTP {answer.status} {answer.reason}".strip())
-    except (http.client.HTTPException, OSError, ValueError) as exc:
-        if not watchdog.is_alive():
-            return Response(None, f"no complete answer within {timeout:g} s")
-        return Response(None, str(exc) or type(exc).__name__)
+    except Exception as exc:
+        if expired.is_set() or isinstance(exc, TimeoutError):
+            return timed_out
+        if isinstance(exc, (http.client.HTTPException, OSError, ValueError)):
+            return Response(None, str(exc) or type(exc).__name__)
+        raise
     finally:
         watchdog.cancel()
         conn.close()

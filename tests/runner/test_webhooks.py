@@ -484,3 +484,48 @@ def test_a_receiver_that_answers_a_byte_at_a_time_gets_the_whole_timeout_not_mor
     assert not answer.ok and answer.error == "no complete answer within 1 s"
     assert elapsed < 5, elapsed  # 1 s, plus a loaded machine's slack; without the bound it would take minutes
     thread.join(5)
+
+
+@pytest.mark.parametrize(
+    "partial",
+    [
+        b"",  # http.client: RemoteDisconnected
+        b"HTTP",  # BadStatusLine('HTTP')
+        b"HTTP/1.1 200 OK\r\nX-Slow: x",  # headers cut short: http.client takes it for a whole 200
+    ],
+)
+def test_a_post_cut_by_its_deadline_reports_the_timeout_whatever_http_client_made_of_the_cut(
+    partial: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deterministic, not by timing: the receiver sends ``partial`` and stalls, and the deadline's thread is
+    held alive after cutting the socket (as on a busy machine, where it is not scheduled to finish), so
+    the sender sees http.client's own error for the cut, or even a 200, while the timer is still running."""
+    import socket
+
+    real_abort, released = webhooks._abort, threading.Event()
+
+    def abort_and_linger(conn: Any) -> None:
+        real_abort(conn)
+        released.wait(10)
+
+    monkeypatch.setattr(webhooks, "_abort", abort_and_linger)
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+
+    def stall() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(partial)
+            released.wait(10)
+
+    thread = threading.Thread(target=stall, daemon=True)
+    thread.start()
+    try:
+        answer = webhooks.post(f"http://127.0.0.1:{server.getsockname()[1]}/hook", b"{}", {}, timeout=0.5)
+    finally:
+        released.set()
+        server.close()
+    thread.join(5)
+    assert answer == webhooks.Response(None, "no complete answer within 0.5 s")

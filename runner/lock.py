@@ -16,8 +16,12 @@
   abandoned only once its lease has expired; a new lock holder waits for a live
   lease to end before it starts anything, so the real result of a run whose
   worker merely paused is kept.
-* **A dead predecessor on this host** (its pid is gone, or is our own pid in a
-  fresh container) is taken over at once instead of after the TTL.
+* **A dead predecessor in this PID namespace** is taken over at once instead of
+  after the TTL. A holder names its host, boot id, PID namespace and pid
+  (:func:`process_identity`); only when the first three are ours does its pid mean
+  anything here, so a live worker that merely shares our host name (containers of
+  one pod, ``network_mode: host``) or a holder in the old ``host:pid:nonce`` form is
+  waited out (:func:`holder_is_dead_here`).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import socket
 import threading
 import time
 import uuid
+from typing import NamedTuple
 
 import redis
 from redis.backoff import NoBackoff
@@ -79,6 +84,65 @@ class WorkerLocked(Conflict):
     """Another worker holds the queue's lock."""
 
 
+class Holder(NamedTuple):
+    """Who holds a lock or a lease: ``host@boot_id/pidns:pid:nonce`` (see :func:`process_identity`)."""
+
+    host: str
+    boot_id: str
+    pid_namespace: str
+    pid: int
+    nonce: str
+
+    def __str__(self) -> str:
+        return f"{self.host}@{self.boot_id}/{self.pid_namespace}:{self.pid}:{self.nonce}"
+
+
+_UNKNOWN = "unknown"
+
+
+def _boot_id() -> str:
+    # Tells this boot of the kernel from any other, so a rebooted host (or another machine with our host
+    # name) never matches a holder written before.
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as handle:
+            return handle.read().strip() or _UNKNOWN
+    except OSError:
+        return _UNKNOWN
+
+
+def _pid_namespace() -> str:
+    # The inode of our PID namespace: unique among the namespaces alive on this boot, so two containers
+    # sharing a host name (one pod, hostNetwork, ``network_mode: host``) never look alike. Not cached: a
+    # forked child may live in another namespace than its parent (``unshare(CLONE_NEWPID)``).
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return _UNKNOWN
+
+
+def process_identity(nonce: str | None = None) -> str:
+    """This process as a lock or lease holder: ``host@boot_id/pidns:pid:nonce``.
+
+    ``nonce`` (random when omitted, never containing ``:``) tells apart holders of one process. Give the
+    string to :func:`holder_is_dead_here` to learn whether its process is provably gone.
+    """
+    nonce = uuid.uuid4().hex[:8] if nonce is None else nonce
+    if ":" in nonce:
+        raise ValueError(f"a holder's nonce cannot contain ':' (got {nonce!r})")
+    return str(Holder(socket.gethostname(), _boot_id(), _pid_namespace(), os.getpid(), nonce))
+
+
+def parse_holder(holder: str) -> Holder | None:
+    """The parts of a :func:`process_identity` string; None for anything else (the old ``host:pid:nonce`` too)."""
+    where, _, rest = holder.partition(":")
+    pid, _, nonce = rest.partition(":")
+    host, _, namespace = where.partition("@")
+    boot_id, _, pid_namespace = namespace.partition("/")
+    if not (host and boot_id and pid_namespace and pid.isdigit() and nonce) or ":" in nonce:
+        return None
+    return Holder(host, boot_id, pid_namespace, int(pid), nonce)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
@@ -87,15 +151,31 @@ def _pid_alive(pid: int) -> bool:
         return False
 
 
+def _proc_is_ours() -> bool:
+    # A /proc mounted for another PID namespace (a container given the host's, ``unshare -p`` without
+    # remounting) would answer for the wrong pids: judge nothing then.
+    try:
+        return os.readlink("/proc/self") == str(os.getpid())
+    except OSError:
+        return False
+
+
 def holder_is_dead_here(holder: str) -> bool:
-    """True when ``holder`` (``host:pid:nonce``) names this host and a process that is gone (or is us)."""
-    parts = holder.split(":")
-    if len(parts) < 3 or not parts[-2].isdigit():
+    """True only when ``holder`` provably names a process that is gone, so its lock may be taken at once.
+
+    That takes the holder's host name, boot id and PID namespace all equal to ours (its pid then means the
+    same process as in our /proc), and its pid gone or our own. Our own pid is no live rival: either this
+    very process (a lock object it dropped) or the last tenant of a namespace inode the kernel reused, which
+    it does only once every process of the old namespace is gone. Anything else, the old ``host:pid:nonce``
+    without a namespace included, is waited out (its TTL), as is everything when our identity is unknown.
+    """
+    theirs = parse_holder(holder)
+    ours = parse_holder(process_identity())
+    if theirs is None or ours is None or _UNKNOWN in (ours.boot_id, ours.pid_namespace):
         return False
-    host, pid = ":".join(parts[:-2]), int(parts[-2])
-    if host != socket.gethostname():
+    if (theirs.host, theirs.boot_id, theirs.pid_namespace) != (ours.host, ours.boot_id, ours.pid_namespace):
         return False
-    return pid == os.getpid() or not _pid_alive(pid)
+    return theirs.pid == ours.pid or (_proc_is_ours() and not _pid_alive(theirs.pid))
 
 
 class QueueLock:
@@ -115,7 +195,7 @@ class QueueLock:
         self.fence_key = events.fence_key(queue)
         self.ttl = ttl
         self.ttl_ms = int(ttl * 1000)
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.owner = process_identity()
         self.fence = 0
         self.lost = threading.Event()
         self.lost_to: str | None = None

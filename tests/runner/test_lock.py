@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -15,7 +16,7 @@ import redis
 
 from runner import events
 from runner.client import Runner
-from runner.lock import QueueLock, WorkerLocked, holder_is_dead_here
+from runner.lock import QueueLock, WorkerLocked, holder_is_dead_here, parse_holder, process_identity
 from runner.stack import LocalStack
 from tests.runner.test_worker import start_worker, stop
 from tests.support.processes import wait_until
@@ -23,11 +24,18 @@ from tests.support.processes import wait_until
 PY = sys.executable
 
 
+def _holder(pid: int, **where: str) -> str:
+    """A holder like ours (host, boot id, PID namespace) but for ``pid``, with ``where`` changed."""
+    ours = parse_holder(process_identity("abc"))
+    assert ours is not None, "our own identity must parse"
+    return str(ours._replace(pid=pid, **where))
+
+
 def test_each_acquisition_gets_a_higher_fencing_token_and_a_second_holder_is_refused(
     redis_client: redis.Redis, queue_name: str
 ) -> None:
     first = QueueLock(redis_client, queue_name, 5)
-    first.owner = f"{socket.gethostname()}:{os.getppid()}:first"  # another live process of this host
+    first.owner = _holder(os.getppid())  # another live process of this PID namespace
     first.acquire()
     try:
         second = QueueLock(redis_client, queue_name, 5)
@@ -60,22 +68,110 @@ def test_a_lock_that_expired_while_cut_off_is_taken_back_unless_someone_else_too
     assert lock._renew(keys=renew, args=[lock.owner, lock.ttl_ms, str(lock.fence)]) == 0, "its fence moved on"
 
 
-def test_a_dead_holder_on_this_host_is_taken_over_at_once_one_elsewhere_is_waited_out(
+def test_a_holder_names_host_boot_and_pid_namespace_and_reads_back(redis_client: redis.Redis, queue_name: str) -> None:
+    lock = QueueLock(redis_client, queue_name, 5)
+    holder = parse_holder(lock.owner)
+    assert holder is not None and str(holder) == lock.owner
+    assert (holder.host, holder.pid) == (socket.gethostname(), os.getpid())
+    assert holder.pid_namespace == str(os.stat("/proc/self/ns/pid").st_ino)
+    with open("/proc/sys/kernel/random/boot_id") as handle:
+        assert holder.boot_id == handle.read().strip()
+    assert parse_holder("vm:12:abc") is None and parse_holder("rubbish") is None
+    with pytest.raises(ValueError, match="cannot contain"):
+        process_identity("a:b")
+
+
+def test_a_dead_holder_in_this_pid_namespace_is_taken_over_at_once_one_elsewhere_is_waited_out(
     redis_client: redis.Redis, queue_name: str
 ) -> None:
     dead = subprocess.Popen([PY, "-c", "pass"])
     dead.wait()
-    here = socket.gethostname()
-    assert holder_is_dead_here(f"{here}:{dead.pid}:abc") and holder_is_dead_here(f"{here}:{os.getpid()}:abc")
-    assert not holder_is_dead_here(f"{here}:{os.getppid()}:abc") and not holder_is_dead_here("elsewhere:1:abc")
+    assert holder_is_dead_here(_holder(dead.pid)) and holder_is_dead_here(_holder(os.getpid()))
+    assert not holder_is_dead_here(_holder(os.getppid()))
+    elsewhere = {"host": "elsewhere", "boot_id": "another-boot", "pid_namespace": "4026531999"}
+    for field, value in elsewhere.items():  # the pid is gone here, but it is not a pid of ours
+        assert not holder_is_dead_here(_holder(dead.pid, **{field: value})), field
     key = events.lock_key(queue_name)
-    redis_client.set(key, f"{here}:{dead.pid}:abc", px=60_000)
+    redis_client.set(key, _holder(dead.pid), px=60_000)
     lock = QueueLock(redis_client, queue_name, 5)
     assert lock.try_acquire(), "the holder's process is gone: no need to wait for its TTL"
     lock.release()
-    redis_client.set(key, "another-host:1:abc", px=60_000)
-    assert not QueueLock(redis_client, queue_name, 5).try_acquire()
+    for field, value in elsewhere.items():
+        redis_client.set(key, _holder(dead.pid, **{field: value}), px=60_000)
+        assert not QueueLock(redis_client, queue_name, 5).try_acquire(), field
+        assert redis_client.get(key) == _holder(dead.pid, **{field: value}).encode(), field
     redis_client.delete(key)
+
+
+# Pid 1 of a fresh PID namespace: makes the next pid there ``argv[1]``, then runs HOLDER as that pid.
+NAMESPACE_INIT = """
+import subprocess, sys
+with open("/proc/sys/kernel/ns_last_pid", "w") as handle:
+    handle.write(str(int(sys.argv[1]) - 1))
+sys.exit(subprocess.call([sys.executable, "-c", sys.argv[2], *sys.argv[3:]]))
+"""
+HOLDER = """
+import os, sys, redis
+from runner.lock import QueueLock
+lock = QueueLock(redis.Redis.from_url(sys.argv[1]), sys.argv[2], 60)
+lock.acquire()
+print(os.getpid(), lock.owner, flush=True)
+sys.stdin.read()  # hold the lock until the test closes our stdin
+lock.release()
+"""
+
+
+def _free_pid_here() -> int:
+    """A pid no process has in this namespace (the holder will have it in its own)."""
+    with open("/proc/sys/kernel/pid_max") as handle:
+        top = int(handle.read()) - 1
+    return random.choice([pid for pid in range(top - 2000, top) if not os.path.exists(f"/proc/{pid}")])
+
+
+@pytest.mark.timeout(60)
+def test_a_live_worker_in_another_pid_namespace_of_this_host_is_not_taken_over(
+    redis_url: str, redis_client: redis.Redis, queue_name: str
+) -> None:
+    """Containers of one pod, hostNetwork pods, ``network_mode: host``: one host name, separate PID namespaces.
+    The holder's pid does not exist in ours, yet the holder is alive: its lock is waited out, never deleted."""
+    pid = _free_pid_here()
+    unshare = ["unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount-proc"]
+    holder = subprocess.Popen(
+        [*unshare, PY, "-c", NAMESPACE_INIT, str(pid), HOLDER, redis_url, queue_name],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        assert holder.stdout is not None
+        line = holder.stdout.readline().split()
+        if not line:
+            pytest.skip(f"cannot make a PID namespace here: {holder.communicate(timeout=10)[1].strip()}")
+        assert int(line[0]) == pid and not os.path.exists(f"/proc/{pid}"), "the holder's pid is not one of ours"
+        owner = line[1]
+        assert redis_client.get(events.lock_key(queue_name)) == owner.encode()
+        assert not holder_is_dead_here(owner)
+        assert not QueueLock(redis_client, queue_name, 5).try_acquire(), "a live worker was taken over"
+        assert redis_client.get(events.lock_key(queue_name)) == owner.encode()
+    finally:
+        holder.communicate(timeout=30)
+    assert holder.returncode == 0 and redis_client.get(events.lock_key(queue_name)) is None
+
+
+def test_a_holder_in_the_old_format_is_waited_out_even_when_its_pid_is_gone_here(
+    redis_client: redis.Redis, queue_name: str
+) -> None:
+    """``host:pid:nonce`` (before PID namespaces were named) cannot say in which namespace its pid is."""
+    dead = subprocess.Popen([PY, "-c", "pass"])
+    dead.wait()
+    old = f"{socket.gethostname()}:{dead.pid}:abc"
+    assert not holder_is_dead_here(old)
+    redis_client.set(events.lock_key(queue_name), old, px=60_000)
+    assert not QueueLock(redis_client, queue_name, 5).try_acquire()
+    assert redis_client.get(events.lock_key(queue_name)) == old.encode()
+    redis_client.delete(events.lock_key(queue_name))
 
 
 def test_a_standby_survives_redis_errors_while_it_waits(redis_client: redis.Redis, queue_name: str) -> None:

@@ -403,6 +403,10 @@ async def _keep_lease(client: redis.asyncio.Redis, task_id: str, run_id: str, tt
             await renew(keys=[events.lease_key(task_id), events.info_key(task_id)], args=[run_id, int(ttl * 1000)])
 
 
+CANCEL_POLL = 0.5
+"""Seconds between the cancel watcher's looks when its subscription is silent."""
+
+
 async def _watch_cancel(
     client: redis.asyncio.Redis,
     pubsub: redis.asyncio.client.PubSub,
@@ -410,14 +414,33 @@ async def _watch_cancel(
     cancel: asyncio.Event,
     relay_done: asyncio.Event,
 ) -> None:
-    """Set ``cancel`` when the task's cancel channel speaks or its flag is set (checked after subscribing)."""
-    await pubsub.subscribe(events.cancel_key(task_id))
-    if await client.exists(events.cancel_key(task_id)):
+    """Set ``cancel`` when the task's cancel channel speaks or its flag is set (checked after subscribing).
+
+    Every round suspends for its whole half second. A subscription whose connection died (TCP keepalive
+    gives up after about 45 s of partition) makes redis-py answer "no message" at once, without ever
+    suspending: a loop trusting it would spin and starve the relay's keepalive, lease and writer. Such a
+    round waits out its time instead and reads the cancel flag itself, so a cancel is still seen.
+    """
+    key = events.cancel_key(task_id)
+    await pubsub.subscribe(key)
+    if await client.exists(key):
         cancel.set()
+    loop = asyncio.get_running_loop()
     while not cancel.is_set() and not relay_done.is_set():
-        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+        began = loop.time()
+        try:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=CANCEL_POLL)
+        except (redis.RedisError, OSError):
+            message = None
         if message is not None:
             cancel.set()
+            return
+        left = began + CANCEL_POLL - loop.time()
+        if left > CANCEL_POLL / 2:  # answered at once with nothing: the subscription is not listening
+            await asyncio.sleep(left)
+            with contextlib.suppress(redis.RedisError, OSError):
+                if await client.exists(key):
+                    cancel.set()
 
 
 def warm_up(settings: Settings, rounds: int = 20) -> str | None:

@@ -420,9 +420,7 @@ def budget(usd: float | None, per: str, off: bool, redis_url: str | None, queue:
     if off:
         runner.set_budget(None)
     elif usd is not None:
-        if usd <= 0:
-            raise SpecError("The budget must be a positive number of dollars.")
-        runner.set_budget(usd)
+        runner.set_budget(usd)  # refuses nan, inf and 0 or less, in one sentence
     spent = runner.costs()
     if "budget_per_day" in spent:
         click.echo(f"budget ${spent['budget_per_day']:.2f} per day; spent ${spent['today']:.4f} today")

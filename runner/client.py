@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,12 +27,6 @@ from runner.spec import SpecError, TaskResult, TaskSpec
 from runner.store import TaskRecord, TaskStore
 
 JOB_FUNCTION = "runner.job.run_task"
-_FORGET_SCRIPT = """
-if KEYS[1] ~= '' and redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
-redis.call('DEL', KEYS[2])
-return 1
-"""
-"""A submit that failed half-way: its idempotency key (if it still names this task) and its record go."""
 
 JOB_TIMEOUT_MARGIN = 120
 """Seconds RQ allows beyond the task's own timeout: the handler's kill grace and result writing fit in it."""
@@ -125,50 +118,31 @@ class Runner:
         ``key`` makes the submit idempotent: while a task submitted with that key is queued or
         running, or ended less than ``CCX_IDEMPOTENCY_TTL`` seconds ago (default an hour), its
         handle is returned and nothing new is queued; an orchestrator that retries after a
-        timeout never double-submits.
+        timeout never double-submits. The key, the task's record and its job are written in one
+        transaction; a key that names no record (left by a crash of an older version) is taken over.
 
         ``at`` (a datetime, naive meaning UTC, or an ISO 8601 time) or ``in_`` (seconds) run it later: it
         is ``scheduled`` until then, and then joins the end of the line like a task submitted at that
         moment (see runner/schedules.py). A time already past queues it now.
         """
-        if isinstance(task, TaskSpec):
-            spec = TaskSpec.from_dict({**task.to_dict(), **options})
-        elif isinstance(task, dict):
-            spec = TaskSpec.from_dict({**task, **options})
-        else:
-            spec = TaskSpec.from_dict({"task": task, **options})
+        spec = _spec_of(task, options)
         due = schedules.due_time(at, in_)
         if due is not None and after:
             raise SpecError(
                 "A task cannot wait both for another task ('after') and for a time ('at'/'in'): "
                 "schedule the first task of the chain instead."
             )
+        if key is not None and (not isinstance(key, str) or not key or len(key) > 200):
+            raise SpecError("'key' must be a non-empty string of at most 200 characters.")
         self.ping()
         depends_on = None
         if after:
             if self.store.get(after) is None:
                 raise ValueError(f"Cannot run after task {after}: no such task in this Redis.")
             depends_on = Dependency(jobs=[after], allow_failure=after_any)
-        task_id = str(uuid.uuid4())
-        claimed = ""
-        if key is not None:
-            if not isinstance(key, str) or not key or len(key) > 200:
-                raise SpecError("'key' must be a non-empty string of at most 200 characters.")
-            # Held for as long as the task may wait and run; its end shortens it to the idempotency window.
-            hold = int(spec.timeout) + JOB_TIMEOUT_MARGIN + 7 * 24 * 3600 + int(max(0.0, (due or 0) - time.time()))
-            claimed = events.idempotency_key(self.settings.queue, key)
-            while not self.redis.set(claimed, task_id, nx=True, ex=hold):
-                existing = self.redis.get(claimed)
-                if existing is not None:  # (else it expired just now: try again)
-                    return TaskHandle(self, existing.decode())
-        try:
-            self._enqueue(task_id, spec, after, key, due, depends_on)
-        except BaseException:
-            # Nothing was queued: the key must not hand out this id, nor a record stand for a task.
-            with contextlib.suppress(redis.RedisError):
-                self.redis.eval(_FORGET_SCRIPT, 2, claimed, events.info_key(task_id), task_id)
-            raise
-        if after:
+        new_id = str(uuid.uuid4())
+        task_id = self._enqueue(new_id, spec, after, key, due, depends_on)
+        if after and task_id == new_id:
             lifecycle.settle_new_dependent(self.store, task_id, after, after_any)
         return TaskHandle(self, task_id)
 
@@ -180,41 +154,55 @@ class Runner:
         key: str | None,
         due: float | None,
         depends_on: Dependency | None,
-    ) -> None:
-        """Write the task's record, then its RQ job: the record first, so the worker always finds it."""
+    ) -> str:
+        """Write the task's idempotency key, record and RQ job in one MULTI/EXEC; the id of the task ``key``
+        already names instead, if it names one.
+
+        One transaction, so there is no moment, and no crash of this process, after which the key names a
+        task that was never written, or the record stands for a job that was never queued: a failure before
+        EXEC writes nothing, and the key stays free for the retry.
+        """
+        # Held for as long as the task may wait and run; its end shortens it to the idempotency window.
+        hold = int(spec.timeout) + JOB_TIMEOUT_MARGIN + 7 * 24 * 3600 + int(max(0.0, (due or 0) - time.time()))
+        status = events.DEFERRED if after else events.SCHEDULED if due else events.QUEUED
+        queue = self.settings.queue
         with self.redis.pipeline() as pipe:
-            self.store.create(
-                pipe,
-                task_id,
-                self.settings.queue,
-                spec,
-                events.DEFERRED if after else events.SCHEDULED if due else events.QUEUED,
-                events.now_iso(),
-                after=after,
-                key=key,
-                scheduled_for=due,
-            )
-            pipe.execute()
+            while True:
+                try:
+                    if key is not None:
+                        holder = self.store.key_holder(pipe, queue, key)
+                        if holder is not None:
+                            return holder
+                    if depends_on is None:
+                        pipe.multi()  # (with one, RQ's enqueue WATCHes the predecessor first, then starts it)
+                    self._queue_job(pipe, task_id, spec, due, depends_on)
+                    at = events.now_iso()
+                    self.store.create(
+                        pipe, task_id, queue, spec, status, at, after=after, key=key, scheduled_for=due, key_ttl=hold
+                    )
+                    pipe.execute()
+                    return task_id
+                except redis.WatchError:
+                    continue  # another submit took the key, or the predecessor changed: look again
+
+    def _queue_job(
+        self, pipe: Any, task_id: str, spec: TaskSpec, due: float | None, depends_on: Dependency | None
+    ) -> None:
+        """The task's RQ job, written on ``pipe`` (in MULTI once this returns)."""
         job = {
             "job_id": task_id,
             "result_ttl": self.settings.log_ttl,
             "failure_ttl": self.settings.log_ttl,
             "description": _describe(spec),
             "meta": {"ccx": True},
+            "pipeline": pipe,
         }
+        timeout = int(spec.timeout) + JOB_TIMEOUT_MARGIN
         if due is not None:  # RQ's scheduler (run by the worker) puts it at the end of the queue when due
             when = datetime.fromtimestamp(due, UTC)
-            self.queue.enqueue_at(
-                when, JOB_FUNCTION, spec.to_dict(), job_timeout=int(spec.timeout) + JOB_TIMEOUT_MARGIN, **job
-            )
+            self.queue.enqueue_at(when, JOB_FUNCTION, spec.to_dict(), job_timeout=timeout, **job)
         else:
-            self.queue.enqueue_call(
-                JOB_FUNCTION,
-                args=(spec.to_dict(),),
-                timeout=int(spec.timeout) + JOB_TIMEOUT_MARGIN,
-                depends_on=depends_on,
-                **job,
-            )
+            self.queue.enqueue_call(JOB_FUNCTION, args=(spec.to_dict(),), timeout=timeout, depends_on=depends_on, **job)
 
     def handle(self, task_id: str) -> TaskHandle:
         return TaskHandle(self, task_id)
@@ -256,6 +244,15 @@ class Runner:
     def job(self, task_id: str) -> Any:
         """The RQ job behind a task (for RQ tooling), or None."""
         return fetch_job(self.redis, task_id)
+
+
+def _spec_of(task: str | TaskSpec | dict[str, Any], options: dict[str, Any]) -> TaskSpec:
+    """The checked spec of a submit: a prompt, a spec or a spec's dict, with ``options`` over it."""
+    if isinstance(task, TaskSpec):
+        return TaskSpec.from_dict({**task.to_dict(), **options})
+    if isinstance(task, dict):
+        return TaskSpec.from_dict({**task, **options})
+    return TaskSpec.from_dict({"task": task, **options})
 
 
 def _describe(spec: TaskSpec) -> str:

@@ -10,6 +10,7 @@ comes; ``ccx resume`` ends any. Both are lifecycle events on ``ccx:events``.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ import orjson
 import redis
 
 from runner import events, webhooks
+from runner.errors import UsageError
 
 # Why a queue holds (``kind``).
 USAGE_LIMIT = "usage_limit"
@@ -140,12 +142,21 @@ def costs(client: redis.Redis, queue: str) -> dict[str, float]:
 
 
 def set_budget(client: redis.Redis, queue: str, per_day: float | None) -> None:
-    """A daily budget in USD (None: none): once the day's spend reaches it, the queue pauses until midnight UTC."""
+    """A daily budget in USD (None: none): once the day's spend reaches it, the queue pauses until midnight UTC.
+
+    It must be a finite number above 0: a NaN budget compares false with any spend, so it would never pause
+    the queue, and an infinite one never would either; 0 is no budget at all, said with None (``--off``)."""
     key = events.queue_state_key(queue)
     if per_day is None:
         client.hdel(key, "budget_per_day")
-    else:
-        client.hset(key, "budget_per_day", repr(float(per_day)))
+        return
+    number = isinstance(per_day, (int, float)) and not isinstance(per_day, bool)
+    if not number or not math.isfinite(per_day) or per_day <= 0:
+        raise UsageError(
+            f"The budget must be a number of dollars above 0, such as 20, not {per_day!r}; "
+            "to have no budget, remove it (`ccx budget --off`)."
+        )
+    client.hset(key, "budget_per_day", repr(float(per_day)))
 
 
 def check_budget(client: redis.Redis, queue: str, now: float | None = None) -> QueueState | None:

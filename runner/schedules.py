@@ -25,6 +25,7 @@ import math
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -47,10 +48,16 @@ TICK_SECONDS = 1.0
 """How often the worker looks for due schedules and for scheduled tasks RQ has put in line."""
 
 
+MAX_AHEAD_SECONDS = 366 * 86400
+"""How far ahead a task may be scheduled (``at``/``in_``): a year and a day. Further is a typo (``1e20``,
+year 9999), and a task waiting that long would outlive its RQ job and everything it was meant to act on."""
+
+
 def due_time(at: datetime | str | float | None, in_: float | None, now: float | None = None) -> float | None:
     """When a task submitted with ``at`` or ``in_`` is due (epoch seconds), or None to queue it now.
 
     ``at`` is a datetime (a naive one is UTC), an ISO 8601 string, or epoch seconds; ``in_`` is seconds from now.
+    Either may be at most :data:`MAX_AHEAD_SECONDS` ahead; a time already past means now.
     """
     now = time.time() if now is None else now
     if at is not None and in_ is not None:
@@ -58,21 +65,40 @@ def due_time(at: datetime | str | float | None, in_: float | None, now: float | 
     if in_ is not None:
         if isinstance(in_, bool) or not isinstance(in_, (int, float)) or not math.isfinite(in_) or in_ < 0:
             raise SpecError("'in' must be a number of seconds from now (0 or more).")
-        return now + float(in_) if in_ > 0 else None
+        if in_ > MAX_AHEAD_SECONDS:
+            raise SpecError(
+                f"'in' is {in_:g} seconds, further ahead than the {MAX_AHEAD_SECONDS} (366 days) a task may wait: "
+                "give a shorter delay, or add a cron schedule for work that far off."
+            )
+        due = now + float(in_)
+        return due if due > now else None  # (a delay too small to move the clock is now)
     if at is None:
         return None
+    due = _epoch(at)
+    if due - now > MAX_AHEAD_SECONDS:
+        shown = at.isoformat() if isinstance(at, datetime) else at
+        raise SpecError(
+            f"'at' is {shown}, further ahead than the 366 days a task may wait: give a time within a year, "
+            "or add a cron schedule for work that far off."
+        )
+    return due if due > now else None
+
+
+def _epoch(at: datetime | str | float) -> float:
+    """``at`` (a datetime, naive meaning UTC; an ISO 8601 string; epoch seconds) as epoch seconds."""
     if isinstance(at, str):
         try:
             at = datetime.fromisoformat(at.strip().replace("Z", "+00:00"))
         except ValueError:
             raise SpecError(f"'at' must be a time in ISO 8601, e.g. 2026-12-02T03:00:00Z, not {at!r}.") from None
     if isinstance(at, datetime):
-        due = (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
-    elif isinstance(at, (int, float)) and not isinstance(at, bool) and math.isfinite(at):
-        due = float(at)
-    else:
-        raise SpecError("'at' must be a datetime, an ISO 8601 time or epoch seconds.")
-    return due if due > now else None
+        try:
+            return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
+        except (OverflowError, ValueError, OSError):  # e.g. year 1 in a zone east of UTC: before the epoch's range
+            raise SpecError(f"'at' must be a time the calendar can hold, not {at.isoformat()}.") from None
+    if isinstance(at, (int, float)) and not isinstance(at, bool) and math.isfinite(at):
+        return float(at)
+    raise SpecError("'at' must be a datetime, an ISO 8601 time or epoch seconds.")
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -92,26 +118,68 @@ def parse_delay(text: str) -> float:
     return value
 
 
+CRON_FIELDS = (
+    ("minute", "0-59"),
+    ("hour", "0-23"),
+    ("day-of-month", "1-31"),
+    ("month", "1-12 or jan-dec"),
+    ("day-of-week", "0-7 or sun-sat, 0 and 7 both Sunday"),
+    ("second", "0-59"),
+)
+"""The fields of a cron expression in order, with what each may hold (for the sentence that refuses one)."""
+
+
 def check_cron(expression: str) -> str:
-    """``expression`` if it is a valid five-field cron expression; else a :class:`SpecError` saying so."""
+    """``expression`` if it is a valid five-field cron expression that fires; else a :class:`SpecError` saying
+    what is wrong with it (which field, or that no date ever matches) and what to do."""
     from croniter import croniter
 
     text = " ".join(str(expression).split())
-    if len(text.split()) not in (5, 6) or not croniter.is_valid(text):
+    parts = text.split()
+    if len(parts) not in (5, 6):
         raise SpecError(
             f"{expression!r} is not a cron expression: give five fields, minute hour day month weekday "
             "(UTC), e.g. '0 3 * * *' for 03:00 every day (a sixth field, seconds, is allowed)."
         )
+    if not croniter.is_valid(text):
+        raise SpecError(f"{expression!r} is not a cron expression: {_bad_field(parts)}")
+    try:
+        next_slot(text, time.time())
+    except ValueError:  # croniter's CroniterBadDateError: it searched and found no such date
+        raise SpecError(
+            f"{expression!r} never fires: no date matches it (such as 31 February, or the 31st of a 30-day "
+            "month); change its day-of-month or month field, e.g. '0 0 L 2 *' for the last day of February."
+        ) from None
     return text
 
 
-def latest_slot(expression: str, at: float) -> float:
-    """The last time at or before ``at`` that ``expression`` names, in UTC."""
+def _bad_field(parts: list[str]) -> str:
+    """Which field of a refused expression is wrong, found by trying each one alone among stars."""
     from croniter import croniter
 
-    if croniter.match(expression, datetime.fromtimestamp(at, UTC)):
-        return float(int(at))
-    return float(croniter(expression, datetime.fromtimestamp(at, UTC)).get_prev(float))
+    for index, part in enumerate(parts):
+        alone = ["*"] * len(parts)
+        alone[index] = part
+        if not croniter.is_valid(" ".join(alone)):
+            name, allowed = CRON_FIELDS[index]
+            return (
+                f"its {name} field {part!r} is not valid; give a number in {allowed}, a list (1,5), "
+                "a range (1-5), a step (*/15) or *."
+            )
+    return "its fields are each valid but not together; see `man 5 crontab`, e.g. '0 3 * * *' for 03:00 daily."
+
+
+def latest_slot(expression: str, at: float) -> float:
+    """The start of the slot ``at`` falls in: the last time at or before ``at`` that ``expression`` names, in UTC.
+
+    For '0 3 * * *', 03:00:17 is in the slot 03:00:00. A slot is named by its start, never by the second a
+    firer looked at it, so two firers (or one firing again) within one slot make one idempotency key.
+    """
+    from croniter import croniter
+
+    # croniter's get_prev is strictly before its start: start one second past ``at``'s whole second.
+    start = datetime.fromtimestamp(math.floor(at) + 1, UTC)
+    return float(croniter(expression, start).get_prev(float))
 
 
 def next_slot(expression: str, after: float) -> float:
@@ -212,7 +280,8 @@ def fire_due(runner: Runner, now: float | None = None, entries: list[Schedule] |
     for schedule in entries if entries is not None else all_of(client, runner.settings.queue):
         if schedule.next_at > now:
             break
-        # The latest slot that has come (after an outage, the ones before it are not made up for).
+        # The latest slot that has come (after an outage, the ones before it are not made up for), by its
+        # start: every firer of one slot, whatever second it looks, builds the same key and submits once.
         slot = int(max(schedule.next_at, latest_slot(schedule.cron, now)))
         task_id = None
         try:
@@ -273,17 +342,24 @@ class Ticker:
     RQ's scheduler is driven from this thread (``enqueue_scheduled_jobs`` each tick) rather than as the
     process ``Worker.work(with_scheduler=True)`` forks: a forked scheduler would outlive a worker killed
     with SIGKILL, and our queue lock already makes this worker the only one serving the queue.
+
+    ``serving`` says whether this process still serves the queue (e.g. ``lambda: not lock.lost.is_set()``):
+    once it says no, the ticker fires nothing more and its thread ends, so a worker cut off from its lock
+    stops submitting schedules beside the worker that took over.
     """
 
     LOCK_REFRESH_TICKS = 20
     """RQ's scheduler lock lives 61 s; while tasks come due it is refreshed every this many of those ticks."""
 
-    def __init__(self, runner: Runner, interval: float = TICK_SECONDS) -> None:
+    def __init__(
+        self, runner: Runner, interval: float = TICK_SECONDS, serving: Callable[[], bool] | None = None
+    ) -> None:
         from rq.scheduler import RQScheduler
         from rq.serializers import JSONSerializer
 
         self.runner = runner
         self.interval = interval
+        self.serving: Callable[[], bool] = serving or (lambda: True)
         self.stop = threading.Event()
         self.rq_scheduler = RQScheduler([runner.settings.queue], connection=runner.redis, serializer=JSONSerializer)
         self._thread = threading.Thread(target=self._run, name="ccx-schedules", daemon=True)
@@ -301,7 +377,11 @@ class Ticker:
             self.rq_scheduler.release_locks()
 
     def tick(self) -> None:
-        """One look, in one round trip while nothing is due: is a task for later due, is a schedule?"""
+        """One look, in one round trip while nothing is due: is a task for later due, is a schedule?
+
+        Nothing at all while this process no longer serves the queue (``serving``)."""
+        if not self.serving():
+            return
         now = time.time()
         queue = self.runner.settings.queue
         with self.runner.redis.pipeline(transaction=False) as pipe:
@@ -323,6 +403,12 @@ class Ticker:
         first = True  # at once on start (a burst worker must see what is due), then every interval
         while first or not self.stop.wait(self.interval):
             first = False
+            if not self.serving():
+                log.warning(
+                    "this worker no longer serves queue '%s': its schedules stop here.", self.runner.settings.queue
+                )
+                self.stop.set()
+                return
             try:
                 self.tick()
                 self._complained = False

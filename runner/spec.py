@@ -15,6 +15,16 @@ from runner.errors import UsageError
 
 DEFAULT_TIMEOUT = 3600.0
 """Seconds a task may run when the submitter gives no timeout: long enough for an agent, never forever."""
+MAX_TIMEOUT = 7 * 24 * 3600.0
+"""The most seconds ``timeout`` and ``idle_timeout`` may be (7 days). Beyond it a number is a mistake, not a
+plan: RQ's job timeout and the work-horse's alarm cannot hold 1e18 s (the work-horse dies with a traceback),
+and a queue that runs one task at a time should not be held by one task for longer than a week."""
+MAX_ARG_BYTES = 131072
+"""Linux's MAX_ARG_STRLEN: the bytes of one command-line argument, its closing NUL included. A longer one
+makes exec fail with "Argument list too long", so it is refused at submit instead of failing at run time."""
+MAX_COMMAND_LINE_BYTES = 1024 * 1024
+"""The most bytes a task's command line and ``env`` may take together (each string with its NUL): half of
+the usual 2 MiB ARG_MAX, so the handler's own environment still fits beside it."""
 
 
 OPTIONAL_FIELDS = (
@@ -71,6 +81,54 @@ def _check_webhook(value: Any) -> str:
         raise SpecError(str(exc)) from None
 
 
+def _check_seconds(name: str, value: Any, refusal: str, zero_ok: bool = True) -> float:
+    """``value`` as seconds if it is a finite number from 0 (above 0 unless ``zero_ok``) to :data:`MAX_TIMEOUT`;
+    else a :class:`SpecError`: ``refusal`` for what is no duration at all, a sentence on the maximum for too much."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
+        raise SpecError(refusal)
+    if value > MAX_TIMEOUT:
+        raise SpecError(
+            f"'{name}' is {value:g} seconds, more than the {MAX_TIMEOUT:.0f} (7 days) a task may have: "
+            "give at most that, or split the work into several tasks."
+        )
+    return float(value)
+
+
+def _arg_name(agent: str, argv: list[str], index: int, spec: TaskSpec) -> str:
+    """Which part of the spec made ``argv[index]``, in the words of the spec."""
+    arg = argv[index]
+    if agent == "command":
+        return f"'argv' element {index}"
+    if spec.task and arg.endswith(spec.task):
+        return "the task (the prompt)"
+    if arg.startswith("-"):
+        return f"the value of {arg.split('=', 1)[0]}"
+    if index and argv[index - 1].startswith("-"):
+        return f"the value of {argv[index - 1]}"
+    return f"argument {index} of the {agent} command line"
+
+
+def _check_command_line(agent: str, argv: list[str], spec: TaskSpec) -> None:
+    """Refuse a command line the OS would refuse at exec ("Argument list too long"), naming what is too long."""
+    sizes = [len(arg.encode("utf-8", "surrogatepass")) + 1 for arg in argv]  # each string ends with a NUL
+    for index, size in enumerate(sizes):
+        if size > MAX_ARG_BYTES:
+            raise SpecError(
+                f"{_arg_name(agent, argv, index, spec)} is {size - 1:,} bytes, more than the {MAX_ARG_BYTES - 1:,} "
+                "one command-line argument may have (Linux's MAX_ARG_STRLEN): put that much data in a file and "
+                "pass its path instead."
+            )
+    env = [f"{k}={v}" for k, v in (spec.env or {}).items() if v is not None]
+    total = sum(sizes) + sum(len(item.encode("utf-8", "surrogatepass")) + 1 for item in env)
+    if total > MAX_COMMAND_LINE_BYTES:
+        raise SpecError(
+            f"The {agent} command line and 'env' of this task take {total:,} bytes, more than the "
+            f'{MAX_COMMAND_LINE_BYTES:,} a task may have (the OS refuses long command lines with "Argument list '
+            'too long"): put the large parts in files and pass their paths instead.'
+        )
+
+
 TITLE_CHARS = 160
 
 
@@ -93,6 +151,7 @@ class TaskSpec:
     tools: list[str] | None = None
     disallowed_tools: list[str] | None = None
     timeout: float = DEFAULT_TIMEOUT
+    """Seconds of wall-clock time the task may run: more than 0, at most :data:`MAX_TIMEOUT` (7 days)."""
     retries: int | None = None
     """Times the task runs again after a transient failure (API overload, network); None: the agent's
     default (2 for agent CLIs, 0 for commands)."""
@@ -100,7 +159,7 @@ class TaskSpec:
     """For commands: the exit codes that count as transient (retried up to ``retries`` times)."""
     idle_timeout: float | None = None
     """Seconds without any output before the run is stopped as hung; None: the agent's default
-    (600 for agent CLIs, none for commands); 0: never."""
+    (600 for agent CLIs, none for commands); 0: never; at most :data:`MAX_TIMEOUT` (7 days)."""
     cwd: str | None = None
     env: dict[str, str | None] | None = None
     model: str | None = None
@@ -110,6 +169,8 @@ class TaskSpec:
     mcp_config: str | None = None
     resume: str | None = None
     argv: list[str] | None = None
+    """The ``command`` agent's command line. Each argument is at most :data:`MAX_ARG_BYTES` bytes with its
+    NUL, and the whole command line with ``env`` at most :data:`MAX_COMMAND_LINE_BYTES` (for every agent)."""
     json_schema: dict[str, Any] | None = None
     """A JSON Schema the answer must satisfy; the validated object is the result's ``structured_output``."""
     fallback_model: str | None = None
@@ -178,6 +239,25 @@ class TaskSpec:
                 if "\0" in arg:
                     raise SpecError("'extra_args' must not contain NUL characters.")
 
+    def _validate_limits(self) -> None:
+        """Times and counts: finite, in range, and said in one sentence when not."""
+        self.timeout = _check_seconds(
+            "timeout", self.timeout, "'timeout' must be a positive number of seconds.", zero_ok=False
+        )
+        if self.idle_timeout is not None:
+            self.idle_timeout = _check_seconds(
+                "idle_timeout", self.idle_timeout, "'idle_timeout' must be a number of seconds (0: never)."
+            )
+        if self.retries is not None and (
+            isinstance(self.retries, bool) or not isinstance(self.retries, int) or not 0 <= self.retries <= 20
+        ):
+            raise SpecError("'retries' must be a whole number from 0 to 20.")
+        if self.retry_on_exit_codes is not None and (
+            not isinstance(self.retry_on_exit_codes, list)
+            or not all(isinstance(c, int) and not isinstance(c, bool) and 0 < c < 256 for c in self.retry_on_exit_codes)
+        ):
+            raise SpecError("'retry_on_exit_codes' must be a list of exit codes from 1 to 255.")
+
     def validate(self) -> None:
         from runner.agents import get_agent
 
@@ -191,32 +271,7 @@ class TaskSpec:
             not isinstance(self.argv, list) or not all(isinstance(a, str) for a in self.argv)
         ):
             raise SpecError("'argv' must be a list of strings.")
-        if (
-            isinstance(self.timeout, bool)
-            or not isinstance(self.timeout, (int, float))
-            or not math.isfinite(self.timeout)
-            or self.timeout <= 0
-        ):
-            raise SpecError("'timeout' must be a positive number of seconds.")
-        self.timeout = float(self.timeout)
-        if self.retries is not None and (
-            isinstance(self.retries, bool) or not isinstance(self.retries, int) or not 0 <= self.retries <= 20
-        ):
-            raise SpecError("'retries' must be a whole number from 0 to 20.")
-        if self.retry_on_exit_codes is not None and (
-            not isinstance(self.retry_on_exit_codes, list)
-            or not all(isinstance(c, int) and not isinstance(c, bool) and 0 < c < 256 for c in self.retry_on_exit_codes)
-        ):
-            raise SpecError("'retry_on_exit_codes' must be a list of exit codes from 1 to 255.")
-        if self.idle_timeout is not None:
-            if (
-                isinstance(self.idle_timeout, bool)
-                or not isinstance(self.idle_timeout, (int, float))
-                or not math.isfinite(self.idle_timeout)
-                or self.idle_timeout < 0
-            ):
-                raise SpecError("'idle_timeout' must be a number of seconds (0: never).")
-            self.idle_timeout = float(self.idle_timeout)
+        self._validate_limits()
         for name in (
             "cwd",
             "model",
@@ -254,7 +309,9 @@ class TaskSpec:
             raise SpecError(
                 "The task, argv, cwd, tools and env must not contain NUL characters (an OS command line cannot)."
             )
-        get_agent(self.agent).check(self)
+        agent = get_agent(self.agent)
+        agent.check(self)
+        _check_command_line(agent.name, agent.argv(self), self)
 
 
 @dataclass

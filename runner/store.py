@@ -174,8 +174,13 @@ class TaskStore:
         after: str | None = None,
         key: str | None = None,
         scheduled_for: float | None = None,
+        key_ttl: int | None = None,
     ) -> None:
-        """Queue the writes that register a new task on ``pipe`` (the caller executes it with the enqueue)."""
+        """Queue the writes that register a new task on ``pipe`` (the caller executes it with the enqueue).
+
+        With ``key``, the idempotency key is set to name this task (for ``key_ttl`` seconds) by the same
+        transaction that writes its record: a key never names a task whose record was not written.
+        """
         mapping = {
             "id": task_id,
             "queue": queue,
@@ -187,6 +192,7 @@ class TaskStore:
             mapping["after"] = after
         if key:
             mapping["idempotency_key"] = key
+            pipe.set(events.idempotency_key(queue, key), task_id, ex=key_ttl)
         if scheduled_for is not None:
             mapping["scheduled_for"] = events.iso(scheduled_for)
             pipe.zadd(events.scheduled_key(queue), {task_id: scheduled_for})
@@ -195,6 +201,24 @@ class TaskStore:
         pipe.zadd(index, {task_id: time.time()})
         pipe.zremrangebyrank(index, 0, -index_cap - 1)
         pipe.publish(events.LIFECYCLE_CHANNEL, lifecycle(status, task_id, queue, at=submitted_at))
+
+    def key_holder(self, pipe: Any, queue: str, key: str) -> str | None:
+        """The task an idempotency key names, or None: the key is free, or names a task with no record.
+
+        ``pipe`` must be a transaction pipeline not yet in MULTI: the key, and the record it names, are
+        WATCHed, so the caller's transaction fails (WatchError: look again) if another submit takes the key
+        or writes that record first. A key naming no record was left by a submitter that died between
+        claiming it and writing the task (versions before the two were one transaction), or outlived its
+        record: it stands for nothing, and the next submit takes it over instead of returning a phantom id.
+        """
+        name = events.idempotency_key(queue, key)
+        pipe.watch(name)
+        raw = pipe.get(name)
+        if raw is None:
+            return None
+        task_id = raw.decode()
+        pipe.watch(events.info_key(task_id))
+        return task_id if pipe.hexists(events.info_key(task_id), "spec") else None
 
     def start(self, task_id: str, queue: str, run: str, fence: int | None, lease_ms: int) -> Started:
         """Mark the task running as ``run`` and take its run lease, if ``fence`` is still the queue's token.

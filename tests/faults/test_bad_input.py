@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -142,3 +142,69 @@ def test_fuzzed_argv_runs_nothing_outside_the_allowlist(handler: HandlerProcess,
     assert reply is not None and reply["error"]["code"] == -32001
     assert not marker.exists()
     assert sys.executable  # the handler runs under the same interpreter as the tests
+
+
+NUMBERS = (
+    st.floats()
+    | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.sampled_from([1e18, 1e20, 604800, 604800.0001, 366 * 86400, 366 * 86400 + 1])
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(timeout=NUMBERS, idle_timeout=NUMBERS)
+def test_any_number_for_a_timeout_is_accepted_within_bounds_or_refused_in_a_sentence(
+    timeout: float, idle_timeout: float
+) -> None:
+    """No number gets past submit that the work-horse cannot hold (1e18 s killed it with a traceback)."""
+    from runner.spec import MAX_TIMEOUT, SpecError, TaskSpec
+
+    try:
+        spec = TaskSpec.from_dict(
+            {"agent": "command", "argv": ["true"], "timeout": timeout, "idle_timeout": idle_timeout}
+        )
+    except SpecError as exc:
+        assert str(exc).count(".") >= 1 and "\n" not in str(exc)
+        return
+    assert 0 < spec.timeout <= MAX_TIMEOUT and spec.idle_timeout is not None and 0 <= spec.idle_timeout <= MAX_TIMEOUT
+
+
+@settings(max_examples=300, deadline=None)
+@given(at=NUMBERS | st.none() | st.text(max_size=30), in_=NUMBERS | st.none())
+def test_any_time_for_later_is_due_within_the_horizon_or_refused_in_a_sentence(
+    at: float | str | None, in_: float | None
+) -> None:
+    """`--in 1e20` was an OverflowError traceback at enqueue: nothing past the horizon gets through."""
+    from runner.schedules import MAX_AHEAD_SECONDS, due_time
+    from runner.spec import SpecError
+
+    now = 1_790_000_000.0
+    try:
+        due = due_time(at, in_, now)
+    except SpecError:
+        return
+    assert due is None or now < due <= now + MAX_AHEAD_SECONDS
+
+
+CRON_FIELD = st.sampled_from(
+    ["*", "0", "2", "4", "7", "30", "31", "60", "-1", "*/0", "*/7", "1-5", "5-1", "2,30", "L", "jan", "mon", "x"]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(fields=st.lists(CRON_FIELD, min_size=4, max_size=7))
+@example(fields=["0", "0", "31", "2", "*"])  # 31 February: croniter could only say "failed to find next date"
+@example(fields=["0", "0", "30", "2", "*", "0"])
+def test_any_cron_expression_is_accepted_and_fires_or_refused_in_a_sentence(fields: list[str]) -> None:
+    """Never croniter's bare "failed to find next date": an accepted expression has a next time."""
+    import time
+
+    from runner import schedules
+    from runner.spec import SpecError
+
+    try:
+        expression = schedules.check_cron(" ".join(fields))
+    except SpecError as exc:
+        assert "not a cron expression" in str(exc) or "never fires" in str(exc)
+        return
+    assert schedules.next_slot(expression, time.time()) > time.time()

@@ -311,3 +311,55 @@ def test_sigint_to_up_alone_says_it_is_stopping_and_does_not_wait_for_the_task(t
         err = proc.stderr.read()
     assert "stopping: a running task is interrupted and runs again when the stack is back" in err
     assert took < 15, f"`ccx up` took {took:.1f} s to stop"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["submit", "--timeout", "1e18", "--agent", "command", "--", "true"],
+            "ccx: 'timeout' is 1e+18 seconds, more than the 604800 (7 days) a task may have: give at most that, "
+            "or split the work into several tasks.",
+        ),
+        (
+            ["submit", "--idle-timeout", "1e18", "--agent", "command", "--", "true"],
+            "ccx: 'idle_timeout' is 1e+18 seconds, more than the 604800 (7 days) a task may have",
+        ),
+        (
+            ["submit", "--in", "1e20", "--agent", "command", "--", "true"],
+            "ccx: 'in' is 1e+20 seconds, further ahead than the 31622400 (366 days) a task may wait: give a "
+            "shorter delay, or add a cron schedule for work that far off.",
+        ),
+        (
+            ["submit", "--at", "9999-01-01T00:00:00Z", "--agent", "command", "--", "true"],
+            "ccx: 'at' is 9999-01-01T00:00:00Z, further ahead than the 366 days a task may wait",
+        ),
+        (
+            ["budget", "nan"],
+            "ccx: The budget must be a number of dollars above 0, such as 20, not nan; to have no budget, remove "
+            "it (`ccx budget --off`).",
+        ),
+        (["budget", "inf"], "ccx: The budget must be a number of dollars above 0, such as 20, not inf;"),
+        (["budget", "0"], "ccx: The budget must be a number of dollars above 0, such as 20, not 0.0;"),
+        (
+            ["schedule", "add", "0 0 31 2 *", "--agent", "command", "--", "true"],
+            "ccx: '0 0 31 2 *' never fires: no date matches it (such as 31 February, or the 31st of a 30-day "
+            "month); change its day-of-month or month field, e.g. '0 0 L 2 *' for the last day of February.",
+        ),
+        (
+            ["schedule", "add", "0 3 * * 9", "--agent", "command", "--", "true"],
+            "ccx: '0 3 * * 9' is not a cron expression: its day-of-week field '9' is not valid;",
+        ),
+    ],
+    ids=["timeout", "idle-timeout", "in", "at", "budget-nan", "budget-inf", "budget-0", "cron-31-feb", "cron-field"],
+)
+def test_out_of_range_input_is_one_sentence_with_exit_2(args: list[str], message: str, redis_url: str) -> None:
+    """Numbers that parse but make no sense (1e18 s, 1e20 s ahead, a NaN budget, 31 February) are refused
+    when given, in one line saying what is wrong and what to do; nothing is queued or set."""
+    queue = f"cli-{uuid.uuid4().hex[:8]}"
+    proc = ccx(*args, env=clean_env(CCX_REDIS_URL=redis_url, CCX_QUEUE=queue))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(message) and proc.stderr.count("\n") == 1, proc.stderr
+    status = ccx("status", "--json", env=clean_env(CCX_REDIS_URL=redis_url, CCX_QUEUE=queue))
+    state = orjson.loads(status.stdout)
+    assert state["queued"] == 0 and "budget_per_day" not in state["costs"]

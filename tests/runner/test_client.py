@@ -401,3 +401,32 @@ def test_a_key_outlives_the_wait_of_a_task_for_later(redis_url: str, queue_name:
     runner = Runner(redis_url=redis_url, queue=queue_name)
     runner.submit(agent="command", argv=["true"], key="later", in_=30 * 86400)
     assert runner.redis.ttl(f"ccx:idem:{queue_name}:later") > 30 * 86400
+
+
+def test_the_api_and_the_mcp_tool_refuse_out_of_range_input_alike(redis_url: str, queue_name: str) -> None:
+    """The same checks behind Runner.submit, the MCP submit_task tool and the budget: one sentence, nothing queued."""
+    from runner.errors import UsageError
+    from runner.mcp import tools
+
+    runner = Runner(redis_url=redis_url, queue=queue_name)
+    command = {"agent": "command", "argv": ["true"]}
+    for spec, in_seconds, message in (
+        ({**command, "timeout": 1e18}, None, "'timeout' is 1e+18 seconds, more than the 604800 (7 days)"),
+        ({**command, "idle_timeout": 1e9}, None, "'idle_timeout' is 1e+09 seconds, more than the 604800 (7 days)"),
+        (command, 1e20, "'in' is 1e+20 seconds, further ahead than the 31622400 (366 days)"),
+        ({**command, "argv": ["echo", "x" * 131072]}, None, "'argv' element 1 is 131,072 bytes, more than the 131,071"),
+    ):
+        with pytest.raises(SpecError) as refused:
+            runner.submit(spec, in_=in_seconds)
+        assert str(refused.value).startswith(message)
+        with pytest.raises(UsageError) as refused_by_tool:
+            tools.submit_task(runner, spec, None, False, None, in_seconds=in_seconds)
+        assert str(refused_by_tool.value) == str(refused.value)
+    with pytest.raises(SpecError, match=r"^'at' is 9999-01-01T00:00:00Z, further ahead than the 366 days"):
+        tools.submit_task(runner, command, None, False, None, at="9999-01-01T00:00:00Z")
+    for budget in (float("nan"), float("inf"), 0, -1):
+        with pytest.raises(UsageError, match=r"^The budget must be a number of dollars above 0, such as 20, not "):
+            runner.set_budget(budget)
+    runner.set_budget(20)
+    assert runner.costs()["budget_per_day"] == 20.0
+    assert len(runner.queue) == 0 and runner.list(10) == []

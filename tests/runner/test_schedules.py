@@ -43,7 +43,7 @@ def test_delays_and_cron_expressions_are_checked_with_a_sentence() -> None:
     with pytest.raises(SpecError, match="--in must be a delay such as 90"):
         schedules.parse_delay("soon")
     assert schedules.check_cron("0  3 * * *") == "0 3 * * *"
-    for bad in ("every night", "61 * * * *", "* * *"):
+    for bad in ("every night", "* * *"):
         with pytest.raises(SpecError, match="is not a cron expression: give five fields"):
             schedules.check_cron(bad)
     three_am = datetime(2026, 12, 2, 3, tzinfo=UTC).timestamp()
@@ -173,3 +173,115 @@ def test_one_unreadable_schedule_stops_no_other(runner: Runner) -> None:
     runner.redis.hset(events.schedules_key(runner.settings.queue), "broken", b'{"id": "broken", "cron": 5}')
     assert [entry.id for entry in schedules.all_of(runner.redis, runner.settings.queue)] == [good.id]
     assert len(schedules.fire_due(runner, now=good.next_at + 1)) == 1
+
+
+@pytest.mark.parametrize(
+    ("expression", "message"),
+    [
+        (
+            "61 * * * *",
+            "'61 * * * *' is not a cron expression: its minute field '61' is not valid; give a number in 0-59, "
+            "a list (1,5), a range (1-5), a step (*/15) or *.",
+        ),
+        (
+            "0 24 * * *",
+            "'0 24 * * *' is not a cron expression: its hour field '24' is not valid; give a number in 0-23",
+        ),
+        ("0 3 0 * *", "its day-of-month field '0' is not valid; give a number in 1-31,"),
+        ("0 3 * 13 *", "its month field '13' is not valid; give a number in 1-12 or jan-dec,"),
+        ("0 3 * * mon-xyz", "its day-of-week field 'mon-xyz' is not valid"),
+        ("*/0 * * * *", "its minute field '*/0' is not valid"),
+        ("* * * * * 60", "its second field '60' is not valid; give a number in 0-59"),
+        (
+            "0 0 31 2 *",
+            "'0 0 31 2 *' never fires: no date matches it (such as 31 February, or the 31st of a 30-day month); "
+            "change its day-of-month or month field, e.g. '0 0 L 2 *' for the last day of February.",
+        ),
+        ("0 0 31 4,6 *", "'0 0 31 4,6 *' never fires: no date matches it"),
+    ],
+)
+def test_a_bad_cron_expression_is_told_what_is_wrong_with_it(expression: str, message: str) -> None:
+    """Not croniter's "failed to find next date" or "out of range": which field, or that it never fires."""
+    with pytest.raises(SpecError) as refused:
+        schedules.check_cron(expression)
+    assert message in str(refused.value)
+
+
+def test_a_cron_expression_that_fires_rarely_is_fine() -> None:
+    assert schedules.check_cron("0 0 29 2 *") == "0 0 29 2 *"  # leap days only
+    assert schedules.check_cron("0 0 L 2 *") == "0 0 L 2 *"
+
+
+def test_times_for_later_must_be_finite_and_within_366_days() -> None:
+    """`--in 1e20` was an OverflowError traceback: a sentence now, for 'in' and 'at' alike."""
+    now = 1_790_000_000.0
+    year = schedules.MAX_AHEAD_SECONDS
+    assert year == 366 * 86400
+    assert schedules.due_time(None, year, now) == now + year
+    assert schedules.due_time(now + year, None, now) == now + year
+    for at, in_, message in (
+        (
+            None,
+            1e20,
+            "'in' is 1e+20 seconds, further ahead than the 31622400 (366 days) a task may wait: give a shorter "
+            "delay, or add a cron schedule for work that far off.",
+        ),
+        (None, year + 1, "'in' is 3.16224e+07 seconds, further ahead than the 31622400 (366 days)"),
+        (
+            1e20,
+            None,
+            "'at' is 1e+20, further ahead than the 366 days a task may wait: give a time within a year, "
+            "or add a cron schedule for work that far off.",
+        ),
+        ("9999-12-31T00:00:00Z", None, "'at' is 9999-12-31T00:00:00Z, further ahead than the 366 days"),
+        (datetime(2099, 1, 1), None, "'at' is 2099-01-01T00:00:00, further ahead than the 366 days"),
+        (None, float("inf"), "'in' must be a number of seconds from now (0 or more)."),
+        (float("nan"), None, "'at' must be a datetime, an ISO 8601 time or epoch seconds."),
+    ):
+        with pytest.raises(SpecError) as refused:
+            schedules.due_time(at, in_, now)
+        assert str(refused.value).startswith(message)
+
+
+def test_a_slot_is_named_by_its_start_not_by_the_second_it_is_seen() -> None:
+    three_am = datetime(2026, 12, 2, 3, tzinfo=UTC).timestamp()
+    assert schedules.latest_slot("0 3 * * *", three_am) == three_am
+    assert schedules.latest_slot("0 3 * * *", three_am + 17.5) == three_am
+    assert schedules.latest_slot("0 3 * * *", three_am + 3599) == three_am
+    assert schedules.latest_slot("0 3 * * *", three_am - 0.5) == three_am - 86400
+    assert schedules.latest_slot("* * * * *", three_am + 59.9) == three_am
+    assert schedules.latest_slot("* * * * * */2", three_am + 5.5) == three_am + 4  # seconds: a 2 s slot
+    assert schedules.latest_slot("* * * * * */2", three_am + 6) == three_am + 6
+
+
+def test_two_firers_at_different_seconds_of_one_slot_submit_once(redis_url: str, queue_name: str) -> None:
+    """A slot's key was built from the second the firer looked: 03:00:05 and 03:00:40 made two tasks."""
+    runner = Runner(redis_url=redis_url, queue=queue_name)
+    entry = schedules.add(runner.redis, queue_name, "0 3 * * *", {"agent": "command", "argv": ["true"]})
+    first = schedules.fire_due(runner, now=entry.next_at + 5)
+    # A second firer (another worker, or this one again) that read the entry before the first moved it on.
+    runner.redis.hset(events.schedules_key(queue_name), entry.id, orjson.dumps({**entry.__dict__}))
+    second = schedules.fire_due(runner, now=entry.next_at + 40)
+    assert len(first) == 1 and second == first
+    assert [record.id for record in runner.list(10)] == first
+    [moved] = schedules.all_of(runner.redis, queue_name)
+    assert moved.last_at == entry.next_at and moved.next_at == entry.next_at + 86400
+
+
+def test_a_ticker_whose_process_no_longer_serves_the_queue_fires_nothing(redis_url: str, queue_name: str) -> None:
+    """The worker gives its ticker ``serving``; once it says no (the lock was lost), nothing more is submitted."""
+    runner = Runner(redis_url=redis_url, queue=queue_name)
+    entry = schedules.add(runner.redis, queue_name, "0 3 * * *", {"agent": "command", "argv": ["true"]})
+    entry.next_at = time.time() - 60  # due now
+    runner.redis.hset(events.schedules_key(queue_name), entry.id, orjson.dumps({**entry.__dict__}))
+    serving = False
+    ticker = schedules.Ticker(runner, serving=lambda: serving)
+    ticker.tick()
+    assert runner.list(10) == []
+    ticker.start()  # its thread sees it no longer serves, and ends
+    ticker._thread.join(10)
+    assert not ticker._thread.is_alive() and ticker.stop.is_set() and runner.list(10) == []
+    ticker.close()
+    serving = True
+    schedules.Ticker(runner, serving=lambda: serving).tick()
+    assert len(runner.list(10)) == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from runner.spec import DEFAULT_TIMEOUT, SpecError, TaskResult, TaskSpec
+from runner.spec import DEFAULT_TIMEOUT, MAX_ARG_BYTES, MAX_TIMEOUT, SpecError, TaskResult, TaskSpec
 
 
 def test_a_spec_round_trips_through_json() -> None:
@@ -63,3 +63,76 @@ def test_result_status_names_the_outcome() -> None:
     assert TaskResult(id="a", cancelled=True).status == "cancelled"
     assert TaskResult(id="a", timed_out=True).status == "failed"
     assert TaskResult.from_dict({"id": "a", "unknown": 1}).id == "a"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (
+            {"task": "x", "timeout": 1e18},
+            "'timeout' is 1e+18 seconds, more than the 604800 (7 days) a task may have: give at most that, "
+            "or split the work into several tasks.",
+        ),
+        (
+            {"task": "x", "timeout": 604800.5},
+            "'timeout' is 604800 seconds, more than the 604800 (7 days) a task may have",
+        ),
+        (
+            {"agent": "command", "argv": ["true"], "idle_timeout": 1e18},
+            "'idle_timeout' is 1e+18 seconds, more than the 604800 (7 days) a task may have",
+        ),
+        ({"task": "x", "timeout": float("inf")}, "'timeout' must be a positive number of seconds."),
+        ({"task": "x", "idle_timeout": float("nan")}, "'idle_timeout' must be a number of seconds (0: never)."),
+    ],
+)
+def test_timeouts_must_be_finite_and_at_most_a_week(data: dict, message: str) -> None:
+    """A timeout of 1e18 s was accepted and then killed the work-horse with a traceback: refused at submit."""
+    with pytest.raises(SpecError) as refused:
+        TaskSpec.from_dict(data)
+    assert str(refused.value).startswith(message)
+
+
+def test_a_week_is_the_longest_timeout() -> None:
+    spec = TaskSpec.from_dict({"task": "x", "timeout": MAX_TIMEOUT, "idle_timeout": MAX_TIMEOUT})
+    assert (spec.timeout, spec.idle_timeout) == (604800.0, 604800.0)
+
+
+def test_a_command_line_argument_the_os_would_refuse_is_refused_at_submit() -> None:
+    """Linux caps one argument at 131072 bytes with its NUL ("Argument list too long" at exec): say so at submit."""
+    longest = "x" * (MAX_ARG_BYTES - 1)
+    assert TaskSpec.from_dict({"agent": "command", "argv": ["echo", longest]}).argv == ["echo", longest]
+    for too_long in ("x" * MAX_ARG_BYTES, "é" * (MAX_ARG_BYTES // 2)):  # bytes count, not characters
+        with pytest.raises(SpecError) as refused:
+            TaskSpec.from_dict({"agent": "command", "argv": ["echo", too_long]})
+        assert str(refused.value) == (
+            "'argv' element 1 is 131,072 bytes, more than the 131,071 one command-line argument may have "
+            "(Linux's MAX_ARG_STRLEN): put that much data in a file and pass its path instead."
+        )
+
+
+def test_an_agents_prompt_on_its_command_line_counts_too() -> None:
+    """Codex and Gemini get the prompt as an argument (Claude Code reads a long one from stdin)."""
+    prompt = "p" * 200_000
+    with pytest.raises(SpecError, match=r"^the task \(the prompt\) is 200,000 bytes, more than the 131,071"):
+        TaskSpec.from_dict({"agent": "codex", "task": prompt})
+    with pytest.raises(SpecError, match=r"^the task \(the prompt\) is 200,009 bytes"):  # --prompt=…
+        TaskSpec.from_dict({"agent": "gemini", "task": prompt})
+    assert TaskSpec.from_dict({"agent": "claude", "task": prompt}).task == prompt
+    with pytest.raises(SpecError, match=r"^the value of --system-prompt is 200,000 bytes"):
+        TaskSpec.from_dict({"agent": "claude", "task": "x", "system_prompt": prompt})
+
+
+def test_a_command_line_too_long_in_all_is_refused_at_submit() -> None:
+    """Each argument may fit and the whole still be too much for exec (ARG_MAX): refused, with 'env' counted."""
+    argv = ["echo", *["a" * 100_000] * 11]
+    with pytest.raises(SpecError) as refused:
+        TaskSpec.from_dict({"agent": "command", "argv": argv})
+    assert str(refused.value) == (
+        "The command command line and 'env' of this task take 1,100,016 bytes, more than the 1,048,576 a task "
+        'may have (the OS refuses long command lines with "Argument list too long"): put the large parts in files '
+        "and pass their paths instead."
+    )
+    fits = ["echo", *["a" * 100_000] * 10]
+    assert TaskSpec.from_dict({"agent": "command", "argv": fits}).argv == fits
+    with pytest.raises(SpecError, match="take 1,200,020 bytes"):
+        TaskSpec.from_dict({"agent": "command", "argv": fits, "env": {"BIG": "b" * 200_000}})

@@ -56,6 +56,18 @@ REQUEUE_META = "ccx_requeue"
 """Job meta set by a work-horse whose task must go back to the front of the queue (why, in a word)."""
 
 
+_run: str = ""
+"""The run id the worker made for the job it is about to fork a horse for (see :func:`new_run`)."""
+
+
+def new_run(fence: int | None) -> str:
+    """A run id for the next job, made in the worker before it forks: the horse starts its run under it, and
+    the worker can end exactly that run should the horse die (runner/worker.py)."""
+    global _run
+    _run = f"{fence if fence is not None else '-'}:{uuid.uuid4().hex[:12]}"
+    return _run
+
+
 def configure(settings: Settings, fence: int | None = None) -> None:
     """Called by the worker once its settings are final (flags over environment over token file)."""
     global _settings, _fence
@@ -104,13 +116,15 @@ def run_task(spec_data: dict) -> dict:
     except Exception as exc:
         # Whatever went wrong, the task must end with a result, never stay "running" forever.
         log.exception("task %s: internal error in the worker", job.id)
-        result = TaskResult(
-            id=job.id,
-            error=f"Internal error in the worker ({type(exc).__name__}: {exc}); see the worker's log.",
-            ended_at=events.now_iso(),
-            log_key=events.log_key(job.id),
+        result = TaskResult.failed(
+            job.id, f"Internal error in the worker ({type(exc).__name__}: {exc}); see the worker's log."
         )
-        lifecycle.end(store, result, job.origin, job)
+        # Its own run, or, if it failed before starting one, the task as long as no run holds it: never a run
+        # another worker started meanwhile.
+        if not lifecycle.end(store, result, job.origin, job, _run) and not store.client.hexists(
+            events.info_key(job.id), "run"
+        ):
+            lifecycle.end(store, result, job.origin, job)
     if not result.success:
         raise TaskFailed(result.error or "The task failed.")
     return result.to_dict()
@@ -127,7 +141,7 @@ def run_job(job: Job, spec_data: dict, settings: Settings, store: TaskStore) -> 
     client: redis.Redis = job.connection
     reason = client.get(events.cancel_key(task_id))
     if reason is not None:
-        result = TaskResult(id=task_id, cancelled=True, error=reason.decode(), ended_at=events.now_iso())
+        result = TaskResult.cancelled_with(task_id, reason.decode())
         lifecycle.end(store, result, queue, job)
         return result
     started_at = events.now_iso()
@@ -135,12 +149,10 @@ def run_job(job: Job, spec_data: dict, settings: Settings, store: TaskStore) -> 
     try:
         spec = TaskSpec.from_dict(spec_data)
     except SpecError as exc:
-        result = TaskResult(
-            id=task_id, error=f"Invalid task spec: {exc}", started_at=started_at, ended_at=events.now_iso()
-        )
+        result = TaskResult.failed(task_id, f"Invalid task spec: {exc}", started_at=started_at)
         lifecycle.end(store, result, queue, job)
         return result
-    run_id = f"{_fence if _fence is not None else '-'}:{uuid.uuid4().hex[:12]}"
+    run_id = _run or new_run(_fence)  # a plain ``rq worker`` makes none before forking
     lease_ms = int(settings.lock_ttl * 1000)
     started = lifecycle.start(store, task_id, queue, run_id, _fence, lease_ms)
     if started.code == -1:

@@ -11,6 +11,7 @@ import uuid
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from runner import events
 from runner.errors import UsageError
 
 DEFAULT_TIMEOUT = 3600.0
@@ -340,6 +341,19 @@ class TaskResult:
     """Earlier attempts that were interrupted, oldest first: ``started_at``, ``ended_at``, ``error``."""
     structured_output: Any = None
     """With ``json_schema``: the object the agent returned, validated against the schema."""
+
+    @classmethod
+    def failed(cls, task_id: str, error: str, **fields_: Any) -> TaskResult:
+        """An end that is not the task's own result (an infrastructure failure, a refused spec), with the
+        metadata every result carries: when it ended and where its log is."""
+        return cls(
+            id=task_id, error=error, **{"ended_at": events.now_iso(), "log_key": events.log_key(task_id), **fields_}
+        )
+
+    @classmethod
+    def cancelled_with(cls, task_id: str, error: str, **fields_: Any) -> TaskResult:
+        """A cancelled end (``error`` says who cancelled it, or why), with the same metadata as :meth:`failed`."""
+        return cls.failed(task_id, error, cancelled=True, **fields_)
 
     @property
     def status(self) -> str:

@@ -4,12 +4,14 @@ Tasks run strictly one after another because exactly one worker consumes a
 queue and it runs one job at a time. The lock (a key with a TTL, renewed by a
 thread) keeps a second worker, from any machine, from starting; when a worker
 dies its lock expires and a new one can take over. A task that was running
-when its worker died is ended as failed with a clear error at the next start,
-never left "started".
+when its worker died goes back to the front of its queue at the next start (up
+to ``interrupted_retries`` times, then it fails with a clear error), never left
+"started".
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import time
@@ -23,11 +25,12 @@ from rq.job_lifecycle import call_exception_handlers, format_exc_info, record_jo
 from rq.registry import CanceledJobRegistry, FailedJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 
-from runner import events, lifecycle, metrics, queue_state, schedules, webhooks
+from runner import events, lifecycle, lineup, metrics, queue_state, schedules, webhooks
 from runner.client import Runner
 from runner.config import PATIENT_RETRIES, Settings, redact_url, redis_client
 from runner.handler_client import check_transport, tls_context
-from runner.job import REQUEUE_META, TaskFailed, TaskRequeued, configure, warm_up
+from runner.job import REQUEUE_META, TaskFailed, TaskRequeued, configure, new_run, warm_up
+from runner.lineup import Reclaimer
 from runner.lock import QueueLock, WorkerLocked
 from runner.spec import TaskResult
 from runner.store import TaskStore
@@ -44,24 +47,53 @@ WORKER_DIED = (
 )
 
 
+DEQUEUE_TIMEOUT = 5
+"""Seconds a blocking dequeue waits. Redis hands a pending dequeue the next job even when its worker is frozen
+or cut off; a short wait bounds what such a worker can swallow to the jobs submitted within it, and the next
+holder's :class:`~runner.lineup.Reclaimer` puts those back first in line."""
+
+
 class CcxWorker(Worker):
-    """RQ's forking worker, set up for cc-execute: JSON only, one-line failure logs, the queue lock."""
+    """RQ's forking worker, set up for cc-execute: JSON only, one-line failure logs, the queue lock.
+
+    RQ's own machinery (its failure handling in the horse and in the worker, its maintenance of the
+    intermediate list) never decides a task's fate here: :mod:`runner.lifecycle` does, against the task's
+    run; these hooks only make RQ's records agree with the task's own (:meth:`handle_job_failure`)."""
 
     lock: QueueLock | None = None
     settings: Settings = Settings()
+    store: TaskStore | None = None
+    reclaimer: Reclaimer | None = None
+    _run: str = ""
+    """The run id of the job being executed, made before the fork: the horse starts its run under it, and the
+    worker ends that run (and only that run) if the horse dies."""
+    _dequeuing = False
+
+    @property
+    def dequeue_timeout(self) -> int:
+        # Under a third of the lock's TTL: a frozen holder's pending dequeue is over before a standby serves.
+        return max(1, min(DEQUEUE_TIMEOUT, int(self.settings.lock_ttl / 3)))
+
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
+        self._dequeuing = True
+        try:
+            return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        finally:
+            self._dequeuing = False
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         if self.lock is not None and self.lock.lost.is_set():
             # Another worker owns the queue now: hand the job back untouched rather than run it twice.
-            queue.enqueue_job(job, at_front=True)
+            lineup.hand_back(self.connection, job.id, queue)
             self.request_stop(0, None)
             return
         if queue_state.held(self.connection, queue.name):
-            # Held (a usage limit, a backoff, a person): the job goes back to the front, untouched, and this
-            # worker waits; nothing is lost if it dies meanwhile.
-            queue.enqueue_job(job, at_front=True)
+            # Held (a usage limit, a backoff, a person): the job goes back to the front, untouched (and out of
+            # RQ's intermediate list, whose maintenance would fail it), and this worker waits.
+            lineup.hand_back(self.connection, job.id, queue)
             self.wait_while_paused(queue.name)
             return
+        self._run = new_run(self.lock.fence if self.lock is not None else None)
         super().execute_job(job, queue)
 
     def wait_while_paused(self, queue_name: str) -> None:
@@ -85,15 +117,13 @@ class CcxWorker(Worker):
                 last_beat = time.monotonic()
             time.sleep(min(1.0, max(0.05, (state.until - now) if state.until else 1.0)))
 
-    def _requeue_front(self, job: Job, queue: Queue, execution: object) -> None:
-        """Put an interrupted (or stale) task back at the front of its queue; its dependents keep waiting."""
-        with self.connection.pipeline() as pipeline:
-            self.cleanup_execution(job, pipeline=pipeline, execution=execution)  # type: ignore[arg-type]
-            pipeline.execute()
-        metrics.record_retry(self.connection, queue.name, str(job.meta.get(REQUEUE_META) or ""))
-        job.meta.pop(REQUEUE_META, None)
-        job.save_meta()
-        queue.enqueue_job(job, at_front=True)
+    def handle_work_horse_killed(self, job: Job, retpid: Any, ret_val: Any, rusage: Any) -> None:
+        """The horse died from outside (out of memory, a signal, RQ's timeout kill) before recording an end:
+        end its run, and only its run, so a run another worker started meanwhile is never touched."""
+        super().handle_work_horse_killed(job, retpid, ret_val, rusage)
+        result = TaskResult.failed(job.id, HORSE_DIED)
+        if self.store is not None and self._run and lifecycle.end(self.store, result, job.origin, job, self._run):
+            log.warning("task %s: its work-horse died (waitpid %s); marked failed", job.id, ret_val)
 
     def handle_job_failure(
         self,
@@ -103,23 +133,30 @@ class CcxWorker(Worker):
         exc_string: str = "",
         execution: object = None,
     ) -> None:
-        """RQ's failure handling, plus a recorded result when the work-horse itself died.
+        """Make RQ's records of ``job`` agree with the task's record, whoever calls: the horse (the task did
+        not succeed, or goes back in line), the worker (its horse died), or RQ's maintenance (a job stranded).
 
-        A horse killed from outside (out of memory, a signal, RQ's own timeout kill) never
-        reaches its own finalize; without this its task would stay "running" forever.
-        Finalizing is done at most once, so a result the horse did record is kept.
+        * The task ended (or is no task of ours): RQ files it as failed or cancelled, as the record says.
+        * Nobody runs it and it has not ended (interrupted, held back, never started): first in line again.
+        * Another run holds it (this horse's worker lost the queue), or it succeeded under another run: this
+          execution is only cleaned up.
         """
-        if job.get_meta(refresh=True).get(REQUEUE_META):
-            self._requeue_front(job, queue, execution)
+        result, run, status = self.connection.hmget(events.info_key(job.id), ["result", "run", "status"])
+        if status is None or self.store is None or (result is not None and status != events.FINISHED.encode()):
+            super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)  # type: ignore[arg-type]
+            if self.store is not None:
+                file_in_rq_registry(self.connection, job, queue, self.store)
             return
-        super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)  # type: ignore[arg-type]
-        store = TaskStore(
-            self.connection, self.settings.log_maxlen, self.settings.log_ttl, self.settings.idempotency_ttl
-        )
-        result = TaskResult(id=job.id, error=HORSE_DIED, ended_at=events.now_iso(), log_key=events.log_key(job.id))
-        if lifecycle.end(store, result, queue.name, job):
-            log.warning("task %s: its work-horse died (%s); marked failed", job.id, exc_string.strip())
-        file_in_rq_registry(self.connection, job, queue, store)
+        with self.connection.pipeline() as pipeline:
+            self.cleanup_execution(job, pipeline=pipeline, execution=execution)  # type: ignore[arg-type]
+            if result is None and run is None:
+                lineup.hand_back(pipeline, job.id, queue)
+            pipeline.execute()
+        why = job.get_meta(refresh=True).get(REQUEUE_META)
+        if why:
+            metrics.record_retry(self.connection, queue.name, str(why))
+            job.meta.pop(REQUEUE_META, None)
+            job.save_meta()
 
     def handle_exception(self, job: Job, *exc_info: Any) -> None:
         """One line for a task that did not succeed (its result says why); a traceback only for our own bugs.
@@ -137,6 +174,11 @@ class CcxWorker(Worker):
             # handler's fencing stops it if the new worker starts a run, and otherwise its result counts.
             self._stop_requested = True
         super().heartbeat(timeout, pipeline)  # type: ignore[arg-type]
+        # Between jobs, now and then: jobs a frozen or cut-off previous holder took go back first in line.
+        idle = self._dequeuing and pipeline is None and not (self.lock is not None and self.lock.lost.is_set())
+        if idle and self.reclaimer is not None and self.reclaimer.due():
+            with contextlib.suppress(redis.RedisError):
+                self.reclaimer.run()
 
 
 def _log_failure(job: Job, exc_type: type, exc_value: BaseException, traceback: object) -> bool:
@@ -177,16 +219,11 @@ def recover_abandoned(client: redis.Redis, queue_name: str, store: TaskStore, se
     queue = Queue(queue_name, connection=client, serializer=JSONSerializer)
     registry = StartedJobRegistry(queue=queue)
     recovered = []
-    # A worker stopped between taking a job (RQ moves it to the intermediate queue) and starting it left it
+    # A worker stopped between taking a job (RQ moves it to the intermediate list) and starting it left it
     # there; RQ would fail it only much later. Holding the lock, nothing else can be taking it: put it back
     # at the front, in its order.
-    intermediate = queue.intermediate_queue
-    for job_id in reversed(intermediate.get_job_ids()):
-        if job_id not in registry:
-            with client.pipeline() as pipe:
-                pipe.lrem(intermediate.key, 1, job_id)
-                pipe.lpush(queue.key, job_id)
-                pipe.execute()
+    for job_id in reversed(lineup.stranded(client, queue).taken):
+        if lineup.hand_back(client, job_id, queue):
             log.warning("task %s had been taken by the previous worker but not started; it is first in line", job_id)
     for entry in client.zrange(registry.key, 0, -1):
         job_id = registry.parse_job_id(entry)
@@ -295,6 +332,8 @@ def run_worker(
         )
         worker.lock = lock
         worker.settings = settings
+        worker.store = store
+        worker.reclaimer = Reclaimer(client, queue)
         problem = warm_up(settings)
         if problem:
             log.warning("%s Tasks fail until the handler is up (start it with `ccx handler`).", problem)
@@ -304,7 +343,8 @@ def run_worker(
             flush=True,
         )
         deliveries = webhooks.Deliverer(settings).start()  # threads of this process: never in a work-horse
-        ticker = schedules.Ticker(Runner(settings=settings)).start()
+        # A worker that lost its lock stops firing schedules at once: its successor's ticker fires them.
+        ticker = schedules.Ticker(Runner(settings=settings), serving=lambda: not lock.lost.is_set()).start()
         try:
             worker.work(burst=burst, logging_level=logging_level, with_scheduler=False)
         finally:

@@ -1,0 +1,105 @@
+"""Taking the line: putting a job back in its place, and reclaiming what a previous holder took.
+
+RQ moves a dequeued job from the queue into its intermediate list, and from there
+into the started registry once a work-horse prepares it. A job can be stranded in
+either place without ever having run: a worker that dequeued it and then found the
+queue held, or its lock lost; a worker frozen or cut off while its blocking dequeue
+was pending (Redis hands it the next job all the same); a horse refused as stale.
+RQ's own maintenance would later fail such a job ("stuck in intermediate queue").
+Here it goes back to the front of its queue instead, and only while the task's
+record says nobody runs it and it has not ended, so a job handed back twice, or by
+two workers, is in the queue once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import redis
+from rq import Queue
+from rq.job import Job
+
+from runner import events
+
+log = logging.getLogger("ccx.worker")
+
+# KEYS: the queue's list, its intermediate list, the task's record, RQ's job hash, the started registry.
+# ARGV: job id, started-registry member ('' = none).
+# Leaves the intermediate list and the started registry; then, unless the task ended, a run holds it, or it is
+# no task of ours (no record, or no job), goes first in line exactly once. Returns 1 when it was put back.
+_HAND_BACK = """
+redis.call('LREM', KEYS[2], 0, ARGV[1])
+if ARGV[2] ~= '' then redis.call('ZREM', KEYS[5], ARGV[2]) end
+if redis.call('HEXISTS', KEYS[3], 'result') == 1 or redis.call('HEXISTS', KEYS[3], 'run') == 1 then return 0 end
+if redis.call('EXISTS', KEYS[3]) == 0 or redis.call('EXISTS', KEYS[4]) == 0 then return 0 end
+redis.call('LREM', KEYS[1], 0, ARGV[1])
+redis.call('LPUSH', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[4], 'status', 'queued')
+return 1
+"""
+
+RECLAIM_EVERY = 5.0
+"""Seconds between an idle holder's looks for jobs a previous (frozen, cut-off) holder took and never started."""
+
+
+def hand_back(client: redis.Redis | redis.client.Pipeline, job_id: str, queue: Queue, member: str = "") -> object:
+    """Put ``job_id`` back first in line (see the module's rules), in one round trip; ``member`` is its
+    started-registry entry, if it has one. On a pipeline, queues the call and returns the pipeline."""
+    script = client.register_script(_HAND_BACK) if isinstance(client, redis.Redis) else None
+    keys = [queue.key, queue.intermediate_queue.key, events.info_key(job_id), Job.key_for(job_id)]
+    keys.append(queue.started_job_registry.key)
+    if script is not None:
+        return script(keys=keys, args=[job_id, member])
+    return client.eval(_HAND_BACK, len(keys), *keys, job_id, member)
+
+
+@dataclass
+class Stranded:
+    """What a previous holder left: jobs taken but not started, and started entries whose run is gone."""
+
+    taken: list[str]
+    started: list[tuple[str, str]]
+    """(job id, registry member) pairs."""
+
+
+def stranded(client: redis.Redis, queue: Queue) -> Stranded:
+    """Jobs in the intermediate list, and started-registry entries without a live run lease, in one round trip."""
+    registry = queue.started_job_registry
+    with client.pipeline(transaction=False) as pipe:
+        pipe.lrange(queue.intermediate_queue.key, 0, -1)
+        pipe.zrange(registry.key, 0, -1)
+        taken, members = pipe.execute()
+    started = []
+    for raw in members:
+        member = raw.decode()
+        started.append((registry.parse_job_id(member), member))
+    return Stranded([job_id.decode() for job_id in taken], started)
+
+
+class Reclaimer:
+    """An idle holder's periodic look: jobs stranded by a previous holder go back first in line, in order.
+
+    Run only while the holder is between jobs (dequeuing), so nothing it finds is its own."""
+
+    def __init__(self, client: redis.Redis, queue: Queue, every: float = RECLAIM_EVERY) -> None:
+        self.client = client
+        self.queue = queue
+        self.every = every
+        self._last = time.monotonic()
+
+    def due(self) -> bool:
+        return time.monotonic() - self._last >= self.every
+
+    def run(self) -> list[str]:
+        """Hand back what was taken and never started; returns their ids. Started entries whose run lease is
+        gone are left to :func:`runner.worker.recover_abandoned`, which decides what their attempt meant."""
+        self._last = time.monotonic()
+        found = stranded(self.client, self.queue)
+        returned = []
+        for job_id in reversed(found.taken):  # LPUSH in reverse keeps their order at the front
+            if hand_back(self.client, job_id, self.queue):
+                log.warning("task %s had been taken by a worker that never started it; it is first in line", job_id)
+                returned.append(job_id)
+        return returned

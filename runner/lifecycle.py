@@ -14,6 +14,9 @@ lease) is :mod:`runner.lock`. The rules (docs/events.md):
   which is also RQ's rule for a canceled dependency).
 * An interrupted attempt (:func:`interrupt`) is not an end: the task goes back
   to the front of its queue and its dependents keep waiting.
+* What an attempt means (run again, retry or pause by the policy, or the end) is
+  decided by :func:`conclude`, and only there; RQ's own hooks in the worker never
+  decide a task's fate, they only make RQ's records agree (runner/worker.py).
 * :func:`cancel` asks: a queued task ends at once and never runs; a running one
   is stopped by its work-horse, which then ends it.
 """
@@ -27,11 +30,14 @@ from typing import Any
 import redis
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
+from rq.registry import CanceledJobRegistry
 from rq.serializers import JSONSerializer
 
-from runner import events, metrics, webhooks
+from runner import events, metrics, policy, queue_state, webhooks
+from runner.agents import get_agent
+from runner.config import Settings
 from runner.errors import UnknownTask
-from runner.spec import TaskResult
+from runner.spec import TaskResult, TaskSpec
 from runner.store import Started, TaskStore
 
 log = logging.getLogger("ccx.runner")
@@ -119,6 +125,9 @@ def settle_new_dependent(store: TaskStore, task_id: str, after: str, after_any: 
         job = fetch_job(store.client, task_id)
         if job is None or job.get_status() != JobStatus.DEFERRED:
             return
+    # RQ has put this task in the ended predecessor's dependents set, which the predecessor's end expired
+    # already, or which this made anew, without a TTL: it expires with the predecessor's keys.
+    store.client.expire(Job.dependents_key_for(after), store.log_ttl)
     # A cancelled predecessor cancels it whatever RQ made of it: RQ enqueues a dependent of a job it has
     # already filed as canceled when failures are allowed, which would let it run.
     what = "was cancelled" if predecessor.result.cancelled else "failed"
@@ -129,6 +138,20 @@ def settle_new_dependent(store: TaskStore, task_id: str, after: str, after_any: 
             f"Not run: it was to run after task {after}, which {what}"
             + ("; submit it with after_any to run regardless." if not after_any else "."),
         )
+
+
+def cancel_job(store: TaskStore, job: Job) -> None:
+    """RQ's cancel of a job that will never run, filed in RQ's canceled registry until the task expires.
+
+    RQ's own cancel scores the entry "now", which its registries read as an expiry already passed, and RQ
+    never cleans that registry: the entry would stay forever. Here it is scored as RQ's other registries are,
+    by its expiry, in the same transaction (the task's end then expires the job's keys, and trims the registry).
+    """
+    with contextlib.suppress(InvalidJobOperation), store.client.pipeline() as pipe:
+        job.cancel(pipeline=pipe)
+        registry = CanceledJobRegistry(job.origin, store.client, serializer=JSONSerializer)
+        registry.add(job, ttl=store.log_ttl, pipeline=pipe)
+        pipe.execute()
 
 
 def cancel(store: TaskStore, task_id: str, reason: str | None = None) -> str:
@@ -153,11 +176,50 @@ def cancel(store: TaskStore, task_id: str, reason: str | None = None) -> str:
     if job is not None and job.get_status() == JobStatus.STARTED:
         return CANCELLING
     if job is not None:
-        with contextlib.suppress(InvalidJobOperation):
-            job.cancel()
+        cancel_job(store, job)
     result = TaskResult(
         id=task_id, cancelled=True, error=message, ended_at=events.now_iso(), metadata=record.spec.metadata
     )
     if end(store, result, record.queue, job):
         log.info("task %s cancelled before it started", task_id)
     return CANCELLED
+
+
+def conclude(
+    store: TaskStore, job: Job, spec: TaskSpec, result: TaskResult, attempts: list[dict[str, Any]], settings: Settings,
+    run: str,
+) -> str | None:  # fmt: skip
+    """What one attempt of ``job`` (run ``run``) means, decided in this one place: interrupted by the
+    infrastructure, it runs again (up to ``interrupted_retries``); not successful, the retry policy may send
+    it back, pausing the queue as it says; otherwise, or past those limits, the attempt is the task's end,
+    recorded here. Returns why the task goes back to the front of its queue, or None once it has ended."""
+    client, task_id, queue = store.client, job.id, job.origin
+    this = {"started_at": result.started_at, "ended_at": result.ended_at, "error": result.error}
+    if result.interrupted:
+        attempts.append({**this, "kind": events.INTERRUPTED})
+        interruptions = sum(1 for attempt in attempts if attempt.get("kind", events.INTERRUPTED) == events.INTERRUPTED)
+        if interruptions <= settings.interrupted_retries and interrupt(store, task_id, queue, run, attempts):
+            log.warning(
+                "task %s interrupted (%s); it runs again (attempt %d)", task_id, result.error, len(attempts) + 1
+            )
+            return events.INTERRUPTED
+        result.error = f"{result.error} It was tried {interruptions} time(s); resubmit it to try again."
+        attempts.pop()
+    elif not result.success:
+        state = queue_state.get(client, queue)
+        decision = policy.decide(
+            spec, result, attempts, settings, state.backoff_level, get_agent(spec.agent).default_retries
+        )
+        again = [*attempts, {**this, "kind": decision.kind, "reason": decision.reason}]
+        if decision.action == policy.AGAIN and interrupt(store, task_id, queue, run, again):
+            if decision.continue_session:
+                store.continue_session(task_id, decision.continue_session)
+            queue_state.pause(client, queue, decision.kind, decision.reason, decision.until)
+            log.warning("task %s goes back to the front of queue %s: %s", task_id, queue, decision.reason)
+            return decision.kind
+    elif attempts:
+        queue_state.succeeded(client, queue)  # a backoff starts from the beginning next time
+    result.attempts = attempts
+    if not end(store, result, queue, job, run):
+        log.info("task %s already had a result, or was started again elsewhere; keeping that", task_id)
+    return None

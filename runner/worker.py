@@ -29,9 +29,10 @@ from runner import events, lifecycle, lineup, metrics, queue_state, schedules, w
 from runner.client import Runner
 from runner.config import PATIENT_RETRIES, Settings, redact_url, redis_client
 from runner.handler_client import check_transport, tls_context
-from runner.job import REQUEUE_META, TaskFailed, TaskRequeued, configure, new_run, warm_up
+from runner.job import REQUEUE_META, TaskFailed, TaskRequeued, configure, new_run
 from runner.lineup import Reclaimer
 from runner.lock import QueueLock, WorkerLocked
+from runner.relay import warm_up
 from runner.spec import TaskResult
 from runner.store import TaskStore
 
@@ -292,7 +293,8 @@ def run_worker(
     With ``metrics_port``, the queue's Prometheus metrics are served from a thread of this process (never the
     work-horses) from before the lock is taken, so a busy port fails at once and a standby worker reports too.
     """
-    import runner.job  # noqa: F401  (imported before forking, so each work-horse starts warm)
+    import runner.job
+    import runner.relay  # noqa: F401
 
     # Until RQ installs its own handlers in work(), SIGTERM must still unwind through the
     # `finally` below, or the lock would outlive this process by its whole TTL.

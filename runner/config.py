@@ -100,8 +100,9 @@ class Settings:
     """Seconds a task waits for an unreachable handler (e.g. restarting) before its attempt is interrupted."""
     idempotency_ttl: int = 3600
     """Seconds after a task ends during which a submit with its idempotency key still returns it."""
-    pause_margin: float = 60.0
-    """Seconds past a usage limit's reset time before the queue goes on (clocks differ)."""
+    pause_margin: float = 5.0
+    """Seconds past a usage limit's reset time before the queue goes on: clocks differ by seconds, not minutes
+    (a limit met again right after is backed off by the policy, so a short margin costs no loop)."""
     limit_backoff: float = 60.0
     """First pause (seconds) after a 429 with no reset time; doubled each consecutive time."""
     limit_backoff_max: float = 3600.0

@@ -4,10 +4,13 @@ A night of agent tasks mostly fails on the API, not on the task, and failing
 (which cancels every dependent) is the wrong answer to that:
 
 * **Usage limit** (a subscription's ``rate_limit_event`` with ``status: rejected``):
-  the queue pauses until ``resetsAt`` plus ``CCX_PAUSE_MARGIN``; the task goes back
-  to the front. If the attempt had made progress (it used a tool), the next one
-  continues its session (``--resume <session_id>`` with :data:`CONTINUE_PROMPT`);
-  otherwise it starts afresh.
+  the queue pauses until ``resetsAt`` plus ``CCX_PAUSE_MARGIN`` (5 s); the task goes
+  back to the front, as often as it meets the limit. If the attempt had made
+  progress (it used a tool), the next one continues its session (``--resume
+  <session_id>`` with :data:`CONTINUE_PROMPT`); one that was continuing and made none
+  continues the same session again; otherwise it starts afresh. A limit met again
+  right after its pause waits at least ``CCX_LIMIT_BACKOFF`` doubled per repeat
+  (a reset time already past would otherwise run it again at once).
 * **429 with no reset time** (an API key): the queue pauses with backoff,
   ``CCX_LIMIT_BACKOFF`` seconds doubled at each consecutive one, at most
   ``CCX_LIMIT_BACKOFF_MAX``.
@@ -60,6 +63,43 @@ def _retries_used(attempts: list[dict[str, Any]]) -> int:
     return sum(1 for attempt in attempts if attempt.get("kind") == queue_state.RETRY)
 
 
+def _limits_in_a_row(attempts: list[dict[str, Any]]) -> int:
+    """How many of the latest attempts a usage limit stopped, one after another."""
+    count = 0
+    for attempt in reversed(attempts):
+        if attempt.get("kind") != queue_state.USAGE_LIMIT:
+            break
+        count += 1
+    return count
+
+
+def _usage_limit(
+    spec: TaskSpec,
+    info: dict[str, Any],
+    limit: dict[str, Any],
+    attempts: list[dict[str, Any]],
+    settings: Settings,
+    now: float,
+) -> Decision:
+    """Pause until the reset (plus the margin), the task back to the front, however often it meets the limit."""
+    name = LIMIT_NAMES.get(str(limit.get("rateLimitType")), "usage limit")
+    until = float(limit["resetsAt"]) + settings.pause_margin
+    repeats = _limits_in_a_row(attempts)
+    if repeats:
+        # Met again right after a pause: if the reset time is already behind us (clocks differ, or the API
+        # lifts the limit late), the margin alone would run the task again at once, again and again.
+        until = max(until, now + min(settings.limit_backoff * 2 ** (repeats - 1), settings.limit_backoff_max))
+    if bool(info.get("tool_calls")) and isinstance(info.get("session_id"), str):
+        session: str | None = info["session_id"]  # it made progress: the next attempt goes on from here
+    elif spec.task == CONTINUE_PROMPT and spec.resume:
+        # It was continuing earlier progress and met the limit before adding any: continue the same again,
+        # rather than start afresh and lose what the earlier attempts did.
+        session = spec.resume
+    else:
+        session = None
+    return Decision(AGAIN, queue_state.USAGE_LIMIT, name, until, session)
+
+
 def decide(
     spec: TaskSpec,
     result: TaskResult,
@@ -77,15 +117,7 @@ def decide(
     info = result.agent or {}
     limit = info.get("rate_limit") or {}
     if limit.get("status") == "rejected" and isinstance(limit.get("resetsAt"), (int, float)):
-        name = LIMIT_NAMES.get(str(limit.get("rateLimitType")), "usage limit")
-        progressed = bool(info.get("tool_calls")) and isinstance(info.get("session_id"), str)
-        return Decision(
-            AGAIN,
-            queue_state.USAGE_LIMIT,
-            name,
-            float(limit["resetsAt"]) + settings.pause_margin,
-            info["session_id"] if progressed else None,
-        )
+        return _usage_limit(spec, info, limit, attempts, settings, now)
     if info.get("is_error") and "api_error_status" in info:
         status = info.get("api_error_status")
         if status == 429:

@@ -4,8 +4,10 @@ A paused queue starts nothing: its worker waits (the running task, if any,
 goes on). A pause comes from a usage limit (until the limit resets, plus a
 margin), an API that keeps refusing with no reset time (backoff), a transient
 error's retry delay, rejected credentials (until a person resumes), or a
-person (``ccx pause``). The worker ends a timed pause itself when its time
-comes; ``ccx resume`` ends any. Both are lifecycle events on ``ccx:events``.
+person (``ccx pause``). Pauses compose: the strongest holds (:data:`STRENGTH`), so a
+failing task's retry pause never replaces a person's. The worker ends a timed pause
+itself when its time comes; ``ccx resume`` ends any. Both are lifecycle events on
+``ccx:events`` and, for a queue whose webhook asks for pauses, webhook POSTs.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ RETRY = "retry"
 CREDENTIALS = "credentials"
 MANUAL = "manual"
 BUDGET = "budget"
+
+# The order of strength among kinds, weakest first: it decides between two pauses that end at the same
+# time (or both never). A person's word is the strongest: no automatic pause replaces ``ccx pause``.
+STRENGTH = (RETRY, BACKOFF, USAGE_LIMIT, BUDGET, CREDENTIALS, MANUAL)
 
 
 @dataclass(frozen=True)
@@ -77,35 +83,95 @@ def get(client: redis.Redis, queue: str) -> QueueState:
     )
 
 
+# KEYS: the queue's state. ARGV: kind, reason, until ('' = until resumed), now, the paused event, '1' to count
+# a backoff, the lifecycle channel, then STRENGTH. One script, so a person's pause and an automatic one set
+# at the same moment are compared and written as a whole: neither can land between the other's read and write.
+# Returns 1 if the new pause holds now (and was announced), 0 if the current one is stronger and stays.
+_PAUSE_SCRIPT = """
+local function rank(kind)
+  for i = 8, #ARGV do if ARGV[i] == kind then return i end end
+  return 0
+end
+local current = redis.call('HMGET', KEYS[1], 'kind', 'until')
+local kind, ends = current[1] or '', current[2] or ''
+local stays = false
+if kind ~= '' then
+  if (ends == '') ~= (ARGV[3] == '') then
+    stays = ends == ''  -- until resumed beats any end time
+  elseif ends ~= '' and tonumber(ends) ~= tonumber(ARGV[3]) then
+    stays = tonumber(ends) > tonumber(ARGV[3])  -- the later end: the queue cannot go on before it anyway
+  else
+    stays = rank(kind) > rank(ARGV[1])  -- an equal one replaces it: its reason is the latest word
+  end
+end
+-- A backoff counts even when it does not hold: the next 429's wait doubles all the same.
+if ARGV[6] == '1' then redis.call('HINCRBY', KEYS[1], 'backoff_level', 1) end
+if stays then return 0 end
+redis.call('HSET', KEYS[1], 'kind', ARGV[1], 'reason', ARGV[2], 'until', ARGV[3], 'since', ARGV[4])
+redis.call('PUBLISH', ARGV[7], ARGV[5])
+return 1
+"""
+
+# KEYS: the queue's state. ARGV: '1' to reset the backoff, '1' to end only a timed pause that is due, now,
+# the lifecycle channel, the resumed event without its kind. Returns the kind of the pause it ended, or
+# false. The event is published here, so that on the channel it always comes between its pause and the next.
+_RESUME_SCRIPT = """
+local current = redis.call('HMGET', KEYS[1], 'kind', 'until')
+local kind, ends = current[1] or '', current[2] or ''
+if ARGV[2] == '1' and (kind == '' or ends == '' or tonumber(ends) > tonumber(ARGV[3])) then return false end
+if ARGV[1] == '1' then redis.call('HDEL', KEYS[1], 'backoff_level') end
+if kind == '' then return false end
+redis.call('HDEL', KEYS[1], 'kind', 'reason', 'until', 'since')
+local event = cjson.decode(ARGV[5])
+event['kind'] = kind
+redis.call('PUBLISH', ARGV[4], cjson.encode(event))
+return kind
+"""
+
+
 def pause(client: redis.Redis, queue: str, kind: str, reason: str, until: float | None = None) -> QueueState:
-    """Hold ``queue`` (a later pause replaces an earlier one); announce it."""
+    """Hold ``queue`` unless a stronger pause holds it (see :data:`STRENGTH` and docs/events.md, "Pauses");
+    announce it if it takes hold. Returns the pause that holds afterwards, this one or the stronger one."""
     now = time.time()
-    key = events.queue_state_key(queue)
-    with client.pipeline() as pipe:
-        pipe.hset(
-            key,
-            mapping={"kind": kind, "reason": reason, "until": "" if until is None else repr(until), "since": repr(now)},
-        )
-        if kind == BACKOFF:
-            pipe.hincrby(key, "backoff_level", 1)
-        pipe.publish(events.LIFECYCLE_CHANNEL, _event(events.PAUSED, queue, kind=kind, reason=reason, until=until))
-        pipe.execute()
-    webhooks.on_pause(client, queue, kind, reason, until)  # a queue.paused POST, if the queue's webhook asks
+    event = _event(events.PAUSED, queue, kind=kind, reason=reason, until=until)
+    took = client.register_script(_PAUSE_SCRIPT)(
+        keys=[events.queue_state_key(queue)],
+        args=[
+            kind,
+            reason,
+            "" if until is None else repr(until),
+            repr(now),
+            event,
+            "1" if kind == BACKOFF else "",
+            events.LIFECYCLE_CHANNEL,
+            *STRENGTH,
+        ],
+    )
+    if took:
+        webhooks.on_pause(client, queue, kind, reason, until)  # a queue.paused POST, if the queue's webhook asks
     return get(client, queue)
 
 
-def resume(client: redis.Redis, queue: str, why: str, reset_backoff: bool = False) -> bool:
-    """End ``queue``'s pause, if it has one; True if it had."""
-    key = events.queue_state_key(queue)
-    with client.pipeline() as pipe:
-        pipe.hget(key, "kind")
-        pipe.hdel(key, "kind", "reason", "until", "since")
-        if reset_backoff:
-            pipe.hdel(key, "backoff_level")
-        had, _, *_ = pipe.execute()
-    if had:
-        client.publish(events.LIFECYCLE_CHANNEL, _event(events.RESUMED, queue, reason=why))
-    return bool(had)
+def resume(client: redis.Redis, queue: str, why: str, reset_backoff: bool = False, only_if_due: bool = False) -> bool:
+    """End ``queue``'s pause, if it has one; True if it had. Announced like a pause: a ``resumed`` event and,
+    if the queue's webhook asks for pauses, a ``queue.resumed`` POST.
+
+    ``only_if_due``: end it only if it is a timed pause whose time has come (the worker's case: a person's
+    pause set after the worker looked must survive the worker's lifting of the timed one it saw)."""
+    kind = client.register_script(_RESUME_SCRIPT)(
+        keys=[events.queue_state_key(queue)],
+        args=[
+            "1" if reset_backoff else "",
+            "1" if only_if_due else "",
+            repr(time.time()),
+            events.LIFECYCLE_CHANNEL,
+            _event(events.RESUMED, queue, reason=why),
+        ],
+    )
+    if not kind:
+        return False
+    webhooks.on_resume(client, queue, kind.decode(), why)  # a queue.resumed POST, if the queue's webhook asks
+    return True
 
 
 def today(now: float | None = None) -> str:

@@ -47,6 +47,7 @@ log = logging.getLogger("ccx.webhooks")
 
 TASK_ENDED = "task.ended"
 QUEUE_PAUSED = "queue.paused"
+QUEUE_RESUMED = "queue.resumed"
 
 SIGNATURE_HEADER = "X-CCX-Signature"
 TIMESTAMP_HEADER = "X-CCX-Timestamp"
@@ -108,6 +109,11 @@ def pause_payload(queue: str, kind: str, reason: str, until: float | None) -> di
         "until": events.iso(until) if until else None,
         "at": events.now_iso(),
     }
+
+
+def resume_payload(queue: str, kind: str, reason: str) -> dict[str, Any]:
+    """A lifted pause: ``kind`` is the pause that ended, ``reason`` why it ended (its time came, a person)."""
+    return {"event": QUEUE_RESUMED, "queue": queue, "kind": kind, "reason": reason, "at": events.now_iso()}
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
@@ -278,6 +284,17 @@ def on_pause(client: redis.Redis, queue: str, kind: str, reason: str, until: flo
         return _enqueue(client, queue, "pause", QUEUE_PAUSED, "", body, events.DEFAULT_LOG_TTL)
     except redis.RedisError as exc:
         log.warning("queue %s: its pause webhook could not be queued (%s)", queue, exc)
+        return False
+
+
+def on_resume(client: redis.Redis, queue: str, kind: str, reason: str) -> bool:
+    """Called when ``queue``'s pause ends: a ``queue.resumed`` POST, to the same receivers as its pauses
+    (so that every ``queue.paused`` they got is followed by its end)."""
+    try:
+        body = orjson.dumps(resume_payload(queue, kind, reason))
+        return _enqueue(client, queue, "pause", QUEUE_RESUMED, "", body, events.DEFAULT_LOG_TTL)
+    except redis.RedisError as exc:
+        log.warning("queue %s: its resume webhook could not be queued (%s)", queue, exc)
         return False
 
 

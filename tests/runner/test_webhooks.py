@@ -529,3 +529,18 @@ def test_a_post_cut_by_its_deadline_reports_the_timeout_whatever_http_client_mad
         server.close()
     thread.join(5)
     assert answer == webhooks.Response(None, "no complete answer within 0.5 s")
+
+
+def test_a_resumed_queue_is_sent_only_when_the_queue_asks_for_pauses(
+    redis_client: redis.Redis, queue_name: str
+) -> None:
+    webhooks.set_queue_webhook(redis_client, queue_name, "http://queue.example/hook")
+    assert not webhooks.on_resume(redis_client, queue_name, "manual", "resumed by hand")
+    webhooks.set_queue_webhook(redis_client, queue_name, "http://queue.example/hook", on_pause=True)
+    assert webhooks.on_resume(redis_client, queue_name, "usage_limit", "the pause ended (five-hour usage limit)")
+    (delivery_id,) = _due(redis_client, queue_name)
+    delivery = webhooks.Delivery.load(redis_client, delivery_id)
+    assert delivery is not None and delivery.event == webhooks.QUEUE_RESUMED == "queue.resumed"
+    assert delivery.task_id == "" and delivery.payload["queue"] == queue_name
+    assert delivery.payload["kind"] == "usage_limit" and delivery.payload["at"]
+    assert delivery.payload["reason"] == "the pause ended (five-hour usage limit)"

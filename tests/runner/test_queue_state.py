@@ -1,0 +1,180 @@
+"""A queue's pauses compose (the strongest holds, whoever sets it and whenever), and every lifting is announced."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import orjson
+import pytest
+import redis
+
+from runner import events, queue_state, webhooks
+from runner.queue_state import BACKOFF, BUDGET, CREDENTIALS, MANUAL, RETRY, USAGE_LIMIT
+
+HOUR = 3600.0
+
+
+@pytest.fixture
+def lifecycle(redis_client: redis.Redis) -> Iterator[redis.client.PubSub]:
+    """A subscription to the lifecycle channel, ready before the test acts."""
+    pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(events.LIFECYCLE_CHANNEL)
+    pubsub.get_message(timeout=1.0)  # the subscribe confirmation: from here on nothing is missed
+    yield pubsub
+    pubsub.close()
+
+
+def queue_events(pubsub: redis.client.PubSub, queue: str, wanted: int, deadline: float = 5.0) -> list[dict]:
+    """This queue's events on the channel until ``wanted`` have come or ``deadline`` seconds have passed."""
+    found: list[dict] = []
+    ends = time.monotonic() + deadline
+    while len(found) < wanted and time.monotonic() < ends:
+        message = pubsub.get_message(timeout=0.1)
+        if message is not None:
+            body = orjson.loads(message["data"])
+            if body.get("queue") == queue:
+                found.append(body)
+    return found
+
+
+def quiet(pubsub: redis.client.PubSub, queue: str) -> list[dict]:
+    """What this queue published within half a second (nothing, when nothing was announced)."""
+    return queue_events(pubsub, queue, 1, deadline=0.5)
+
+
+def test_a_manual_pause_outlasts_a_running_tasks_retry_pause(redis_client: redis.Redis, queue_name: str) -> None:
+    """Issue 19, case 6: `ccx pause` while a task runs, then the task fails and asks for its retry pause.
+    The queue stays held by hand, with no end time, so it never resumes by itself."""
+    queue_state.pause(redis_client, queue_name, MANUAL, "deploy")
+    state = queue_state.pause(redis_client, queue_name, RETRY, "API error 529; retry 1/2 in 30 s", time.time() + 30)
+    assert (state.kind, state.reason, state.until) == (MANUAL, "deploy", None)
+    assert queue_state.get(redis_client, queue_name) == state
+
+
+@pytest.mark.parametrize("kind", [CREDENTIALS, BUDGET, USAGE_LIMIT, BACKOFF, RETRY])
+def test_no_automatic_pause_replaces_a_manual_one(redis_client: redis.Redis, queue_name: str, kind: str) -> None:
+    queue_state.pause(redis_client, queue_name, MANUAL, "deploy")
+    queue_state.pause(redis_client, queue_name, kind, "automatic", None if kind == CREDENTIALS else time.time() + HOUR)
+    assert queue_state.get(redis_client, queue_name).kind == MANUAL
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "holds"),
+    [
+        # An indefinite pause beats any timed one: nothing but a person ends it.
+        ((CREDENTIALS, None), (USAGE_LIMIT, HOUR), CREDENTIALS),
+        ((USAGE_LIMIT, HOUR), (CREDENTIALS, None), CREDENTIALS),
+        ((CREDENTIALS, None), (MANUAL, None), MANUAL),
+        # Among timed ones the later end holds: the queue cannot go on before it anyway.
+        ((RETRY, 30.0), (USAGE_LIMIT, HOUR), USAGE_LIMIT),
+        ((USAGE_LIMIT, HOUR), (RETRY, 30.0), USAGE_LIMIT),
+        ((BUDGET, HOUR), (USAGE_LIMIT, 2 * HOUR), USAGE_LIMIT),
+        ((BACKOFF, 2 * HOUR), (BUDGET, HOUR), BACKOFF),
+        # The same end: the kind's order decides.
+        ((BUDGET, HOUR), (USAGE_LIMIT, HOUR), BUDGET),
+        ((RETRY, HOUR), (BACKOFF, HOUR), BACKOFF),
+    ],
+)
+def test_the_strongest_pause_holds(
+    redis_client: redis.Redis,
+    queue_name: str,
+    first: tuple[str, float | None],
+    second: tuple[str, float | None],
+    holds: str,
+) -> None:
+    now = time.time()
+    for kind, after in (first, second):
+        queue_state.pause(redis_client, queue_name, kind, kind, None if after is None else now + after)
+    assert queue_state.get(redis_client, queue_name).kind == holds
+
+
+def test_a_person_and_a_failing_task_pausing_at_once_never_lose_the_manual_pause(
+    redis_client: redis.Redis, queue_name: str
+) -> None:
+    """Both at the same moment, many times over: whichever lands last, the manual pause holds."""
+    for round_ in range(30):
+        queue = f"{queue_name}-{round_}"
+        start = threading.Barrier(2)
+
+        def manual(queue: str = queue, start: threading.Barrier = start) -> None:
+            start.wait()
+            queue_state.pause(redis_client, queue, MANUAL, "deploy")
+
+        def automatic(queue: str = queue, start: threading.Barrier = start) -> None:
+            start.wait()
+            queue_state.pause(redis_client, queue, RETRY, "retry 1/2 in 30 s", time.time() + 30)
+
+        threads = [threading.Thread(target=manual), threading.Thread(target=automatic)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert queue_state.get(redis_client, queue).kind == MANUAL, f"round {round_}"
+
+
+def test_a_pause_that_does_not_take_hold_is_not_announced(
+    redis_client: redis.Redis, queue_name: str, lifecycle: redis.client.PubSub
+) -> None:
+    webhooks.set_queue_webhook(redis_client, queue_name, "http://queue.example/hook", on_pause=True)
+    queue_state.pause(redis_client, queue_name, MANUAL, "deploy")
+    assert [body["kind"] for body in queue_events(lifecycle, queue_name, 1)] == [MANUAL]
+    queue_state.pause(redis_client, queue_name, RETRY, "retry 1/2 in 30 s", time.time() + 30)
+    assert quiet(lifecycle, queue_name) == []
+    assert redis_client.zcard(events.webhook_due_key(queue_name)) == 1  # the manual pause's POST only
+
+
+def test_a_backoff_that_does_not_take_hold_still_counts_towards_the_next_one(
+    redis_client: redis.Redis, queue_name: str
+) -> None:
+    queue_state.pause(redis_client, queue_name, MANUAL, "deploy")
+    queue_state.pause(redis_client, queue_name, BACKOFF, "429", time.time() + 60)
+    assert queue_state.get(redis_client, queue_name).backoff_level == 1
+
+
+def test_every_lifting_is_a_resumed_event_naming_the_pause_it_ended(
+    redis_client: redis.Redis, queue_name: str, lifecycle: redis.client.PubSub
+) -> None:
+    queue_state.pause(redis_client, queue_name, USAGE_LIMIT, "five-hour usage limit", time.time() + HOUR)
+    assert queue_state.resume(redis_client, queue_name, "resumed by hand")
+    paused, resumed = queue_events(lifecycle, queue_name, 2)
+    assert paused["type"] == events.PAUSED and paused["kind"] == USAGE_LIMIT
+    assert resumed["type"] == events.RESUMED and resumed["kind"] == USAGE_LIMIT
+    assert resumed["reason"] == "resumed by hand" and resumed["at"]
+    assert not queue_state.resume(redis_client, queue_name, "again")  # nothing to lift: nothing announced
+    assert quiet(lifecycle, queue_name) == []
+
+
+def test_a_lifting_posts_queue_resumed_to_a_queue_that_asked_for_pauses(
+    redis_client: redis.Redis, queue_name: str
+) -> None:
+    webhooks.set_queue_webhook(redis_client, queue_name, "http://queue.example/hook", on_pause=True)
+    queue_state.pause(redis_client, queue_name, RETRY, "retry 1/2 in 1 s", time.time() + 1)
+    queue_state.resume(redis_client, queue_name, "the pause ended (retry 1/2 in 1 s)")
+    deliveries = [
+        webhooks.Delivery.load(redis_client, item.decode())
+        for item in redis_client.zrange(events.webhook_due_key(queue_name), 0, -1)
+    ]
+    resumed = [delivery for delivery in deliveries if delivery is not None and delivery.event == "queue.resumed"]
+    assert len(resumed) == 1
+    assert resumed[0].payload["kind"] == RETRY and resumed[0].payload["reason"].startswith("the pause ended")
+
+
+def test_the_worker_ends_only_a_timed_pause_that_is_due(redis_client: redis.Redis, queue_name: str) -> None:
+    """The worker saw a due timed pause and lifts it; a person's pause set in between must survive that."""
+    queue_state.pause(redis_client, queue_name, RETRY, "retry", time.time() - 1)
+    queue_state.pause(redis_client, queue_name, MANUAL, "deploy")  # lands between the worker's look and its lift
+    assert not queue_state.resume(redis_client, queue_name, "the pause ended (retry)", only_if_due=True)
+    assert queue_state.get(redis_client, queue_name).kind == MANUAL
+
+    queue_state.resume(redis_client, queue_name, "resumed by hand")
+    queue_state.pause(redis_client, queue_name, USAGE_LIMIT, "five-hour usage limit", time.time() + HOUR)
+    assert not queue_state.resume(redis_client, queue_name, "early", only_if_due=True)
+    assert queue_state.get(redis_client, queue_name).paused
+
+    queue_state.pause(redis_client, queue_name, MANUAL, "deploy")
+    queue_state.resume(redis_client, queue_name, "resumed by hand")
+    queue_state.pause(redis_client, queue_name, RETRY, "retry", time.time() - 1)
+    assert queue_state.resume(redis_client, queue_name, "the pause ended (retry)", only_if_due=True)
+    assert not queue_state.get(redis_client, queue_name).paused

@@ -143,7 +143,18 @@ def schedules_key(queue: str) -> str:
 
 
 def index_key(queue: str) -> str:
+    """The queue's tasks by submission time (sorted set); a task leaves it when its record expires."""
     return f"{PREFIX}:tasks:{queue}"
+
+
+def index_expiry_key(queue: str) -> str:
+    """When each ended task of the queue expires (sorted set: id by epoch seconds), so its index entry goes too.
+
+    The index is scored by submission time, which says nothing of when a task's record expires: a task for
+    later (``in_`` up to a year) or one behind a long line may still be waiting long after its submission.
+    Each end trims both sets of the tasks whose time has come (see runner/store.py).
+    """
+    return f"{PREFIX}:tasks:{queue}:expiry"
 
 
 def now_iso() -> str:

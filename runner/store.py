@@ -17,6 +17,9 @@ from typing import Any
 
 import orjson
 import redis
+from rq.job import Job
+from rq.registry import CanceledJobRegistry
+from rq.results import Result
 
 from runner import events, queue_state
 from runner.spec import TaskResult, TaskSpec
@@ -24,9 +27,13 @@ from runner.spec import TaskResult, TaskSpec
 # Ends a task: sets status and fields, logs and publishes the result event, marks the task done (KEYS[5],
 # a one-entry stream result waiters block on),
 # drops the run lease (KEYS[6]), counts the task's cost in the queue's totals (KEYS[7], so its result is
-# never seen before its cost) and sets the expiry of the finished task's keys.
-# ARGV: status, cost ('' = none), the costs hash's total and day fields, field/value pairs..., lifecycle
-# event, log event, maxlen, ttl, run ('' = any run).
+# never seen before its cost) and sets the expiry of every key of the finished task, RQ's included (KEYS[8..11]:
+# its job hash, dependents set, dependencies set and results stream), so that nothing of it is kept forever.
+# It also trims, cheaply and in the same call (no round trip of its own): RQ's canceled registry (KEYS[12]),
+# scored by expiry like RQ's other registries but never cleaned by RQ, and the queue's index (KEYS[13]) of
+# tasks whose record has expired, as listed by their expiry (KEYS[14]; at most 100 per end, which keeps pace).
+# ARGV: status, cost ('' = none), the costs hash's total and day fields, now (epoch seconds), task id,
+# field/value pairs..., lifecycle event, log event, maxlen, ttl, run ('' = any run).
 # With a run id, only that run (the one the record says is current) may end the task.
 _FINALIZE_SCRIPT = """
 if redis.call('HEXISTS', KEYS[1], 'result') == 1 then return 0 end
@@ -37,15 +44,21 @@ if ARGV[2] ~= '' then
   redis.call('HINCRBYFLOAT', KEYS[7], ARGV[3], ARGV[2])
   redis.call('HINCRBYFLOAT', KEYS[7], ARGV[4], ARGV[2])
 end
-for i = 5, n - 5, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 7, n - 5, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[n - 2], '*', 'e', ARGV[n - 3])
 redis.call('PUBLISH', KEYS[3], ARGV[n - 3])
 redis.call('PUBLISH', KEYS[4], ARGV[n - 4])
 redis.call('XADD', KEYS[5], '*', 'status', ARGV[1])
 redis.call('DEL', KEYS[6])
-redis.call('EXPIRE', KEYS[1], ARGV[n - 1])
-redis.call('EXPIRE', KEYS[2], ARGV[n - 1])
-redis.call('EXPIRE', KEYS[5], ARGV[n - 1])
+local ttl = ARGV[n - 1]
+for _, k in ipairs({1, 2, 5, 8, 9, 10, 11}) do redis.call('EXPIRE', KEYS[k], ttl) end
+redis.call('ZREMRANGEBYSCORE', KEYS[12], '-inf', ARGV[5])
+redis.call('ZADD', KEYS[14], tonumber(ARGV[5]) + tonumber(ttl), ARGV[6])
+local gone = redis.call('ZRANGEBYSCORE', KEYS[14], '-inf', ARGV[5], 'LIMIT', 0, 100)
+if #gone > 0 then
+  redis.call('ZREM', KEYS[13], unpack(gone))
+  redis.call('ZREM', KEYS[14], unpack(gone))
+end
 local key = redis.call('HGET', KEYS[1], 'idempotency_key')
 if key then return key end
 return 1
@@ -301,12 +314,15 @@ class TaskStore:
                 events.done_key(result.id),
                 events.lease_key(result.id),
                 events.costs_key(queue),
+                *self._expiring_keys(result.id, queue),
             ],
             args=[
                 result.status,
                 counted,  # the task's cost, counted in the queue's totals with its end, atomically
                 queue_state.TOTAL,
                 queue_state.day_field(),
+                repr(time.time()),  # RQ's registries are scored by this clock too (the client's)
+                result.id,
                 "result",
                 payload,
                 "ended_at",
@@ -321,6 +337,21 @@ class TaskStore:
         if isinstance(reply, bytes):  # it was submitted with an idempotency key: keep it only so long now
             self.client.expire(events.idempotency_key(queue, reply.decode()), self.idempotency_ttl)
         return bool(reply)
+
+    def _expiring_keys(self, task_id: str, queue: str) -> list[str]:
+        """KEYS[8..14] of the finalize script: RQ's keys of the task's job (named by RQ's own classes; a job
+        that was never made, or is gone, is no matter: EXPIRE of a missing key does nothing), RQ's canceled
+        registry of the queue, and the queue's index with its expiry times."""
+        job = Job(task_id, connection=self.client)  # for its key names only: nothing is read
+        return [
+            job.key,
+            job.dependents_key,
+            job.dependencies_key,
+            Result.get_key(task_id),
+            CanceledJobRegistry(queue, self.client).key,
+            events.index_key(queue),
+            events.index_expiry_key(queue),
+        ]
 
     def get(self, task_id: str) -> TaskRecord | None:
         raw = self.client.hgetall(events.info_key(task_id))

@@ -24,6 +24,7 @@ from handler.memory import pin_malloc_thresholds
 from runner import events, lifecycle
 from runner.config import Settings
 from runner.policy import CONTINUE_PROMPT
+from runner.reconcile import REQUEUE_REFUSED
 from runner.relay import STALE_RUN, relay
 from runner.spec import SpecError, TaskResult, TaskSpec
 from runner.store import TaskStore
@@ -148,7 +149,9 @@ def run_job(job: Job, spec_data: dict, settings: Settings, store: TaskStore) -> 
         raise _requeue(job, "stale")
     if started.code == 0:
         record = store.get(task_id)
-        return record.result if record is not None and record.result is not None else TaskResult(id=task_id)
+        ended = record.result if record is not None and record.result is not None else TaskResult(id=task_id)
+        log.warning(REQUEUE_REFUSED, task_id, ended.status)
+        return ended
     attempts = started.attempts
     if started.continue_session:
         # The last attempt made progress before a usage limit: go on in the same session, not afresh.

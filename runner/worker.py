@@ -32,6 +32,7 @@ from runner.handler_client import check_transport, tls_context
 from runner.job import REQUEUE_META, TaskFailed, TaskRequeued, configure, new_run
 from runner.lineup import Reclaimer
 from runner.lock import QueueLock, WorkerLocked
+from runner.reconcile import Reconciler
 from runner.relay import warm_up
 from runner.spec import TaskResult
 from runner.store import TaskStore
@@ -64,7 +65,8 @@ class CcxWorker(Worker):
     lock: QueueLock | None = None
     settings: Settings = Settings()
     store: TaskStore | None = None
-    reclaimer: Reclaimer | None = None
+    looks: tuple[Reclaimer | Reconciler, ...] = ()
+    """What an idle holder looks at now and then: jobs stranded by a previous holder, jobs RQ's tools deleted."""
     _run: str = ""
     """The run id of the job being executed, made before the fork: the horse starts its run under it, and the
     worker ends that run (and only that run) if the horse dies."""
@@ -110,9 +112,12 @@ class CcxWorker(Worker):
                 announced = True
             now = time.time()
             if state.until is not None and now >= state.until:
-                queue_state.resume(self.connection, queue_name, f"the pause ended ({state.reason})")
-                log.info("queue %s goes on: the pause ended (%s)", queue_name, state.reason)
-                return
+                if queue_state.resume(
+                    self.connection, queue_name, f"the pause ended ({state.reason})", only_if_due=True
+                ):
+                    log.info("queue %s goes on: the pause ended (%s)", queue_name, state.reason)
+                    return
+                continue  # a stronger pause came meanwhile (e.g. `ccx pause`): keep waiting
             if time.monotonic() - last_beat > 30:
                 self.heartbeat()
                 last_beat = time.monotonic()
@@ -175,11 +180,13 @@ class CcxWorker(Worker):
             # handler's fencing stops it if the new worker starts a run, and otherwise its result counts.
             self._stop_requested = True
         super().heartbeat(timeout, pipeline)  # type: ignore[arg-type]
-        # Between jobs, now and then: jobs a frozen or cut-off previous holder took go back first in line.
+        # Between jobs, now and then: jobs a frozen or cut-off previous holder took go back first in line, and
+        # waiting tasks whose RQ job was deleted by RQ's tools end cancelled.
         idle = self._dequeuing and pipeline is None and not (self.lock is not None and self.lock.lost.is_set())
-        if idle and self.reclaimer is not None and self.reclaimer.due():
-            with contextlib.suppress(redis.RedisError):
-                self.reclaimer.run()
+        for look in self.looks if idle else ():
+            if look.due():
+                with contextlib.suppress(redis.RedisError):
+                    look.run()
 
 
 def _log_failure(job: Job, exc_type: type, exc_value: BaseException, traceback: object) -> bool:
@@ -199,7 +206,10 @@ def file_in_rq_registry(client: redis.Redis, job: Job, queue: Queue, store: Task
         with client.pipeline() as pipe:
             FailedJobRegistry(queue=queue).remove(job, pipeline=pipe)
             job.set_status(JobStatus.CANCELED, pipeline=pipe)
-            CanceledJobRegistry(queue=queue).add(job, ttl=job.failure_ttl or -1, pipeline=pipe)
+            CanceledJobRegistry(queue=queue).add(job, ttl=store.log_ttl, pipeline=pipe)
+            # A cancel can end a task its worker has just dequeued, and RQ then PERSISTs the job hash after the
+            # end set its TTL: set it again (hash, dependents, dependencies), or the spec would stay forever.
+            job.cleanup(ttl=store.log_ttl, pipeline=pipe)
             pipe.execute()
     else:
         # What RQ's default failure handling records (registry entry and a failed Result), but with the
@@ -335,7 +345,7 @@ def run_worker(
         worker.lock = lock
         worker.settings = settings
         worker.store = store
-        worker.reclaimer = Reclaimer(client, queue)
+        worker.looks = (Reclaimer(client, queue), Reconciler(store, settings.queue))
         problem = warm_up(settings)
         if problem:
             log.warning("%s Tasks fail until the handler is up (start it with `ccx handler`).", problem)

@@ -14,7 +14,6 @@ import logging
 import os
 import signal
 import time
-import uuid
 
 import redis
 from rq import get_current_job
@@ -23,6 +22,7 @@ from rq.job import Job
 from handler.memory import pin_malloc_thresholds
 from runner import events, lifecycle
 from runner.config import Settings
+from runner.lock import process_identity
 from runner.policy import CONTINUE_PROMPT
 from runner.reconcile import REQUEUE_REFUSED
 from runner.relay import STALE_RUN, relay
@@ -51,7 +51,9 @@ def new_run(fence: int | None) -> str:
     """A run id for the next job, made in the worker before it forks: the horse starts its run under it, and
     the worker can end exactly that run should the horse die (runner/worker.py)."""
     global _run
-    _run = f"{fence if fence is not None else '-'}:{uuid.uuid4().hex[:12]}"
+    # The worker's process identity (host, boot, PID namespace, pid): a successor on this host can tell at once
+    # that the run died with its worker (runner/worker.py), instead of waiting out the lease.
+    _run = f"{fence if fence is not None else '-'}:{process_identity()}"
     return _run
 
 

@@ -31,7 +31,7 @@ from runner.config import PATIENT_RETRIES, Settings, redact_url, redis_client
 from runner.handler_client import check_transport, tls_context
 from runner.job import REQUEUE_META, TaskFailed, TaskRequeued, configure, new_run
 from runner.lineup import Reclaimer
-from runner.lock import QueueLock, WorkerLocked
+from runner.lock import QueueLock, WorkerLocked, holder_is_dead_here
 from runner.reconcile import Reconciler
 from runner.relay import warm_up
 from runner.spec import TaskResult
@@ -219,6 +219,23 @@ def file_in_rq_registry(client: redis.Redis, job: Job, queue: Queue, store: Task
             pipe.execute()
 
 
+def _wait_for_live_run(client: redis.Redis, job_id: str) -> None:
+    """Wait while the task's run lease is renewed, unless the run's worker is provably dead on this host (its
+    horse died with it): then the lease is dropped at once, so a worker restarted after a SIGKILL serves within
+    seconds instead of waiting out the lease's TTL."""
+    waited = False
+    while lease := client.get(events.lease_key(job_id)):
+        holder = lease.decode().split(":", 1)[-1]  # a run id is "<fence>:<its worker's process identity>"
+        if holder_is_dead_here(holder):
+            log.warning("task %s: the worker of its run (%s) is gone from this host; not waiting", job_id, holder)
+            client.delete(events.lease_key(job_id))
+            return
+        if not waited:
+            log.warning("task %s is still running under the previous worker; waiting for it to end", job_id)
+            waited = True
+        time.sleep(0.5)
+
+
 def recover_abandoned(client: redis.Redis, queue_name: str, store: TaskStore, settings: Settings) -> list[str]:
     """Deal with tasks a predecessor left 'started', before serving anything.
 
@@ -238,12 +255,7 @@ def recover_abandoned(client: redis.Redis, queue_name: str, store: TaskStore, se
             log.warning("task %s had been taken by the previous worker but not started; it is first in line", job_id)
     for entry in client.zrange(registry.key, 0, -1):
         job_id = registry.parse_job_id(entry)
-        waited = False
-        while client.exists(events.lease_key(job_id)):
-            if not waited:
-                log.warning("task %s is still running under the previous worker; waiting for it to end", job_id)
-                waited = True
-            time.sleep(0.5)
+        _wait_for_live_run(client, job_id)
         try:
             job = Job.fetch(job_id, connection=client, serializer=JSONSerializer)
         except NoSuchJobError:

@@ -266,3 +266,32 @@ def _ticks_so_far(machine: Machine, redis_url: str) -> str:
     )
     done = subprocess.run(machine.argv(PY, "-c", code, redis_url), capture_output=True, text=True, timeout=30, cwd=ROOT)
     return done.stdout
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_sigkilled_mid_task_is_replaced_and_serves_within_seconds_at_the_default_ttl(
+    redis_url: str, queue_name: str, tmp_path: Path
+) -> None:
+    """Default lock TTL (30 s): the worker is SIGKILLed mid-task and started again at once. Its lock and its run's
+    lease name a process that is gone from this host, so the new worker waits out neither: the interrupted task
+    runs again and ends within seconds, not after the lease's 30 s."""
+    from tests.runner.test_worker import ONCE, start_worker, stop
+
+    with LocalStack(redis_url=redis_url, queue=queue_name, env={}) as stack:
+        runner = Runner(redis_url=redis_url, queue=queue_name)
+        token = uuid.uuid4().hex
+        handle = runner.submit(agent="command", argv=[PY, "-c", ONCE, str(tmp_path / "flag"), token])
+        log = events.log_key(handle.id)
+        wait_until(lambda: any(b"before-kill" in f[b"e"] for _, f in runner.redis.xrange(log)), 30, what="output")
+        assert stack.worker is not None
+        os.kill(stack.worker.pid, signal.SIGKILL)
+        stack.worker.wait(10)
+        wait_until(lambda: not pids_with_marker(token), 20, what="the task's process to be gone")
+        began = time.monotonic()
+        replacement = start_worker(stack)
+        try:
+            result = handle.result(timeout=60)
+            assert (result.success, result.output) == (True, "second attempt\n")
+            assert time.monotonic() - began < 10, "the new worker waited out the dead run's lease"
+        finally:
+            stop(replacement)

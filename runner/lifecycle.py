@@ -177,9 +177,7 @@ def cancel(store: TaskStore, task_id: str, reason: str | None = None) -> str:
         return CANCELLING
     if job is not None:
         cancel_job(store, job)
-    result = TaskResult(
-        id=task_id, cancelled=True, error=message, ended_at=events.now_iso(), metadata=record.spec.metadata
-    )
+    result = TaskResult.cancelled_with(task_id, message, metadata=record.spec.metadata)
     if end(store, result, record.queue, job):
         log.info("task %s cancelled before it started", task_id)
     return CANCELLED

@@ -320,10 +320,9 @@ def note_due_tasks(runner: Runner, now: float | None = None) -> list[str]:
             if record is not None and record.result is None:
                 lifecycle.end(
                     runner.store,
-                    TaskResult(
-                        id=task_id,
-                        error="Its RQ job was gone when it came due, so it could not run: submit it again.",
-                        ended_at=events.now_iso(),
+                    TaskResult.failed(
+                        task_id,
+                        "Its RQ job was gone when it came due, so it could not run: submit it again.",
                         metadata=record.spec.metadata,
                     ),
                     runner.settings.queue,

@@ -285,10 +285,7 @@ def recover_abandoned(client: redis.Redis, queue_name: str, store: TaskStore, se
                 record_job_failure(job, WORKER_DIED, pipe)
                 pipe.execute()
             attempts.pop()
-            result = TaskResult(
-                id=job_id, error=WORKER_DIED, ended_at=events.now_iso(), log_key=events.log_key(job_id),
-                interrupted=True, attempts=attempts,
-            )  # fmt: skip
+            result = TaskResult.failed(job_id, WORKER_DIED, interrupted=True, attempts=attempts)
             lifecycle.end(store, result, queue_name, job)
             queue.enqueue_dependents(job)  # the after_any ones (RQ's own failure path did not run)
             recovered.append(job_id)

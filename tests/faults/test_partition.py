@@ -55,8 +55,13 @@ print(client.hget(events.info_key(sys.argv[2]), "status").decode())
 """
 
 
+# 120 s is the cut that left the work-horse spinning (redis-py's keepalive kills the idle subscription after
+# about 45 s); 45 s, right at that edge, runs too with CCX_LONG_FAULTS=1 (and in `python -m bench chaos`).
+LENGTHS = [45, 120] if os.environ.get("CCX_LONG_FAULTS") == "1" else [120]
+
+
 @pytest.mark.timeout(420)
-@pytest.mark.parametrize("seconds", [45, 120])
+@pytest.mark.parametrize("seconds", LENGTHS)
 def test_a_single_worker_cut_off_mid_task_at_default_settings_recovers_within_seconds(
     tmp_path: Path, seconds: int
 ) -> None:

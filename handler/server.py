@@ -54,6 +54,8 @@ class Handler:
         self.config = config
         self.fences: dict[str, int] = {}
         """The newest fencing token seen for each key (a queue)."""
+        self.refused: dict[str, int] = {}
+        """The stale token last refused (and logged) for each key."""
         self.fenced: dict[str, list[FencedRun]] = {}
         self.slots = FifoSlots(config.max_concurrent)
         self.limits = RunLimits(grace=config.grace)
@@ -110,10 +112,21 @@ class Handler:
         """
         newest = self.fences.get(key, -1)
         if token < newest:
+            if self.refused.get(key) != token:
+                # Once per stale token: a worker refused again and again is one cause, not a flood.
+                self.refused[key] = token
+                log.warning(
+                    "refusing runs of queue %r with stale fencing token %d (the newest seen is %d): their worker "
+                    "lost its lock, or Redis lost its data and its clock went back (then restart this handler)",
+                    key,
+                    token,
+                    newest,
+                )
             raise ProtocolError(
                 protocol.STALE_FENCE,
-                f"Refused: a newer worker (fencing token {newest}) serves queue '{key}', and this one's token "
-                f"{token} is stale (it lost its lock); the task is left to the newer worker.",
+                f"Refused: this run's fencing token {token} for queue '{key}' is stale, as a newer worker (token "
+                f"{newest}) serves the queue; the task is left to that worker. If no other worker serves it, Redis "
+                "lost its data and its clock went back: restart this handler to forget the newer token.",
                 request_id,
             )
         self.fences[key] = token

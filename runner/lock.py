@@ -5,12 +5,17 @@
   with short socket timeouts, so a partition or a Redis outage never blocks it.
   When the lock expired while this worker was cut off and nobody took it
   meanwhile, the worker takes it back; only another holder is a real conflict.
-* **The fencing token** (``ccx:worker:<queue>:fence``) grows by one with every
+* **The fencing token** (``ccx:worker:<queue>:fence``) grows with every
   acquisition, in the same Lua call. Every run carries it to the handler, which
   refuses a run of the queue with an older token and stops the runs it has with
   one, and ``mark_started`` refuses a stale token. So a worker that was paused or
   partitioned past its lock's TTL cannot start an agent next to its successor's,
-  whatever the network or the clocks do.
+  whatever the network or the workers' clocks do.
+* **Redis losing its data** (no persistence, a failover to an empty replica, a
+  new REDIS_URL) must not restart the tokens below those the handler has seen: a
+  token is the counter plus one or Redis' clock in milliseconds, whichever is
+  more, so it keeps growing as long as Redis' clock does not go back. A holder
+  whose lock and fence vanished takes both back with its own token and says so.
 * **The run lease** (``ccx:task:<id>:lease``) is renewed by the process that
   relays the run (the work-horse), not by the worker. A task is taken for
   abandoned only once its lease has expired; a new lock holder waits for a live
@@ -46,19 +51,39 @@ log = logging.getLogger("ccx.worker")
 
 
 # KEYS: lock, fence. ARGV: owner, ttl_ms. Returns the new fencing token, or 0 when the lock is held.
+# The token is the counter plus one, or Redis' clock in milliseconds when that is more: a counter that Redis
+# lost (no persistence, an empty replica, a new REDIS_URL) starts again above every token issued before it,
+# each of which was at most its own issue time (plus the few taken within one millisecond). Milliseconds
+# (~1.8e12) are exact in Lua's doubles (2^53) and in '%d'. Redis >= 5 replicates a script by its effects, so
+# TIME before a write is allowed.
 _ACQUIRE = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return redis.call('INCR', KEYS[2]) end
-return 0
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
+local count = redis.call('INCR', KEYS[2])
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+if ms <= count then return count end
+redis.call('SET', KEYS[2], string.format('%d', ms))
+return ms
 """
-# KEYS: lock, fence. ARGV: owner, ttl_ms, fence. 1: renewed; 2: had expired, nobody took it, taken back; 0: lost.
+# KEYS: lock, fence. ARGV: owner, ttl_ms, fence. 1: renewed; 2: had expired, nobody took it, taken back;
+# 3: Redis lost its data (the fence is gone or went back), nobody took it since, taken back with our token;
+# 0: lost. Fences only grow, so a fence below ours means lost writes, not a rival: any worker taking the queue
+# after the loss gets a token above ours (see _ACQUIRE) and the lock with it.
 _RENEW = """
 local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
-if not holder and redis.call('GET', KEYS[2]) == ARGV[3] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 2
+if holder and holder ~= ARGV[1] then return 0 end
+local fence = tonumber(redis.call('GET', KEYS[2]) or '0')
+local ours = tonumber(ARGV[3])
+if not holder and fence > ours then return 0 end
+local outcome = 1
+if fence < ours then
+  redis.call('SET', KEYS[2], ARGV[3])
+  outcome = 3
+elseif not holder then
+  outcome = 2
 end
-return 0
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return outcome
 """
 # KEYS: lock. ARGV: the value to delete (only if it is still that).
 _DELETE_IF = """
@@ -251,6 +276,15 @@ class QueueLock:
                 continue
             if outcome == 2:
                 log.warning("the worker lock had expired while Redis was unreachable; nobody took it, taken back")
+            elif outcome == 3:
+                log.error(
+                    "Redis lost its data (the fence of queue '%s' is gone or went back: a restart without "
+                    "persistence, a failover to an empty or lagging replica, or a flush); nobody took the queue "
+                    "since, so this worker took its lock back with fencing token %d and goes on serving, but the "
+                    "tasks recorded before the loss are gone",
+                    self.queue,
+                    self.fence,
+                )
             elif not outcome:
                 self.lost_to = self._holder_or_none()
                 log.error(

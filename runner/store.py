@@ -68,9 +68,11 @@ return 1
 # ARGV: started_at, lifecycle event, log event, maxlen, fencing token ('' = unfenced), run id, lease ms.
 # Returns {1, earlier attempts JSON, session to continue} when started (the session is taken: used once),
 # {0} when the task already ended, {-1} when the fencing token is stale (a newer worker serves the queue).
+# Stale means a newer token was issued: a fence that is gone or lower than ours means Redis lost its data and
+# nobody took the queue since (anyone who does gets a token above ours, runner/lock.py), not a rival.
 _START_SCRIPT = """
 if redis.call('HEXISTS', KEYS[1], 'result') == 1 then return {0} end
-if ARGV[5] ~= '' and redis.call('GET', KEYS[5]) ~= ARGV[5] then return {-1} end
+if ARGV[5] ~= '' and tonumber(redis.call('GET', KEYS[5]) or '0') > tonumber(ARGV[5]) then return {-1} end
 redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1], 'run', ARGV[6])
 redis.call('SET', KEYS[6], ARGV[6], 'PX', ARGV[7])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'e', ARGV[3])

@@ -1,11 +1,20 @@
-"""FifoSlots: at most N holders, waiters served strictly in arrival order, giving up never loses a slot."""
+"""FifoSlots: at most N holders, waiters served strictly in arrival order, giving up never loses a slot.
+
+And the admission of fenced runs next to them: a stale fencing token is refused with a sentence, logged once.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from typing import cast
 
 import pytest
 
+from handler.config import HandlerConfig
+from handler.process import ProcessRun
+from handler.protocol import STALE_FENCE, ProtocolError
+from handler.server import Handler
 from handler.slots import FifoSlots
 from tests.handler.helpers import arun, eventually
 
@@ -147,3 +156,21 @@ def test_acquire_returns_at_once_when_a_slot_is_free() -> None:
         assert (slots.running, slots.queued) == (2, 0)
 
     arun(scenario())
+
+
+def test_a_stale_fencing_token_is_refused_with_a_sentence_and_logged_once_per_token(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A worker refused again and again (a spin) makes one log line naming both causes, not one per refusal."""
+    caplog.set_level(logging.WARNING, logger="ccx.handler")
+    handler = Handler(HandlerConfig(no_token=True))
+    handler.admit("q", 1796000000000, cast(ProcessRun, object()), 1)
+    for token in (5, 5, 5, 6):
+        with pytest.raises(ProtocolError) as refused:
+            handler.admit("q", token, cast(ProcessRun, object()), 2)
+        assert refused.value.code == STALE_FENCE
+        assert f"fencing token {token} for queue 'q' is stale" in refused.value.message
+        assert "Redis lost its data" in refused.value.message
+    said = [r.getMessage() for r in caplog.records if "stale fencing token" in r.getMessage()]
+    assert len(said) == 2 and "token 5 " in said[0] and "token 6 " in said[1], said
+    assert all("Redis lost its data" in line for line in said)

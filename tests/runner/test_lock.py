@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from runner import events
+from runner import events, lifecycle
 from runner.client import Runner
 from runner.lock import QueueLock, WorkerLocked, holder_is_dead_here, parse_holder, process_identity
 from runner.stack import LocalStack
@@ -45,7 +45,7 @@ def test_each_acquisition_gets_a_higher_fencing_token_and_a_second_holder_is_ref
         first.release()
     second.acquire()
     try:
-        assert second.fence == first.fence + 1
+        assert second.fence > first.fence
         assert redis_client.get(events.fence_key(queue_name)) == str(second.fence).encode()
     finally:
         second.release()
@@ -62,10 +62,95 @@ def test_a_lock_that_expired_while_cut_off_is_taken_back_unless_someone_else_too
     assert redis_client.get(lock.key) == lock.owner.encode()
     redis_client.delete(lock.key)
     other = QueueLock(redis_client, queue_name, 5)
-    assert other.try_acquire() and other.fence == lock.fence + 1
+    assert other.try_acquire() and other.fence > lock.fence
     assert lock._renew(keys=renew, args=[lock.owner, lock.ttl_ms, str(lock.fence)]) == 0, "a real conflict"
     other.release()
     assert lock._renew(keys=renew, args=[lock.owner, lock.ttl_ms, str(lock.fence)]) == 0, "its fence moved on"
+
+
+def _now_ms(client: redis.Redis) -> int:
+    seconds, micros = client.time()
+    return seconds * 1000 + micros // 1000
+
+
+def test_a_token_issued_after_redis_lost_the_fence_is_larger_than_every_earlier_one(
+    redis_client: redis.Redis, queue_name: str
+) -> None:
+    """Redis' clock in milliseconds floors the token, so a counter that vanished cannot restart below it."""
+    lock = QueueLock(redis_client, queue_name, 5)
+    before = _now_ms(redis_client)
+    assert lock.try_acquire() and before <= lock.fence <= _now_ms(redis_client)
+    earlier = lock.fence
+    lock.release()
+    redis_client.delete(lock.fence_key)  # what Redis restarted without persistence looks like
+    wait_until(lambda: _now_ms(redis_client) > earlier, 1, interval=0.001, what="Redis' clock to move on")
+    again = QueueLock(redis_client, queue_name, 5)
+    assert again.try_acquire() and again.fence > earlier
+    assert isinstance(again.fence, int) and redis_client.get(lock.fence_key) == str(again.fence).encode()
+    again.release()
+    redis_client.set(lock.fence_key, 10**15)  # a counter ahead of the clock counts on by one
+    third = QueueLock(redis_client, queue_name, 5)
+    assert third.try_acquire() and third.fence == 10**15 + 1
+    third.release()
+
+
+def test_a_holder_whose_lock_and_fence_redis_lost_takes_them_back_with_its_token(
+    redis_client: redis.Redis, queue_name: str
+) -> None:
+    lock = QueueLock(redis_client, queue_name, 5)
+    assert lock.try_acquire()
+    renew = [lock.key, lock.fence_key]
+    args = [lock.owner, lock.ttl_ms, str(lock.fence)]
+    redis_client.delete(lock.key, lock.fence_key)  # emptied Redis: nobody took the queue since
+    assert lock._renew(keys=renew, args=args) == 3
+    assert redis_client.mget(renew) == [lock.owner.encode(), str(lock.fence).encode()]
+    redis_client.set(lock.fence_key, 7)  # a failover to a replica that was behind: the fence went back
+    assert lock._renew(keys=renew, args=args) == 3 and redis_client.get(lock.fence_key) == str(lock.fence).encode()
+    assert lock._renew(keys=renew, args=args) == 1, "nothing lost: a plain renewal"
+    redis_client.delete(lock.key, lock.fence_key)
+    other = QueueLock(redis_client, queue_name, 5)
+    assert other.try_acquire() and other.fence > lock.fence, "whoever takes the queue after a loss gets a newer token"
+    assert lock._renew(keys=renew, args=args) == 0
+    other.release()
+    assert lock._renew(keys=renew, args=args) == 0, "a newer token was issued: lost, not a data loss"
+
+
+def test_a_run_starts_under_a_fence_redis_lost_but_never_under_an_older_one(redis_url: str, queue_name: str) -> None:
+    runner = Runner(redis_url=redis_url, queue=queue_name)
+    first, second = (runner.submit(agent="command", argv=["true"]).id for _ in range(2))
+    fence = events.fence_key(queue_name)
+    runner.redis.delete(fence)  # no token issued since Redis lost its data: the holder's still counts
+    assert lifecycle.start(runner.store, first, queue_name, "1796000000000:a", 1796000000000, 5000).code == 1
+    runner.redis.set(fence, 1796000000001)
+    assert lifecycle.start(runner.store, second, queue_name, "1796000000000:b", 1796000000000, 5000).code == -1
+    runner.redis.close()
+
+
+@pytest.mark.timeout(30)
+def test_the_keeper_says_once_that_redis_lost_its_data_and_keeps_the_queue(
+    redis_client: redis.Redis, queue_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    lock = QueueLock(redis_client, queue_name, 0.3)
+    renewals = {"n": 0}
+    real = lock._renew
+
+    def counted(**kwargs: object) -> object:
+        renewals["n"] += 1
+        return real(**kwargs)
+
+    lock._renew = counted  # type: ignore[assignment]
+    lock.acquire()
+    try:
+        redis_client.delete(lock.key, lock.fence_key)
+        wait_until(lambda: redis_client.get(lock.fence_key) == str(lock.fence).encode(), 5, what="the fence back")
+        assert redis_client.get(lock.key) == lock.owner.encode()
+        after = renewals["n"]
+        wait_until(lambda: renewals["n"] >= after + 3, 5, what="three more renewals (none may say it again)")
+        assert not lock.lost.is_set()
+        said = [r.getMessage() for r in caplog.records if "Redis lost its data" in r.getMessage()]
+        assert len(said) == 1 and f"fencing token {lock.fence}" in said[0], said
+    finally:
+        lock.release()
 
 
 def test_a_holder_names_host_boot_and_pid_namespace_and_reads_back(redis_client: redis.Redis, queue_name: str) -> None:

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import time
+from typing import Any
 
 import redis
 from rq import get_current_job
@@ -125,6 +126,26 @@ def _requeue(job: Job, why: str) -> TaskRequeued:
     return TaskRequeued(why)
 
 
+STALE = "stale"
+STALE_BACKOFF_CAP = 30.0
+
+
+def _stale(job: Job, store: TaskStore, result: TaskResult, attempts: list[dict[str, Any]], run_id: str) -> TaskRequeued:
+    """The handler refused this run as stale: give the run back (the task is queued again, the refusal counted
+    among its attempts) and hand the job back after a backoff that doubles with each refusal, saying why."""
+    refusals = 1 + sum(1 for attempt in attempts if attempt.get("kind") == STALE)
+    this = {"started_at": result.started_at, "ended_at": result.ended_at, "error": result.error, "kind": STALE}
+    lifecycle.interrupt(store, job.id, job.origin, run_id, [*attempts, this])
+    wait = min(0.5 * 2 ** (refusals - 1), STALE_BACKOFF_CAP)
+    log.warning(
+        "task %s: the handler refused this worker's run as stale (fencing token %s, refusal %d): a newer worker "
+        "serves queue %s, or Redis lost its data and its clock went back; handing it back in %.1f s",
+        job.id, _fence, refusals, job.origin, wait,
+    )  # fmt: skip
+    time.sleep(wait)
+    return _requeue(job, STALE)
+
+
 def run_job(job: Job, spec_data: dict, settings: Settings, store: TaskStore) -> TaskResult:
     task_id, queue = job.id, job.origin
     client: redis.Redis = job.connection
@@ -148,7 +169,7 @@ def run_job(job: Job, spec_data: dict, settings: Settings, store: TaskStore) -> 
         log.warning(
             "task %s: another worker serves queue %s now (this one lost its lock); handing it back", task_id, queue
         )
-        raise _requeue(job, "stale")
+        raise _requeue(job, STALE)
     if started.code == 0:
         record = store.get(task_id)
         ended = record.result if record is not None and record.result is not None else TaskResult(id=task_id)
@@ -167,7 +188,7 @@ def run_job(job: Job, spec_data: dict, settings: Settings, store: TaskStore) -> 
         result.duration_ms = round((time.monotonic() - began) * 1000, 3)
     result.metadata = spec.metadata
     if result.interrupted and result.error == STALE_RUN:
-        raise _requeue(job, "stale")  # the handler refused this run: the queue's new worker runs the task
+        raise _stale(job, store, result, attempts, run_id)
     again = lifecycle.conclude(store, job, spec, result, attempts, settings, run_id)
     if again is not None:
         raise _requeue(job, again)

@@ -19,7 +19,7 @@ from typing import Any
 
 import redis
 from rq import Queue, Worker
-from rq.exceptions import NoSuchJobError
+from rq.exceptions import NoSuchJobError, StopRequested
 from rq.job import Job, JobStatus
 from rq.job_lifecycle import call_exception_handlers, format_exc_info, record_job_failure
 from rq.registry import CanceledJobRegistry, FailedJobRegistry, StartedJobRegistry
@@ -179,6 +179,8 @@ class CcxWorker(Worker):
             # Another worker owns the queue now: take no new task. The running one goes on: the
             # handler's fencing stops it if the new worker starts a run, and otherwise its result counts.
             self._stop_requested = True
+        if self._stop_requested and self._dequeuing and self.lock is not None and self.lock.lost.is_set():
+            raise StopRequested  # RQ's dequeue loop checks no flag: this is how it ends between two dequeues
         super().heartbeat(timeout, pipeline)  # type: ignore[arg-type]
         # Between jobs, now and then: jobs a frozen or cut-off previous holder took go back first in line, and
         # waiting tasks whose RQ job was deleted by RQ's tools end cancelled.

@@ -81,13 +81,16 @@ def stranded(client: redis.Redis, queue: Queue) -> Stranded:
 class Reclaimer:
     """An idle holder's periodic look: jobs stranded by a previous holder go back first in line, in order.
 
-    Run only while the holder is between jobs (dequeuing), so nothing it finds is its own."""
+    RQ calls the worker's heartbeat, where this runs, also right after a dequeue, while the job just taken is
+    still in the intermediate list for a moment: so a job is handed back only once two looks in a row have
+    seen it there, as RQ's own maintenance does (its ``first_seen``)."""
 
     def __init__(self, client: redis.Redis, queue: Queue, every: float = RECLAIM_EVERY) -> None:
         self.client = client
         self.queue = queue
         self.every = every
         self._last = time.monotonic()
+        self._seen: set[str] = set()
 
     def due(self) -> bool:
         return time.monotonic() - self._last >= self.every
@@ -96,10 +99,11 @@ class Reclaimer:
         """Hand back what was taken and never started; returns their ids. Started entries whose run lease is
         gone are left to :func:`runner.worker.recover_abandoned`, which decides what their attempt meant."""
         self._last = time.monotonic()
-        found = stranded(self.client, self.queue)
+        taken = stranded(self.client, self.queue).taken
         returned = []
-        for job_id in reversed(found.taken):  # LPUSH in reverse keeps their order at the front
-            if hand_back(self.client, job_id, self.queue):
+        for job_id in reversed(taken):  # LPUSH in reverse keeps their order at the front
+            if job_id in self._seen and hand_back(self.client, job_id, self.queue):
                 log.warning("task %s had been taken by a worker that never started it; it is first in line", job_id)
                 returned.append(job_id)
+        self._seen = set(taken) - set(returned)
         return returned

@@ -19,6 +19,7 @@ from rq.serializers import JSONSerializer
 from runner import events, lifecycle
 from runner.client import Runner
 from runner.config import Settings
+from runner.lineup import Reclaimer
 from runner.spec import TaskResult
 from runner.stack import LocalStack
 from runner.store import TaskStore
@@ -164,3 +165,20 @@ def test_a_frozen_idle_worker_swallows_no_task_and_order_holds(redis_url: str, q
         ("second", "start"),
         ("second", "end"),
     ]
+
+
+def test_an_idle_holder_hands_back_a_job_stranded_across_two_looks_only(
+    parts: tuple[Runner, Queue, TaskStore],
+) -> None:
+    """A job a frozen worker took sits in RQ's intermediate list: the holder's second look puts it back first in
+    line, in its order. A job seen once (the holder's own, taken a moment ago) is left alone."""
+    runner, queue, _store = parts
+    first = runner.submit(agent="command", argv=["true"])
+    second = runner.submit(agent="command", argv=["true"])
+    _take(runner.redis, queue)
+    reclaimer = Reclaimer(runner.redis, queue, every=0)
+    assert reclaimer.run() == []
+    assert [i.decode() for i in runner.redis.lrange(queue.intermediate_queue.key, 0, -1)] == [first.id]
+    assert reclaimer.run() == [first.id]
+    assert [i.decode() for i in runner.redis.lrange(queue.key, 0, -1)] == [first.id, second.id]
+    assert runner.redis.lrange(queue.intermediate_queue.key, 0, -1) == []

@@ -29,17 +29,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--drain", type=float, default=240.0, help="seconds for the queue to empty afterwards")
     parser.add_argument("--lossy-redis", action="store_true", help="also restart Redis with its data deleted")
     parser.add_argument("--dir", type=Path, help="where the history and logs go (default: a new temp dir)")
+    parser.add_argument("--check", type=Path, metavar="DIR", help="only check the history a campaign left in DIR")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     import pytest
 
-    from bench.chaos.driver import Options, run
+    from bench.chaos.driver import Options, recheck, run
     from bench.chaos.plan import make_plan
     from bench.chaos.report import render, schedule
 
     args = build_parser().parse_args(argv)
+    if args.check is not None:
+        campaign = recheck(args.check)
+        print(render(campaign), flush=True)
+        return 1 if campaign.violations else 0
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 2**31)
     options = Options(seed, args.minutes, args.faults, args.orchestrators, args.drain, args.lossy_redis, args.dir)
     print(f"chaos campaign, seed {seed}: {options.command()}", flush=True)

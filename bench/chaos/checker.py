@@ -92,8 +92,9 @@ class _Index:
         if outcome.status != "failed" or HORSE_DIED not in (outcome.error or ""):
             return False
         ended = outcome.ended if outcome.ended is not None else float("inf")
-        kills = [f.began for f in self.history.faults if f.kind == "kill-horse" and f.note.startswith("killed")]
-        return any(submit.at - 1 <= at <= ended + 1 for at in kills)
+        # A kill fault looks for a work-horse for up to 5 s before it kills one: the kill is within its span.
+        kills = [f for f in self.history.faults if f.kind == "kill-horse" and f.note.startswith("killed")]
+        return any(f.began <= ended + 1 and submit.at - 1 <= f.ended for f in kills)
 
     def exempt(self, task_id: str | None) -> bool:
         """Submitted before Redis lost its data: its fate is not the product's to keep."""

@@ -78,6 +78,17 @@ def run(options: Options) -> Campaign:
     return campaign
 
 
+def recheck(directory: Path) -> Campaign:
+    """The checker run again over a campaign's stored history (after a change to the checker, say)."""
+    plan = Plan.from_dict(orjson.loads((directory / "plan.json").read_bytes()))
+    t0 = orjson.loads((directory / "config.json").read_bytes())["t0"]
+    options = Options(plan.seed, plan.minutes, plan.requested, len(plan.orchestrators), lossy_redis=plan.lossy_redis,
+                      directory=directory)  # fmt: skip
+    campaign = Campaign(options, plan, directory, t0, load(directory, t0))
+    campaign.violations = check(campaign.history) if campaign.history else []
+    return campaign
+
+
 def _start_orchestrators(campaign: Campaign, cluster: Cluster, marker: str) -> list[subprocess.Popen[bytes]]:
     options, plan = campaign.options, campaign.plan
     campaign.t0 = time.time() + 1.0

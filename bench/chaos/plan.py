@@ -100,6 +100,9 @@ class Plan:
     minutes: float
     faults: list[Fault]
     orchestrators: list[list[Step]] = field(default_factory=list)
+    requested: int = 0
+    """The faults asked for (a few may not fit: see :func:`_faults`); with the seed, what gives back the plan."""
+    lossy_redis: bool = False
 
     @property
     def seconds(self) -> float:
@@ -114,13 +117,14 @@ class Plan:
             [Step(s["at"], s["action"], TaskPlan(**s["task"]) if s["task"] else None) for s in steps]
             for steps in data["orchestrators"]
         ]
-        return cls(data["seed"], data["minutes"], [Fault(**f) for f in data["faults"]], steps)
+        faults = [Fault(**f) for f in data["faults"]]
+        return cls(data["seed"], data["minutes"], faults, steps, data["requested"], data["lossy_redis"])
 
 
 def make_plan(seed: int, minutes: float, faults: int, orchestrators: int = 2, lossy_redis: bool = False) -> Plan:
     """The whole schedule of a campaign of ``minutes`` with about ``faults`` faults, from ``seed`` alone."""
     rng = random.Random(seed)
-    plan = Plan(seed, minutes, _faults(rng, minutes * 60, faults, lossy_redis))
+    plan = Plan(seed, minutes, _faults(rng, minutes * 60, faults, lossy_redis), [], faults, lossy_redis)
     plan.orchestrators = [_work(rng, index, minutes * 60) for index in range(orchestrators)]
     _race_user_actions(rng, plan)
     for steps in plan.orchestrators:

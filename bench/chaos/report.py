@@ -39,7 +39,7 @@ class Figures:
             else:
                 figures.faults[fault.kind] += 1
         figures.tasks = len({submit.task_id for submit in history.submits})
-        figures.statuses = Counter(str(outcome.status) for outcome in history.outcomes.values())
+        figures.statuses = Counter(outcome.status or "gone with Redis's data" for outcome in history.outcomes.values())
         figures.runs = len(history.runs)
         figures.completed_runs = sum(1 for run in history.runs if run.end is not None)
         figures.interrupted = sum(outcome.attempts for outcome in history.outcomes.values())

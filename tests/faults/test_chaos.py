@@ -94,6 +94,11 @@ def test_a_failure_without_a_run_is_reported_unless_a_killed_work_horse_explains
     assert [v.kind for v in found] == [checker.INFRA_FAILURE] and error in found[0].sentence
     history.faults = [FaultRecord("kill-horse", "worker-1", T0 + 8.5, T0 + 8.5, note="killed work-horse 42")]
     assert check(history) == []
+    # The fault began looking for a work-horse before d was submitted, and killed d's.
+    history.faults = [FaultRecord("kill-horse", "worker-1", T0 + 7.0, T0 + 8.1, note="killed work-horse 42")]
+    assert check(history) == []
+    history.faults = [FaultRecord("kill-horse", "worker-1", T0 + 5.0, T0 + 5.1, note="killed work-horse 42")]
+    assert kinds(history) == [checker.INFRA_FAILURE]  # that kill was over before d was submitted
     history.outcomes["id-d"] = ended("d", "failed", error="The handler was unreachable for 30 s", at=9)
     assert kinds(history) == [checker.INFRA_FAILURE]
 
@@ -217,7 +222,9 @@ def test_a_seed_gives_back_its_schedule() -> None:
 # append-only file), a handler SIGTERM, a short partition. Seeds with a handler SIGKILL, or a partition or a
 # frozen work-horse longer than the handler's keepalive, are kept out for now: there a run whose child had
 # ended is run again (docs/reliability.md, "Fault campaign").
-SHORT_CAMPAIGNS = [250, 153]
+SHORT_CAMPAIGNS = [
+    250
+]  # 153 passes too (python -m bench chaos --seed 153 --minutes 1.25 --faults 5); one keeps the suite short
 
 
 @pytest.mark.timeout(420)

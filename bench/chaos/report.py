@@ -66,16 +66,20 @@ class Figures:
 
 
 def log_excerpt(directory: Path, violation: Violation, limit: int = 12) -> list[str]:
-    """The service log lines that name the violation's tasks: what the worker and the handler said of them."""
+    """The service log lines that name the violation's tasks: what the worker and the handler said of them.
+    A line said again and again (a stale worker handing a job back in a loop) is shown once, with its count."""
     ids = [task_id for task_id in (violation.task_id, *violation.others) if task_id]
-    found: list[str] = []
+    found: dict[str, list[str]] = {}
     for log in sorted((directory / "logs").glob("*.log")):
         if log.stem.startswith("orch") or log.stem == "redis":
             continue
         for line in log.read_text(errors="replace").splitlines():
             if any(task_id in line for task_id in ids):
-                found.append(f"{log.stem}: {line.strip()}")
-    return found[:limit] + ([f"… {len(found) - limit} more"] if len(found) > limit else [])
+                message = f"{log.stem}: {line.strip()[24:]}"  # without its timestamp
+                found.setdefault(message, []).append(f"{log.stem}: {line.strip()}")
+    shown = [lines[0] + (f"  (x{len(lines)}, until {lines[-1].split()[2]})" if len(lines) > 1 else "")
+             for lines in found.values()]  # fmt: skip
+    return shown[:limit] + ([f"… {len(shown) - limit} more"] if len(shown) > limit else [])
 
 
 def faults_around(history: History, violation: Violation, margin: float = 5.0) -> str:

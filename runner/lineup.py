@@ -9,6 +9,12 @@ RQ's own maintenance would later fail such a job ("stuck in intermediate queue")
 Here it goes back to the front of its queue instead, and only while the task's
 record says nobody runs it and it has not ended, so a job handed back twice, or by
 two workers, is in the queue once.
+
+Taking a job is fenced by the queue lock (:func:`fenced_queue_class`): a worker
+takes the head job only in a script that checks it still holds the lock, and waits
+for work without taking any. So a worker that lost the queue while cut off or frozen
+(and does not know it yet) never takes a job from under its successor, whose next
+job would then run first; and a pending wait of a frozen worker swallows nothing.
 """
 
 from __future__ import annotations
@@ -16,9 +22,12 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 from rq import Queue
+from rq.exceptions import DequeueTimeout
+from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job
 
 from runner import events
@@ -39,6 +48,51 @@ redis.call('LPUSH', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[4], 'status', 'queued')
 return 1
 """
+
+# KEYS: the queue's list, its intermediate list, the queue lock. ARGV: the lock's owner.
+# Moves the head job into the intermediate list, as RQ's dequeue does, only while the lock is the owner's.
+# Returns the job id, false when the queue is empty, or -1 when the lock is not the owner's.
+_TAKE = """
+if redis.call('GET', KEYS[3]) ~= ARGV[1] then return -1 end
+return redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
+"""
+
+
+class LockNotHeld(Exception):
+    """The worker went to take a job and found the queue lock not its own (lost, or expired while cut off)."""
+
+
+def fenced_queue_class(lock_key: str, owner: str) -> type[Queue]:
+    """RQ's Queue, for a worker whose lock is ``lock_key`` held as ``owner``: its dequeue takes the head job only
+    while that lock is the owner's (else :class:`LockNotHeld`), and waits for work without taking any."""
+
+    class FencedQueue(Queue):
+        @classmethod
+        def lmove(cls, connection: redis.Redis, queue_key: str, timeout: int | None) -> tuple[str, bytes] | None:
+            take = connection.register_script(_TAKE)
+            keys = [queue_key, IntermediateQueue.get_intermediate_queue_key(queue_key), lock_key]
+            deadline = time.monotonic() + (timeout or 0)
+            while True:
+                taken = take(keys=keys, args=[owner])
+                if taken == -1:
+                    raise LockNotHeld(lock_key)
+                if taken is not None:
+                    return queue_key, taken
+                left = deadline - time.monotonic()
+                if timeout is None:
+                    return None
+                # Pops the head and pushes it back where it was: a wait for work that takes nothing.
+                if left <= 0 or connection.blmove(queue_key, queue_key, left, "LEFT", "LEFT") is None:
+                    raise DequeueTimeout(timeout, queue_key)
+
+        @classmethod
+        def lpop(cls, queue_keys: Any, timeout: int | None, connection: redis.Redis | None = None) -> Any:
+            # RQ takes this path for several queues or a Redis older than 6.2: one queue per worker here, and
+            # the fenced take needs LMOVE (Redis 6.2).
+            raise RuntimeError("cc-execute needs Redis 6.2 or newer (LMOVE), and one queue per worker")
+
+    return FencedQueue
+
 
 RECLAIM_EVERY = 5.0
 """Seconds between an idle holder's looks for jobs a previous (frozen, cut-off) holder took and never started."""

@@ -265,27 +265,33 @@ class QueueLock:
         self._thread.start()
 
     def _keep(self) -> None:
-        interval = self.ttl / 3
-        while not self._stop.wait(interval):
-            try:
-                outcome = self._renew(keys=[self.key, self.fence_key], args=[self.owner, self.ttl_ms, str(self.fence)])
-            except redis.RedisError as exc:
-                # Cut off from Redis: the run goes on; the handler's fencing keeps us safe if another worker
-                # takes over meanwhile. Keep trying; the next renewal that gets through decides.
-                log.warning("could not renew the worker lock (%s); the running task goes on", exc)
-                continue
-            if outcome == 2:
-                log.warning("the worker lock had expired while Redis was unreachable; nobody took it, taken back")
-            elif outcome == 3:
-                log.error(
-                    "Redis lost its data (the fence of queue '%s' is gone or went back: a restart without "
-                    "persistence, a failover to an empty or lagging replica, or a flush); nobody took the queue "
-                    "since, so this worker took its lock back with fencing token %d and goes on serving, but the "
-                    "tasks recorded before the loss are gone",
-                    self.queue,
-                    self.fence,
-                )
-            elif not outcome:
+        while not self._stop.wait(self.ttl / 3) and self.renew() is not False:
+            pass
+
+    def renew(self) -> bool | None:
+        """Renew the lock now: True while it is ours, False once it is lost (:attr:`lost` is set, and said),
+        None when Redis could not be reached (the next renewal that gets through decides). The thread calls
+        it every third of the TTL; the worker also calls it when it finds it may no longer hold the queue."""
+        try:
+            outcome = self._renew(keys=[self.key, self.fence_key], args=[self.owner, self.ttl_ms, str(self.fence)])
+        except redis.RedisError as exc:
+            # Cut off from Redis: the run goes on; the handler's fencing keeps us safe if another worker
+            # takes over meanwhile.
+            log.warning("could not renew the worker lock (%s); the running task goes on", exc)
+            return None
+        if outcome == 2:
+            log.warning("the worker lock had expired while Redis was unreachable; nobody took it, taken back")
+        elif outcome == 3:
+            log.error(
+                "Redis lost its data (the fence of queue '%s' is gone or went back: a restart without "
+                "persistence, a failover to an empty or lagging replica, or a flush); nobody took the queue "
+                "since, so this worker took its lock back with fencing token %d and goes on serving, but the "
+                "tasks recorded before the loss are gone",
+                self.queue,
+                self.fence,
+            )
+        elif not outcome:
+            if not self.lost.is_set():  # the thread and the worker may both find out: say it once
                 self.lost_to = self._holder_or_none()
                 log.error(
                     "lost the lock of queue '%s' to %s (this worker was cut off or paused longer than its TTL)",
@@ -293,7 +299,8 @@ class QueueLock:
                     self.lost_to or "another worker",
                 )
                 self.lost.set()
-                return
+            return False
+        return True
 
     def _holder_or_none(self) -> str | None:
         try:

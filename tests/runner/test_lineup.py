@@ -13,13 +13,15 @@ from pathlib import Path
 import pytest
 import redis
 from rq import Queue
+from rq.exceptions import StopRequested
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from runner import events, lifecycle
 from runner.client import Runner
 from runner.config import Settings
-from runner.lineup import Reclaimer
+from runner.lineup import Reclaimer, fenced_queue_class
+from runner.lock import QueueLock
 from runner.spec import TaskResult
 from runner.stack import LocalStack
 from runner.store import TaskStore
@@ -182,3 +184,44 @@ def test_an_idle_holder_hands_back_a_job_stranded_across_two_looks_only(
     assert reclaimer.run() == [first.id]
     assert [i.decode() for i in runner.redis.lrange(queue.key, 0, -1)] == [first.id, second.id]
     assert runner.redis.lrange(queue.intermediate_queue.key, 0, -1) == []
+
+
+def test_a_worker_that_lost_its_lock_unawares_takes_no_job_and_stops(
+    parts: tuple[Runner, Queue, TaskStore], redis_url: str
+) -> None:
+    """Seed 6 of the fault campaign: a worker's lock expired during a partition and a standby took the queue; once
+    the cable is back, the old worker dequeues before its lock thread finds out. Its dequeue is fenced: it takes
+    nothing (so the new holder cannot run the next job first), learns it lost the queue, and stops."""
+    runner, queue, store = parts
+    first = runner.submit(agent="command", argv=["true"])
+    second = runner.submit(agent="command", argv=["true"])
+    old = QueueLock(runner.redis, queue.name, Settings().lock_ttl)
+    assert old.try_acquire()
+    runner.redis.delete(old.key)  # its TTL ran out while it was cut off
+    successor = QueueLock(runner.redis, queue.name, Settings().lock_ttl)
+    assert successor.try_acquire()
+    queue_class = fenced_queue_class(old.key, old.owner)
+    worker = CcxWorker(
+        [queue_class(queue.name, connection=runner.redis, serializer=JSONSerializer)],
+        connection=runner.redis,
+        serializer=JSONSerializer,
+        queue_class=queue_class,
+    )
+    worker.lock, worker.store = old, store
+    assert not old.lost.is_set(), "its lock thread has not noticed yet"
+    with pytest.raises(StopRequested):
+        worker.dequeue_job_and_maintain_ttl(timeout=1)
+    assert old.lost.is_set() and old.lost_to == successor.owner
+    assert [i.decode() for i in runner.redis.lrange(queue.key, 0, -1)] == [first.id, second.id]
+    assert runner.redis.lrange(queue.intermediate_queue.key, 0, -1) == []
+    # The holder's own dequeue takes the head job, and one expired while cut off (nobody took it) is taken back.
+    queue_class = fenced_queue_class(successor.key, successor.owner)
+    job, _ = queue_class.dequeue_any([queue], 1, connection=runner.redis, serializer=JSONSerializer)
+    assert job.id == first.id
+    runner.redis.delete(successor.key)
+    holder = CcxWorker([queue.name], connection=runner.redis, serializer=JSONSerializer, queue_class=queue_class)
+    holder.lock = successor
+    job, _ = holder.dequeue_job_and_maintain_ttl(timeout=1)
+    assert job.id == second.id and runner.redis.get(successor.key) == successor.owner.encode()
+    old.release()
+    successor.release()

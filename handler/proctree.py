@@ -114,7 +114,8 @@ def _signal_all(pids: set[int], sig: signal.Signals) -> None:
             pass
 
 
-def _alive(pid: int) -> bool:
+def is_alive(pid: int) -> bool:
+    """True while ``pid`` exists and has not exited (a zombie, not yet reaped by its parent, has)."""
     stat = _stat(pid)
     return stat is not None and stat[0] not in ("Z", "X")
 
@@ -133,8 +134,8 @@ async def kill_run(run_token: str, pgid: int | None, grace: float, recent_only: 
     deadline = time.monotonic() + grace
     delay = 0.005
     while time.monotonic() < deadline:
-        pids = {pid for pid in pids if _alive(pid)}
-        if not pids and (pgid is None or not _alive(pgid)):
+        pids = {pid for pid in pids if is_alive(pid)}
+        if not pids and (pgid is None or not is_alive(pgid)):
             break
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.1)
@@ -153,8 +154,12 @@ async def kill_run(run_token: str, pgid: int | None, grace: float, recent_only: 
     return signalled
 
 
-def find_orphans() -> dict[int, str]:
-    """Marked processes whose handler is gone (it was killed before it could stop them): pid → token."""
+def find_orphans(owner: int | None = None) -> dict[int, str]:
+    """Marked processes whose handler is gone (it was killed before it could stop them): pid → token.
+
+    A handler that has exited counts as gone even while it is a zombie its parent has not reaped yet.
+    With ``owner``, only the runs of the handler whose pid that was.
+    """
     prefix = f"{MARKER_VAR}=".encode()
     orphans: dict[int, str] = {}
     for name in os.listdir(_PROC):
@@ -165,15 +170,18 @@ def find_orphans() -> dict[int, str]:
         if start < 0 or (start > 0 and environ[start - 1] != 0):
             continue
         token = environ[start + len(prefix) : environ.find(b"\0", start)].decode(errors="replace")
-        owner = token.split("-", 1)[0]
-        if owner.isdigit() and not os.path.exists(f"{_PROC}/{owner}") and _alive(int(name)):
+        handler = token.split("-", 1)[0]
+        if not handler.isdigit() or (owner is not None and int(handler) != owner):
+            continue
+        if not is_alive(int(handler)) and is_alive(int(name)):
             orphans[int(name)] = token
     return orphans
 
 
-async def kill_orphans(grace: float) -> int:
-    """Stop every run left behind by a handler that died; returns how many processes were found."""
-    orphans = find_orphans()
+async def kill_orphans(grace: float, owner: int | None = None) -> int:
+    """Stop every run left behind by a handler that died (only by handler ``owner`` if given);
+    returns how many processes were found."""
+    orphans = find_orphans(owner)
     for token in set(orphans.values()):
         await kill_run(token, None, grace)
     return len(orphans)

@@ -43,6 +43,9 @@ SHUTTING_DOWN = -32006
 ENV_NOT_ALLOWED = -32007
 STALE_FENCE = -32008
 
+MAX_RUN_NAME = 256
+MAX_COLLECT = 16
+
 
 class ProtocolError(Exception):
     """A message that must be answered with a JSON-RPC error object."""
@@ -75,6 +78,12 @@ class ExecuteParams:
     fence: dict[str, Any] | None = None
     """``{"key": <queue>, "token": <n>}``: runs of one key never overlap, and a newer token wins (see
     :mod:`runner.lock`). The handler refuses an older token and stops the runs it has with one."""
+    run: str | None = None
+    """The caller's name for this run: the handler keeps its outcome a while, should the answer not reach the
+    caller (see ``collect``)."""
+    collect: list[str] | None = None
+    """Runs of the same task whose answer never reached the caller (cut off, frozen, killed): if one of them
+    ran to its end here, its outcome is given back (its output replayed) instead of running the task again."""
 
     def to_params(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -91,6 +100,15 @@ class ExecuteResult:
     duration_ms: float
     stdout_bytes: int
     stderr_bytes: int
+    collected: str | None = None
+    """Set when this is the kept outcome of that earlier run (``collect``), not a new run."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The wire form: ``collected`` only when set, so an ordinary answer is what it always was."""
+        data = asdict(self)
+        if self.collected is None:
+            del data["collected"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ExecuteResult:
@@ -171,7 +189,19 @@ def parse_execute_params(params: dict[str, Any], request_id: Any = None) -> Exec
         and fence["token"] >= 0
     ):
         raise _invalid('\'fence\' must be {"key": a non-empty string, "token": a whole number}.', request_id)
-    return ExecuteParams(argv=list(argv), cwd=cwd, env=env, timeout=timeout, stdin=stdin, fence=fence)
+    run = params.get("run")
+    if run is not None and not (isinstance(run, str) and 0 < len(run) <= MAX_RUN_NAME):
+        raise _invalid(f"'run' must be a non-empty string of at most {MAX_RUN_NAME} characters.", request_id)
+    collect = params.get("collect")
+    if collect is not None and not (
+        isinstance(collect, list)
+        and len(collect) <= MAX_COLLECT
+        and all(isinstance(name, str) and 0 < len(name) <= MAX_RUN_NAME for name in collect)
+    ):
+        raise _invalid(f"'collect' must be a list of at most {MAX_COLLECT} run names.", request_id)
+    return ExecuteParams(
+        argv=list(argv), cwd=cwd, env=env, timeout=timeout, stdin=stdin, fence=fence, run=run, collect=collect
+    )
 
 
 def parse_cancel_params(params: dict[str, Any], request_id: Any = None) -> str | int:

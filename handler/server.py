@@ -12,7 +12,7 @@ import hmac
 import logging
 import ssl
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -21,8 +21,9 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from handler import __version__, proctree, protocol
+from handler import __version__, proctree, protocol, watchdog
 from handler.config import HEALTH_PATH, WS_PATH, ConfigError, HandlerConfig, is_loopback
+from handler.kept import KeptOutcomes, OutputTail
 from handler.memory import pin_malloc_thresholds
 from handler.process import ProcessRun, RunLimits
 from handler.protocol import ProtocolError
@@ -57,6 +58,8 @@ class Handler:
         self.refused: dict[str, int] = {}
         """The stale token last refused (and logged) for each key."""
         self.fenced: dict[str, list[FencedRun]] = {}
+        self.kept = KeptOutcomes()
+        """Outcomes of runs whose answer may not have reached their caller (see handler/kept.py)."""
         self.slots = FifoSlots(config.max_concurrent)
         self.limits = RunLimits(grace=config.grace)
         self.sessions: set[Session] = set()
@@ -169,6 +172,8 @@ class Session:
         self.connection = connection
         self.runs: dict[Any, ProcessRun] = {}
         self.tasks: set[asyncio.Task[None]] = set()
+        self.kept: list[str] = []
+        """Names of this connection's runs whose outcome the handler keeps until the client has read it."""
 
     async def send(self, message: bytes) -> bool:
         """Send a text frame; False when the client has gone (its runs are being stopped)."""
@@ -186,6 +191,9 @@ class Session:
             pass
         finally:
             await self.stop_runs()
+            if self.connection.close_code == 1000:  # the client said goodbye, so it read every answer
+                for run in self.kept:
+                    self.handler.kept.delivered(run)
 
     async def stop_runs(self) -> None:
         for run in self.runs.values():
@@ -239,7 +247,11 @@ class Session:
         except ProtocolError as exc:
             raise ProtocolError(exc.code, exc.message, req.id) from None
 
+        tail = OutputTail() if params.run is not None else None
+
         async def emit(stream: str, seq: int, data: str) -> None:
+            if tail is not None:
+                tail.add(stream, data)
             await self.connection.send(protocol.output_notification(req.id, stream, seq, data), text=True)
 
         run = ProcessRun(params, emit, self.handler.limits, check)
@@ -249,7 +261,7 @@ class Session:
         self.runs[req.id] = run
         # Take the place in line now, synchronously: arrival order is the order runs start in.
         waiter = self.handler.slots.join()
-        task = asyncio.create_task(self.execute(req.id, run, waiter, fenced, params.fence))
+        task = asyncio.create_task(self.execute(req.id, run, waiter, fenced, tail))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
@@ -259,7 +271,7 @@ class Session:
         run: ProcessRun,
         waiter: asyncio.Future[None] | None,
         fenced: tuple[FencedRun, list[FencedRun]] | None = None,
-        fence: dict[str, Any] | None = None,
+        tail: OutputTail | None = None,
     ) -> None:
         slots = self.handler.slots
         try:
@@ -272,34 +284,17 @@ class Session:
                     slots.abandon(waiter)
                     raise
                 if not await slots.acquire(run.cancel_requested, waiter):
-                    await self.send(protocol.response(request_id, asdict(run.not_started_result())))
+                    await self.send(protocol.response(request_id, run.not_started_result().to_dict()))
                     return
             try:
                 if fenced is not None and fenced[1]:
                     # Runs of this queue with an older token are being stopped: start once they are gone.
                     await asyncio.gather(*(entry.ended.wait() for entry in fenced[1]))
                     if run.cancel_requested.is_set():
-                        await self.send(protocol.response(request_id, asdict(run.not_started_result())))
+                        await self.send(protocol.response(request_id, run.not_started_result().to_dict()))
                         return
-                try:
-                    pid = await run.start()
-                except ProtocolError as exc:
-                    await self.send(protocol.error_response(request_id, exc.code, exc.message))
-                    return
-                await self.send(protocol.notification(protocol.PROCESS_STARTED, {"id": request_id, "pid": pid}))
-                result = await run.wait()
-                if result.cancelled and self.handler.stopping:
-                    # Not the user's cancel: the handler is going away. The worker runs the task again.
-                    await self.send(
-                        protocol.error_response(
-                            request_id,
-                            protocol.SHUTTING_DOWN,
-                            "The handler shut down while the task ran (its processes were stopped); "
-                            "the task is run again once a handler is back.",
-                        )
-                    )
-                else:
-                    await self.send(protocol.response(request_id, asdict(result)))
+                if not (run.params.collect and await self.give_back(request_id, run.params)):
+                    await self.run_and_answer(request_id, run, tail)
             finally:
                 slots.release()
         except Exception:
@@ -311,8 +306,53 @@ class Session:
             )
         finally:
             self.runs.pop(request_id, None)
-            if fenced is not None and fence is not None:
-                self.handler.release_fence(fence["key"], fenced[0])
+            if fenced is not None and run.params.fence is not None:
+                self.handler.release_fence(run.params.fence["key"], fenced[0])
+
+    async def run_and_answer(self, request_id: Any, run: ProcessRun, tail: OutputTail | None) -> None:
+        """Start the run, relay it to its end, answer; its slot is already taken."""
+        try:
+            pid = await run.start()
+        except ProtocolError as exc:
+            await self.send(protocol.error_response(request_id, exc.code, exc.message))
+            return
+        await self.send(protocol.notification(protocol.PROCESS_STARTED, {"id": request_id, "pid": pid}))
+        result = await run.wait()
+        if result.cancelled and self.handler.stopping:
+            # Not the user's cancel: the handler is going away. The worker runs the task again.
+            await self.send(
+                protocol.error_response(
+                    request_id,
+                    protocol.SHUTTING_DOWN,
+                    "The handler shut down while the task ran (its processes were stopped); "
+                    "the task is run again once a handler is back.",
+                )
+            )
+            return
+        if run.params.run is not None and tail is not None and not result.cancelled:
+            # Kept until the client has read it (see handler/kept.py): sent is not received.
+            self.handler.kept.keep(run.params.run, result, tail)
+            self.kept.append(run.params.run)
+        await self.send(protocol.response(request_id, result.to_dict()))
+
+    async def give_back(self, request_id: Any, params: protocol.ExecuteParams) -> bool:
+        """If one of the runs ``params`` collects ran to its end here and its caller never read the answer,
+        answer with that outcome (its output replayed) instead of running the task again; False if none did."""
+        found = self.handler.kept.collect(params.collect or [])
+        if found is None:
+            return False
+        name, kept = found
+        log.warning("giving back the outcome of run %s, which ended unread, instead of running it again", name)
+        result = replace(kept.result, collected=name)
+        if params.run is not None:  # kept again under this run's name, until this caller has read it
+            self.handler.kept.keep(params.run, result, kept.output)
+            self.kept.append(params.run)
+        await self.send(protocol.notification(protocol.PROCESS_STARTED, {"id": request_id, "pid": 0}))
+        for seq, (stream, data) in enumerate(kept.output.frames):
+            if not await self.send(protocol.output_notification(request_id, stream, seq, data)):
+                return True
+        await self.send(protocol.response(request_id, result.to_dict()))
+        return True
 
 
 async def start_server(config: HandlerConfig) -> tuple[Handler, Server]:
@@ -357,13 +397,25 @@ def bound_port(server: Server) -> int:
 
 
 async def run_forever(config: HandlerConfig, ready: asyncio.Event | None = None) -> None:
-    """Serve until SIGINT/SIGTERM, then stop every run before returning."""
-    import signal
+    """Serve until SIGINT/SIGTERM, then stop every run before returning.
 
+    Should this process be killed outright instead, its watchdog stops the runs (see :mod:`handler.watchdog`).
+    """
     pin_malloc_thresholds()
     swept = await proctree.kill_orphans(config.grace)
     if swept:
         log.warning("stopped %d process(es) left running by a previous handler that died", swept)
+    guard = watchdog.start(config.grace)
+    try:
+        await _serve(config, ready)
+    finally:
+        if guard is not None:
+            await guard.stop()
+
+
+async def _serve(config: HandlerConfig, ready: asyncio.Event | None) -> None:
+    import signal
+
     handler, server = await start_server(config)
     port = bound_port(server)
     print(

@@ -146,6 +146,20 @@ def _stale(job: Job, store: TaskStore, result: TaskResult, attempts: list[dict[s
     return _requeue(job, STALE)
 
 
+def _unread_runs(attempts: list[dict[str, Any]]) -> list[str]:
+    """The runs since the last attempt that had an answer, whose answer never came (cut off, frozen, killed):
+    the handler may have kept their outcome (handler/kept.py)."""
+    unread: list[str] = []
+    for attempt in reversed(attempts):
+        if attempt.get("kind") == STALE:  # refused before it started: no answer was due
+            continue
+        if attempt.get("kind") != events.INTERRUPTED:
+            break
+        if attempt.get("run"):
+            unread.insert(0, attempt["run"])
+    return unread
+
+
 def run_job(job: Job, spec_data: dict, settings: Settings, store: TaskStore) -> TaskResult:
     task_id, queue = job.id, job.origin
     client: redis.Redis = job.connection
@@ -181,7 +195,10 @@ def run_job(job: Job, spec_data: dict, settings: Settings, store: TaskStore) -> 
         spec = TaskSpec.from_dict({**spec.to_dict(), "resume": started.continue_session, "task": CONTINUE_PROMPT})
     pin_malloc_thresholds()  # the work-horse is where output frames pass: see handler/memory.py
     job_key = job.key.decode() if isinstance(job.key, bytes) else job.key
-    result = asyncio.run(relay(task_id, spec, settings, job_key, queue=queue, run_id=run_id, fence_token=_fence))
+    unread = _unread_runs(attempts)
+    result = asyncio.run(
+        relay(task_id, spec, settings, job_key, queue=queue, run_id=run_id, fence_token=_fence, collect=unread)
+    )
     result.started_at = started_at
     result.ended_at = events.now_iso()
     if result.duration_ms is None:

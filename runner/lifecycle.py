@@ -194,7 +194,7 @@ def conclude(
     client, task_id, queue = store.client, job.id, job.origin
     this = {"started_at": result.started_at, "ended_at": result.ended_at, "error": result.error}
     if result.interrupted:
-        attempts.append({**this, "kind": events.INTERRUPTED})
+        attempts.append({**this, "kind": events.INTERRUPTED, "run": run})
         interruptions = sum(1 for attempt in attempts if attempt.get("kind", events.INTERRUPTED) == events.INTERRUPTED)
         if interruptions <= settings.interrupted_retries and interrupt(store, task_id, queue, run, attempts):
             log.warning(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from typing import Any
 
@@ -18,6 +19,7 @@ from handler.config import ConfigError
 from handler.protocol import (
     EXECUTABLE_NOT_ALLOWED,
     EXECUTABLE_NOT_FOUND,
+    MAX_COLLECT,
     SHUTTING_DOWN,
     STALE_FENCE,
     ExecuteParams,
@@ -31,6 +33,8 @@ from runner.handler_client import HandlerError, HandlerUnavailable, HandlerUnrea
 from runner.lock import RENEW_LEASE
 from runner.spec import TaskResult, TaskSpec
 
+log = logging.getLogger("ccx.runner")
+
 STALE_RUN = "This worker lost its queue to a newer one, which runs the task instead."
 
 
@@ -42,11 +46,13 @@ async def relay(
     queue: str | None = None,
     run_id: str = "",
     fence_token: int | None = None,
+    collect: list[str] | None = None,
 ) -> TaskResult:
     """Run ``spec`` on the handler, writing every frame to the task's events; build the result.
 
     While it runs, it renews the task's run lease (when ``run_id`` is given): this process, not the
-    worker, is what proves the run alive.
+    worker, is what proves the run alive. ``collect`` names the task's earlier runs whose answer never came:
+    the handler gives back the outcome of one that ran to its end instead of running the task again.
     """
     agent = get_agent(spec.agent)
     parser = agent.parser(settings.output_limit)
@@ -58,6 +64,8 @@ async def relay(
         timeout=spec.timeout,
         stdin=agent.stdin(spec),
         fence=fence,
+        run=run_id or None,
+        collect=collect[-MAX_COLLECT:] if collect else None,
     )
     client = async_redis_client(settings.redis_url)
     writer = EventWriter(client, task_id, settings.log_maxlen, job_key=job_key)
@@ -128,6 +136,12 @@ async def relay(
     if execute_result is None:
         return TaskResult(id=task_id, error=error, agent={"name": agent.name}, interrupted=interrupted)
     outcome = parser.finish(execute_result)
+    if execute_result.collected:
+        log.warning(
+            "task %s: its run %s had ended on the handler but its answer never came; that outcome is kept, the "
+            "task not run again",
+            task_id, execute_result.collected,
+        )  # fmt: skip
     if quiet.fired:
         error = (
             f"No output for {quiet.seconds:g} s: the task was taken for hung and stopped, its whole process tree "

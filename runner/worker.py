@@ -30,7 +30,7 @@ from runner.client import Runner
 from runner.config import PATIENT_RETRIES, Settings, redact_url, redis_client
 from runner.handler_client import check_transport, tls_context
 from runner.job import REQUEUE_META, TaskFailed, TaskRequeued, configure, new_run
-from runner.lineup import Reclaimer
+from runner.lineup import LockNotHeld, Reclaimer, fenced_queue_class
 from runner.lock import QueueLock, WorkerLocked, holder_is_dead_here
 from runner.reconcile import Reconciler
 from runner.relay import warm_up
@@ -80,9 +80,25 @@ class CcxWorker(Worker):
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
         self._dequeuing = True
         try:
-            return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+            while True:
+                try:
+                    return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+                except LockNotHeld:
+                    self._confirm_lock()
         finally:
             self._dequeuing = False
+
+    def _confirm_lock(self) -> None:
+        """The fenced take found the lock not ours: renew it now. Expired while this worker was cut off and
+        nobody took it: taken back, go on. Another worker's: stop at once, taking nothing (its thread would
+        only notice at its next renewal, and meanwhile every job this worker took would let the new holder run
+        the next one first)."""
+        held = self.lock.renew() if self.lock is not None else False
+        if held is False:
+            self._stop_requested = True
+            raise StopRequested
+        if held is None:  # Redis unreachable: the dequeue will wait it out, then ask again
+            time.sleep(1)
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         if self.lock is not None and self.lock.lost.is_set():
@@ -265,12 +281,14 @@ def recover_abandoned(client: redis.Redis, queue_name: str, store: TaskStore, se
         record = store.get(job_id)
         if job is not None and record is not None and record.result is None:
             attempts = store.attempts(job_id)
+            run = client.hget(events.info_key(job_id), "run")  # the handler may keep its outcome: see job.py
             attempts.append(
                 {
                     "started_at": record.started_at,
                     "ended_at": events.now_iso(),
                     "error": WORKER_DIED,
-                    "kind": "interrupted",
+                    "kind": events.INTERRUPTED,
+                    **({"run": run.decode()} if run else {}),
                 }
             )
             interruptions = sum(1 for a in attempts if a.get("kind", "interrupted") == "interrupted")
@@ -343,9 +361,11 @@ def run_worker(
     configure(settings, lock.fence)
     try:
         recover_abandoned(client, settings.queue, store, settings)
-        queue = Queue(settings.queue, connection=client, serializer=JSONSerializer)
+        queue_class = fenced_queue_class(lock.key, lock.owner)
+        queue = queue_class(settings.queue, connection=client, serializer=JSONSerializer)
         worker = CcxWorker(
             [queue],
+            queue_class=queue_class,
             connection=client,
             serializer=JSONSerializer,
             exception_handlers=[_log_failure],

@@ -1,0 +1,35 @@
+"""The relay (runner/relay.py) against a real handler: an attempt after one whose answer never came collects
+the outcome the handler kept, instead of running the task a second time."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from runner.config import Settings
+from runner.relay import relay
+from runner.spec import TaskSpec
+from tests.handler.helpers import PY, TOKEN, eventually, serving
+from tests.handler.test_kept import COUNTED
+
+
+def test_an_attempt_collects_the_outcome_of_a_run_that_ended_while_its_worker_was_cut_off(
+    redis_url: str, tmp_path: Path
+) -> None:
+    runs = tmp_path / "runs"
+    spec = TaskSpec(agent="command", argv=[PY, "-c", COUNTED, str(runs)])
+
+    async def scenario() -> None:
+        async with serving() as served:
+            # The first attempt's work-horse: its run ends on the handler, then its connection dies unread.
+            cut = await served.client()
+            assert (await cut.run("a", spec.argv or [], run="R1")).result["exit_code"] == 0
+            cut.connection.transport.abort()
+            await eventually(lambda: not served.handler.sessions, 10, what="the cut-off session to end")
+            settings = Settings(redis_url=redis_url, handler_url=served.url, handler_token=TOKEN)
+            result = await relay("task-1", spec, settings, run_id="R2", collect=["R1"])
+            assert (result.success, result.exit_code, result.output) == (True, 0, "first\nlast\n")
+            assert result.stderr == "oops\n"
+            assert runs.read_text() == "ran\n", "the command ran once"
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))

@@ -20,6 +20,7 @@ from handler.config import (
     parse_origin,
     parse_port,
     parse_seconds,
+    scrub_stack_secrets,
 )
 from handler.secretfile import HANDLER_TOKEN_FILE, config_dir, load_or_create, read_secret
 
@@ -142,8 +143,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m handler") -> int:
     except ConfigError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
-    # The runs inherit this environment: they must not learn the token that lets one start more runs.
-    os.environ.pop("CCX_HANDLER_TOKEN", None)
+    # The runs inherit this environment: they must not learn the token that lets one start more runs, nor any
+    # other secret of the stack (the Redis URL with its password, the dashboard's token).
+    scrub_stack_secrets(os.environ)
     from handler.server import run_forever
 
     try:

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from handler.agentconfig import agent_of, check_agent_config
 from handler.protocol import ENV_NOT_ALLOWED, EXECUTABLE_NOT_ALLOWED, EXECUTABLE_NOT_FOUND, ProtocolError
 
 DEFAULT_ALLOWED = ("claude", "codex", "gemini")
@@ -119,8 +120,18 @@ class Allowlist:
                     found.append(os.path.abspath(located))
         return found
 
-    def check(self, argv0: str, cwd: str | None, env: Mapping[str, str | None] | None) -> str:
-        """The path to execute for ``argv0``, or a :class:`ProtocolError` saying why it may not run."""
+    def check(
+        self, argv0: str, cwd: str | None, env: Mapping[str, str | None] | None, *, argv: Sequence[str] = ()
+    ) -> str:
+        """The path to execute for ``argv0``, or a :class:`ProtocolError` saying why it may not run; with the run's
+        whole ``argv``, an agent CLI's flags and variables are checked too (handler/agentconfig.py)."""
+        executable = self._check_executable(argv0, cwd, env)
+        agent = None if self.allow_all else agent_of(argv0, executable)
+        if agent is not None:
+            check_agent_config(agent, argv, env, self.allowed_env)
+        return executable
+
+    def _check_executable(self, argv0: str, cwd: str | None, env: Mapping[str, str | None] | None) -> str:
         if not self.allow_all:
             for name, value in (env or {}).items():
                 if value is not None and is_hook_variable(name) and name not in self.allowed_env:

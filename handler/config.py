@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -15,6 +16,42 @@ from urllib.parse import urlsplit
 from handler.allowlist import DEFAULT_ALLOWED, Allowlist
 
 __all__ = ["DEFAULT_ALLOWED", "Allowlist", "ConfigError", "HandlerConfig"]
+
+STACK_SECRETS = frozenset({"CCX_REDIS_URL", "REDIS_URL"})
+"""Variables of the stack that hold a secret without saying so in their name (a Redis URL carries its password)."""
+SECRET_SUFFIXES = ("_TOKEN", "_PASSWORD", "_SECRET")
+"""A ``CCX_`` variable ending so holds a secret (the handler's, dashboard's and MCP tokens, and any to come)."""
+
+
+def is_stack_secret(name: str) -> bool:
+    return name in STACK_SECRETS or (name.startswith("CCX_") and name.endswith(SECRET_SUFFIXES))
+
+
+def scrub_stack_secrets(environ: dict[str, str] | os._Environ[str]) -> list[str]:
+    """Remove the stack's secrets from ``environ`` (the handler's own, which every run inherits): a task must not
+    learn what lets it start more runs, read every task in Redis, or drive the dashboard. Returns their names."""
+    found = sorted(name for name in environ if is_stack_secret(name))
+    for name in found:
+        del environ[name]
+    return found
+
+
+def server_tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    """The server side of TLS from a PEM certificate and its key (None without a certificate), or a sentence."""
+    if not cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(
+            f"--tls-cert/--tls-key: could not load {cert} with {key} ({reason}); give a PEM certificate and its "
+            "private key."
+        ) from None
+    return context
+
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765

@@ -19,8 +19,9 @@ import os
 import subprocess
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from handler import proctree
 from handler.allowlist import resolve
@@ -60,11 +61,17 @@ class RunLimits:
     """Seconds to wait for the pipes to close once every process of the run is gone."""
 
 
-Check = Callable[[str, str | None, Mapping[str, str | None] | None], str]
-"""Returns the path to execute for ``argv[0]`` (given the cwd and env), or raises ProtocolError."""
+class Check(Protocol):
+    """Returns the path to execute for ``argv[0]`` (given the cwd, env and whole argv), or raises ProtocolError."""
+
+    def __call__(
+        self, argv0: str, cwd: str | None, env: Mapping[str, str | None] | None, *, argv: Sequence[str] = ()
+    ) -> str: ...
 
 
-def _any_executable(argv0: str, cwd: str | None, env: Mapping[str, str | None] | None) -> str:
+def _any_executable(
+    argv0: str, cwd: str | None, env: Mapping[str, str | None] | None, *, argv: Sequence[str] = ()
+) -> str:
     return resolve(argv0, cwd)
 
 
@@ -242,7 +249,7 @@ class ProcessRun:
         """Spawn the process; raise :class:`ProtocolError` when it cannot start."""
         params = self.params
         # Checked again at start, not only on arrival: a queued run may wait for hours.
-        executable = self._check(params.argv[0], params.cwd, params.env)
+        executable = self._check(params.argv[0], params.cwd, params.env, argv=params.argv)
         env = child_environment(params.env, self._token)
         if params.cwd is not None and not os.path.isdir(params.cwd):
             raise ProtocolError(

@@ -3,7 +3,8 @@
 When no token is configured, the handler makes one and keeps it in a file that
 only its user can read (as Jupyter does); the worker, the CLI and the local stack
 read it from there, so a local stack needs no manual secret handling. A file that
-other users could read is refused with a sentence saying how to fix it, never used.
+other users could read, or that is not this user's, and a directory that another
+user owns or can write to, are refused with a sentence saying how to fix it, never used.
 
 The files live in ``$CCX_CONFIG_DIR``, else ``$XDG_CONFIG_HOME/cc-execute``, else
 ``~/.config/cc-execute``; the directory is created ``0700`` and each file ``0600``.
@@ -42,17 +43,50 @@ def new_secret() -> str:
 
 
 def _check_private(path: Path, info: os.stat_result, what: str) -> None:
+    # Owned by this user, for root too: a file another user made (or swapped in) holds a secret they chose.
+    if info.st_uid != os.geteuid():
+        raise ConfigError(
+            f"The {what} file {path} belongs to uid {info.st_uid} (mode {stat.S_IMODE(info.st_mode):04o}), not to "
+            f"this user (uid {os.geteuid()}): run `chown {os.geteuid()} {path}` if its secret is yours, or remove it "
+            "to have a new one made."
+        )
     if info.st_mode & 0o077:
         raise ConfigError(
             f"The {what} file {path} can be read by other users (mode {stat.S_IMODE(info.st_mode):04o}): "
             f"run `chmod 600 {path}`, or remove it to have a new one made."
         )
-    if info.st_uid != os.geteuid() and os.geteuid() != 0:
-        raise ConfigError(f"The {what} file {path} belongs to another user: remove it, or point to your own.")
+
+
+def _check_directory(path: Path, what: str) -> None:
+    """Refuse the directory holding a secret file when another user owns it or can write to it: they could
+    replace the file (with a secret of their choosing) or remove it. Root's are trusted (root can read anyway)."""
+    directory = path.parent
+    try:
+        info = os.stat(directory)
+    except FileNotFoundError:
+        return  # made private when the file is first written
+    except OSError as exc:
+        raise ConfigError(
+            f"Cannot look at the directory {directory} of the {what} file ({exc.strerror or exc}): fix its "
+            f"permissions, or set {CONFIG_DIR_VAR} to a directory of your own."
+        ) from None
+    mode = stat.S_IMODE(info.st_mode)
+    if info.st_uid not in (os.geteuid(), 0):
+        raise ConfigError(
+            f"The directory {directory} holding the {what} file belongs to uid {info.st_uid} (mode {mode:04o}), "
+            f"not to this user (uid {os.geteuid()}): run `chown {os.geteuid()} {directory}` if it is yours, or "
+            "remove it to have a private one made."
+        )
+    if mode & 0o022:
+        raise ConfigError(
+            f"The directory {directory} holding the {what} file can be written by other users (mode {mode:04o}): "
+            f"run `chmod 700 {directory}`, or remove it to have a private one made."
+        )
 
 
 def read_secret(path: Path, what: str = "token") -> str | None:
-    """The secret in ``path``, or None when there is no such file; refuses a file others can read."""
+    """The secret in ``path``, or None when there is no such file; refuses a file others can read or replace."""
+    _check_directory(path, what)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError:
@@ -69,6 +103,7 @@ def read_secret(path: Path, what: str = "token") -> str | None:
 
 def write_private(path: Path, text: str) -> None:
     """Replace ``path`` with ``text``, readable only by this user (written aside, then renamed)."""
+    _check_directory(path, "secret")
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)

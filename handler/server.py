@@ -22,7 +22,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from handler import __version__, proctree, protocol, watchdog
-from handler.config import HEALTH_PATH, WS_PATH, ConfigError, HandlerConfig, is_loopback
+from handler.config import HEALTH_PATH, WS_PATH, HandlerConfig, is_loopback, server_tls_context
 from handler.kept import KeptOutcomes, OutputTail
 from handler.memory import pin_malloc_thresholds
 from handler.process import ProcessRun, RunLimits
@@ -77,6 +77,17 @@ class Handler:
 
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         """Answer health checks; refuse browsers and clients without the token before the upgrade."""
+        # A repeated Host, Origin or Authorization is ambiguous (a proxy may have checked the other one) and
+        # reading it raises MultipleValuesError, which websockets answers with a 500: refused with a 400, as
+        # HTTP says for a repeated Host (RFC 9112, section 3.2).
+        for name in ("Host", "Origin", "Authorization"):
+            if len(request.headers.get_all(name)) > 1:
+                log.warning("refused a request from %s with %s sent twice", connection.remote_address, name)
+                return _json_response(
+                    400,
+                    "Bad Request",
+                    {"error": f"Bad request: the {name} header was sent more than once; send it once."},
+                )
         path = request.path.split("?", 1)[0]
         if path == HEALTH_PATH:
             return _json_response(200, "OK", self.health())
@@ -243,7 +254,8 @@ class Session:
         params = protocol.parse_execute_params(req.params, req.id)
         check = self.handler.config.allow.check
         try:
-            check(params.argv[0], params.cwd, params.env)  # refused on arrival, before taking a place in line
+            # Refused on arrival, before taking a place in line.
+            check(params.argv[0], params.cwd, params.env, argv=params.argv)
         except ProtocolError as exc:
             raise ProtocolError(exc.code, exc.message, req.id) from None
 
@@ -377,19 +389,7 @@ async def start_server(config: HandlerConfig) -> tuple[Handler, Server]:
 
 def tls_context(config: HandlerConfig) -> ssl.SSLContext | None:
     """The server side of ``wss://``, or None for plain ``ws://``."""
-    if not config.tls_cert:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(config.tls_cert, config.tls_key)
-    except (OSError, ssl.SSLError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ConfigError(
-            f"--tls-cert/--tls-key: could not load {config.tls_cert} with {config.tls_key} ({reason}); "
-            "give a PEM certificate and its private key."
-        ) from None
-    return context
+    return server_tls_context(config.tls_cert, config.tls_key)
 
 
 def bound_port(server: Server) -> int:

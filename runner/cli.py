@@ -27,7 +27,7 @@ from runner import events
 from runner.client import RedisUnavailable, Runner
 from runner.config import DEFAULT_REDIS_URL, Settings, check_handler_url, check_redis_url, redact_url
 from runner.errors import EXIT_TASK_FAILED, EXIT_UNAVAILABLE, EXIT_USAGE, CcxError, UnknownTask
-from runner.render import Renderer, ago, summary
+from runner.render import Renderer, ago, escape_controls, summary
 from runner.spec import SpecError
 from runner.stack import LocalStack, StackError, default_data_dir
 
@@ -79,6 +79,18 @@ redis_option = click.option(
 )
 queue_option = click.option("--queue", envvar="CCX_QUEUE", help="queue name (CCX_QUEUE; default ccx).")
 json_option = click.option("--json", "as_json", is_flag=True, help="machine-readable JSON output.")
+raw_option = click.option(
+    "--raw",
+    is_flag=True,
+    help="write the task's output as it is, terminal escapes included (on a terminal, by default, control "
+    "characters such as ESC are shown as \\x1b).",
+)
+
+
+def _escapes(stream: Any, raw: bool) -> bool:
+    """Whether the task's output written to ``stream`` shows its control characters as text (``\\x1b``):
+    on a terminal, which would act on them (window title, clipboard, cursor), unless ``--raw``."""
+    return not raw and stream.isatty()
 
 
 def task_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -170,9 +182,16 @@ def _later(options: dict[str, Any]) -> dict[str, Any]:
     return {"at": at, "in_": parse_delay(delay) if delay is not None else None}
 
 
-def _follow(runner: Runner, task_id: str, agent: str, as_json: bool, timeout: float | None = None) -> dict[str, Any]:
+def _follow(
+    runner: Runner, task_id: str, agent: str, as_json: bool, timeout: float | None = None, raw: bool = False
+) -> dict[str, Any]:
     """Print a task's events until its result; return the result dict."""
-    renderer = Renderer(agent, progress=not as_json and sys.stderr.isatty())
+    renderer = Renderer(
+        agent,
+        progress=not as_json and sys.stderr.isatty(),
+        escape_out=_escapes(sys.stdout, raw),
+        escape_err=_escapes(sys.stderr, raw),
+    )
     result: dict[str, Any] = {}
     try:
         for event in runner.handle(task_id).events(timeout=timeout):
@@ -199,8 +218,9 @@ def main() -> None:
 
 @main.command(context_settings={"ignore_unknown_options": True})
 @task_options
+@raw_option
 @friendly_errors
-def run(**options: Any) -> None:
+def run(raw: bool, **options: Any) -> None:
     """Submit a task and follow it to the end (exit 0 only if it succeeded).
 
     \b
@@ -228,7 +248,7 @@ def run(**options: Any) -> None:
         if not as_json:
             click.echo(f"task {handle.id} submitted", err=True)
         try:
-            result = _follow(runner, handle.id, spec["agent"], as_json)
+            result = _follow(runner, handle.id, spec["agent"], as_json, raw=raw)
         except KeyboardInterrupt:
             if stack is None:
                 raise
@@ -246,8 +266,9 @@ def run(**options: Any) -> None:
 @main.command(context_settings={"ignore_unknown_options": True})
 @task_options
 @click.option("--follow", "follow_it", is_flag=True, help="follow the task's output until it ends.")
+@raw_option
 @friendly_errors
-def submit(follow_it: bool, **options: Any) -> None:
+def submit(follow_it: bool, raw: bool, **options: Any) -> None:
     """Submit a task and print its id."""
     redis_url, queue, as_json = options.pop("redis_url"), options.pop("queue"), options.pop("as_json")
     after, after_any, key = options.pop("after"), options.pop("after_any"), options.pop("key")
@@ -264,7 +285,7 @@ def submit(follow_it: bool, **options: Any) -> None:
         # Its predecessor had already failed or been cancelled: it will never run.
         _fail(f"Task {handle.id} was cancelled at once. {record.result.error}", EXIT_TASK_FAILED)
     if follow_it:
-        result = _follow(runner, handle.id, spec["agent"], as_json)
+        result = _follow(runner, handle.id, spec["agent"], as_json, raw=raw)
         sys.exit(0 if result.get("success") else EXIT_TASK_FAILED)
 
 
@@ -278,26 +299,32 @@ def _record(runner: Runner, task_id: str) -> Any:
 @main.command()
 @click.argument("task_id")
 @click.option("--timeout", type=float, help="give up after this many seconds.")
+@raw_option
 @redis_option
 @queue_option
 @json_option
 @friendly_errors
-def follow(task_id: str, timeout: float | None, redis_url: str | None, queue: str | None, as_json: bool) -> None:
+def follow(
+    task_id: str, timeout: float | None, raw: bool, redis_url: str | None, queue: str | None, as_json: bool
+) -> None:
     """Print a task's output from its first byte, then live, until it ends (JSON lines with --json)."""
     runner = _runner(redis_url, queue)
     record = _record(runner, task_id)
-    result = _follow(runner, task_id, record.spec.agent, as_json, timeout)
+    result = _follow(runner, task_id, record.spec.agent, as_json, timeout, raw)
     sys.exit(0 if result.get("success") else EXIT_TASK_FAILED)
 
 
 @main.command()
 @click.argument("task_id")
 @click.option("--wait", type=float, default=None, help="wait up to this many seconds for the task to end.")
+@raw_option
 @redis_option
 @queue_option
 @json_option
 @friendly_errors
-def result(task_id: str, wait: float | None, redis_url: str | None, queue: str | None, as_json: bool) -> None:
+def result(
+    task_id: str, wait: float | None, raw: bool, redis_url: str | None, queue: str | None, as_json: bool
+) -> None:
     """Print a task's result (exit 0 if it succeeded, 1 if not or not yet ended)."""
     runner = _runner(redis_url, queue)
     record = _record(runner, task_id)
@@ -315,7 +342,8 @@ def result(task_id: str, wait: float | None, redis_url: str | None, queue: str |
         _emit_json(outcome)
     else:
         if outcome.get("output"):
-            click.echo(outcome["output"].rstrip("\n"))
+            output = outcome["output"].rstrip("\n")
+            click.echo(escape_controls(output) if _escapes(sys.stdout, raw) else output)
         click.echo(summary(outcome), err=True)
     sys.exit(0 if outcome.get("success") else EXIT_TASK_FAILED)
 
@@ -340,7 +368,8 @@ def status(task_id: str | None, redis_url: str | None, queue: str | None, as_jso
             )
             return
         spent = runner.costs()
-        click.echo(f"queue '{runner.settings.queue}': {state.describe()}")
+        # Escaped always: the reason is whatever `ccx pause --reason` was given.
+        click.echo(f"queue '{runner.settings.queue}': {escape_controls(state.describe())}")
         click.echo(f"running: {', '.join(r.id for r in running) or 'nothing'}; queued: {waiting}")
         budget = f" of ${spent['budget_per_day']:.2f} a day" if "budget_per_day" in spent else ""
         click.echo(f"spent: ${spent['today']:.4f} today{budget}, ${spent['total']:.4f} in all")
@@ -388,7 +417,7 @@ def list_tasks(limit: int, statuses: tuple[str, ...], redis_url: str | None, que
     click.echo(head + "TASK")
     for record in records:
         what = " ".join(record.spec.argv or []) if record.spec.agent == "command" else record.spec.task
-        what = " ".join(what.split())
+        what = " ".join(escape_controls(what).split())  # always: a title is anyone's text, on anyone's terminal
         what = what if len(what) <= room else what[: room - 1] + "…"
         click.echo(
             f"{record.id:<36}  {record.status:<9}  {record.spec.agent:<7}  {ago(record.submitted_at):<11}  "
@@ -404,7 +433,7 @@ def list_tasks(limit: int, statuses: tuple[str, ...], redis_url: str | None, que
 def pause(reason: str, redis_url: str | None, queue: str | None) -> None:
     """Hold the queue: the running task goes on, nothing new starts until `ccx resume`."""
     runner = _runner(redis_url, queue)
-    click.echo(f"queue '{runner.settings.queue}': {runner.pause(reason).describe()}")
+    click.echo(f"queue '{runner.settings.queue}': {escape_controls(runner.pause(reason).describe())}")
 
 
 @main.command()
@@ -647,7 +676,7 @@ def schedule_list(redis_url: str | None, queue: str | None, as_json: bool) -> No
     click.echo(f"{'ID':<12}  {'CRON':<15}  {'NEXT (UTC)':<19}  {'LAST TASK':<36}  TASK")
     for entry in entries:
         when = events.iso(entry.next_at)[:19].replace("T", " ")
-        line = f"{entry.id:<12}  {entry.cron:<15}  {when:<19}  {entry.last_task or '-':<36}  {entry.title()}"
+        line = f"{entry.id:<12}  {entry.cron:<15}  {when:<19}  {entry.last_task or '-':<36}  {escape_controls(entry.title())}"
         click.echo(line[:width])
 
 

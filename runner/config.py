@@ -10,9 +10,10 @@ from urllib.parse import urlsplit
 import redis
 import redis.asyncio
 from redis.backoff import ExponentialBackoff
+from redis.connection import parse_url
 from redis.retry import Retry
 
-from handler.config import ConfigError, parse_flag, parse_int, parse_seconds
+from handler.config import ConfigError, is_loopback, parse_flag, parse_int, parse_seconds
 from handler.secretfile import read_secret
 from runner import events
 
@@ -45,6 +46,25 @@ def check_redis_url(url: str, name: str) -> str:
             f"{name} must be a redis://, rediss:// or unix:// URL (e.g. redis://127.0.0.1:6379/0), not {redact_url(url)!r}."
         )
     return url
+
+
+def check_redis_transport(url: str, allow_insecure: bool = False) -> None:
+    """Refuse to send a Redis password in clear to another machine: raise :class:`ConfigError` saying what to do.
+
+    The rule of :func:`runner.handler_client.check_transport` for the handler's token: whoever holds the
+    password can run tasks. Checked on the URL alone, before any connection is made."""
+    if urlsplit(url).scheme != "redis" or allow_insecure:
+        return
+    try:
+        options = parse_url(url)  # redis-py's own reading: the password may be in the query too
+    except ValueError:
+        return  # not a URL redis-py can use: connecting says so, and sends nothing
+    host = options.get("host") or "localhost"  # redis-py's default host
+    if options.get("password") and not is_loopback(host):
+        raise ConfigError(
+            f"Refusing to send the Redis password over plain redis:// to {host}, where anyone on the network could "
+            "read it: use a rediss:// URL (Redis with TLS), or set CCX_ALLOW_INSECURE=1 on a network you trust."
+        )
 
 
 def check_handler_url(url: str, name: str) -> str:
@@ -87,7 +107,8 @@ class Settings:
     handler_ca: str | None = None
     """A CA bundle (PEM) that signs the handler's certificate, for ``wss://``; default: the system store."""
     allow_insecure: bool = False
-    """Send the handler's token over plain ``ws://`` to a host that is not this machine (CCX_ALLOW_INSECURE)."""
+    """Send the handler's token over plain ``ws://``, and the Redis password over plain ``redis://``, to a host
+    that is not this machine (CCX_ALLOW_INSECURE)."""
     output_limit: int = 1_000_000
     """Characters of output kept in a result (the tail); the full output stays in the task's log."""
     log_maxlen: int = events.DEFAULT_LOG_MAXLEN
@@ -117,10 +138,18 @@ class Settings:
     webhook_backoff_max: float = 60.0
     webhook_timeout: float = 10.0
     """Seconds a webhook receiver has to answer one POST (CCX_WEBHOOK_TIMEOUT)."""
+    webhook_allow_networks: tuple[str, ...] = ()
+    """Networks webhooks may reach although not public, e.g. ``127.0.0.1/32`` (CCX_WEBHOOK_ALLOW_NETWORKS)."""
+
+    def __post_init__(self) -> None:
+        # Here, so every way a URL comes in (environment, stack file, flags, Runner(redis_url=...)) is checked.
+        check_redis_transport(self.redis_url, self.allow_insecure)
 
     @classmethod
     def from_env(cls) -> Settings:
         """Settings from the environment; a bad value raises :class:`ConfigError` naming the variable."""
+        from runner.webhooks import parse_networks  # not at the top: runner.webhooks imports this module
+
         redis_url, redis_name = _named("CCX_REDIS_URL", "REDIS_URL")
         if redis_url is None:
             from runner.stack import running_stack_redis_url
@@ -165,6 +194,7 @@ class Settings:
             idempotency_ttl=parse_int(idem_ttl, "CCX_IDEMPOTENCY_TTL", 1) if idem_ttl else 3600,
             handler_wait=parse_seconds(handler_wait, "CCX_HANDLER_WAIT") if handler_wait else 30.0,
             dashboard_url=check_http_url(dashboard_url, "CCX_DASHBOARD_URL") if dashboard_url else None,
+            webhook_allow_networks=parse_networks(_env("CCX_WEBHOOK_ALLOW_NETWORKS") or ""),
             **timing,  # type: ignore[arg-type]
         )
 

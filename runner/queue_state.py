@@ -22,6 +22,7 @@ import redis
 
 from runner import events, webhooks
 from runner.errors import UsageError
+from runner.spec import as_real
 
 # Why a queue holds (``kind``).
 USAGE_LIMIT = "usage_limit"
@@ -216,13 +217,15 @@ def set_budget(client: redis.Redis, queue: str, per_day: float | None) -> None:
     if per_day is None:
         client.hdel(key, "budget_per_day")
         return
-    number = isinstance(per_day, (int, float)) and not isinstance(per_day, bool)
-    if not number or not math.isfinite(per_day) or per_day <= 0:
+    budget = as_real(per_day)
+    if budget is None or not math.isfinite(budget) or budget <= 0:
+        # An int is said as its float: repr() of one with over 4300 digits raises ValueError.
+        shown = repr(per_day) if budget is None or isinstance(per_day, float) else f"{budget:g}"
         raise UsageError(
-            f"The budget must be a number of dollars above 0, such as 20, not {per_day!r}; "
+            f"The budget must be a number of dollars above 0, such as 20, not {shown}; "
             "to have no budget, remove it (`ccx budget --off`)."
         )
-    client.hset(key, "budget_per_day", repr(float(per_day)))
+    client.hset(key, "budget_per_day", repr(budget))
 
 
 def check_budget(client: redis.Redis, queue: str, now: float | None = None) -> QueueState | None:

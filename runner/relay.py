@@ -17,6 +17,7 @@ import redis
 
 from handler.config import ConfigError
 from handler.protocol import (
+    CONFIG_NOT_ALLOWED,
     EXECUTABLE_NOT_ALLOWED,
     EXECUTABLE_NOT_FOUND,
     MAX_COLLECT,
@@ -97,7 +98,7 @@ async def relay(
     except HandlerError as exc:
         if exc.code == EXECUTABLE_NOT_FOUND:
             error = agent.not_found_message(params.argv[0])
-        elif exc.code == EXECUTABLE_NOT_ALLOWED:
+        elif exc.code in (EXECUTABLE_NOT_ALLOWED, CONFIG_NOT_ALLOWED):
             error = exc.message
         elif exc.code == SHUTTING_DOWN:
             error, interrupted = exc.message, True

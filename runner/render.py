@@ -18,6 +18,29 @@ from runner.agents.base import LineSplitter, parse_json_line
 
 TOOL_KEYS = ("file_path", "path", "command", "pattern", "url", "query", "description", "prompt")
 
+_ASCII_CONTROLS = tuple(chr(code) for code in (*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F))
+"""The C0 controls but tab and newline (ESC, BEL, CR…), and DEL: what a terminal acts on instead of showing."""
+_CONTROLS = _ASCII_CONTROLS + tuple(chr(code) for code in range(0x80, 0xA0))
+"""With the C1 controls (U+0080–U+009F): some terminals take U+009B as ESC [ and U+009D as ESC ]."""
+_SHOWN = {char: f"\\x{ord(char):02x}" for char in _CONTROLS}
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every control character a terminal would act on shown instead, as ``\\x1b``, ``\\x07``…:
+    a task's output or title cannot set the window title (OSC 0), write the clipboard (OSC 52), move the
+    cursor or wipe the screen (CSI) or overwrite a line (CR). Newline and tab stay; a CR just before a
+    newline goes (a CRLF line end looks the same without it).
+
+    One C-speed scan of the whole text per control character, and a replace only for those present:
+    ``str.translate`` looks each character up in a dict once the text is not ASCII (8 MB/s against
+    100–1000 MB/s here), and this runs on every chunk of output followed on a terminal."""
+    if "\r" in text:
+        text = text.replace("\r\n", "\n")
+    for char in _ASCII_CONTROLS if text.isascii() else _CONTROLS:
+        if char in text:
+            text = text.replace(char, _SHOWN[char])
+    return text
+
 
 def _short(text: str, limit: int = 200) -> str:
     text = " ".join(text.split())
@@ -136,6 +159,8 @@ class Renderer:
     """Writes a task's events for a person: raw output, or a transcript for stream-json agents.
 
     With ``progress`` (on a terminal), a spinner line shows elapsed time, bytes and the current step.
+    ``escape_out`` / ``escape_err`` (for a stream that is a terminal) show the control characters of the
+    task's output on it as text (:func:`escape_controls`); the notices about the task always do.
     """
 
     def __init__(
@@ -145,9 +170,13 @@ class Renderer:
         err: TextIO | None = None,
         transcript: bool = True,
         progress: bool = False,
+        escape_out: bool = False,
+        escape_err: bool = False,
     ) -> None:
         self.out = out or sys.stdout
         self.err = err or sys.stderr
+        self.escape_out = escape_out
+        self.escape_err = escape_err
         self.transcript = transcript and agent == "claude"
         self._lines = LineSplitter()
         self.progress = Progress(self.err) if progress else None
@@ -177,6 +206,7 @@ class Renderer:
 
     def _notice(self, text: str) -> None:
         """A line about the task (not its output), on stderr, clear of the progress line."""
+        text = escape_controls(text)  # (its error may quote the task)
         if self.progress is None:
             self.err.write(text + "\n")
             self.err.flush()
@@ -189,11 +219,11 @@ class Renderer:
     def _write(self, event: dict[str, Any]) -> None:
         data = event.get("data", "")
         if event.get("stream") == STDERR:
-            self.err.write(data)
+            self.err.write(escape_controls(data) if self.escape_err else data)
             self.err.flush()
             return
         if not self.transcript:
-            self.out.write(data)
+            self.out.write(escape_controls(data) if self.escape_out else data)
             self.out.flush()
             return
         for line in self._lines.feed(data):
@@ -203,13 +233,17 @@ class Renderer:
         parsed = parse_json_line(line)
         if parsed is None:
             if line.strip():
-                self.out.write(line + "\n")
+                self._put_line(line)
         else:
             for text in describe_claude_event(parsed):
-                self.out.write(text + "\n")
+                self._put_line(text)
                 if self.progress is not None and text.startswith(("→", "●")):
-                    self.progress.step = text
+                    self.progress.step = escape_controls(text)  # (the spinner's line: escaped even with --raw)
         self.out.flush()
+
+    def _put_line(self, text: str) -> None:
+        line = text + "\n"
+        self.out.write(escape_controls(line) if self.escape_out else line)
 
     def finish(self) -> None:
         if self.progress is not None:
@@ -261,5 +295,5 @@ def summary(result: dict[str, Any]) -> str:
         head = "✗ failed"
     line = f"{head} in {' · '.join(parts)} (task {result.get('id')})"
     if result.get("error"):
-        line += f"\n  {result['error']}"
+        line += f"\n  {escape_controls(str(result['error']))}"  # (it may quote the task's output)
     return line

@@ -37,7 +37,7 @@ from rq.job import JobStatus
 from runner import events, lifecycle
 from runner.errors import CcxError, Unavailable
 from runner.lifecycle import fetch_job
-from runner.spec import SpecError, TaskResult, TaskSpec, title
+from runner.spec import SpecError, TaskResult, TaskSpec, as_real, title
 
 if TYPE_CHECKING:
     from runner.client import Runner
@@ -63,14 +63,15 @@ def due_time(at: datetime | str | float | None, in_: float | None, now: float | 
     if at is not None and in_ is not None:
         raise SpecError("Give 'at' or 'in', not both.")
     if in_ is not None:
-        if isinstance(in_, bool) or not isinstance(in_, (int, float)) or not math.isfinite(in_) or in_ < 0:
+        delay = as_real(in_)
+        if delay is None or not math.isfinite(delay) or delay < 0:
             raise SpecError("'in' must be a number of seconds from now (0 or more).")
-        if in_ > MAX_AHEAD_SECONDS:
+        if delay > MAX_AHEAD_SECONDS:
             raise SpecError(
-                f"'in' is {in_:g} seconds, further ahead than the {MAX_AHEAD_SECONDS} (366 days) a task may wait: "
+                f"'in' is {delay:g} seconds, further ahead than the {MAX_AHEAD_SECONDS} (366 days) a task may wait: "
                 "give a shorter delay, or add a cron schedule for work that far off."
             )
-        due = now + float(in_)
+        due = now + delay
         return due if due > now else None  # (a delay too small to move the clock is now)
     if at is None:
         return None
@@ -96,8 +97,9 @@ def _epoch(at: datetime | str | float) -> float:
             return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
         except (OverflowError, ValueError, OSError):  # e.g. year 1 in a zone east of UTC: before the epoch's range
             raise SpecError(f"'at' must be a time the calendar can hold, not {at.isoformat()}.") from None
-    if isinstance(at, (int, float)) and not isinstance(at, bool) and math.isfinite(at):
-        return float(at)
+    epoch = as_real(at)
+    if epoch is not None and math.isfinite(epoch):
+        return epoch
     raise SpecError("'at' must be a datetime, an ISO 8601 time or epoch seconds.")
 
 

@@ -11,6 +11,9 @@ import uuid
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+import orjson
+
+from handler.config import HandlerConfig
 from runner import events
 from runner.errors import UsageError
 
@@ -26,6 +29,11 @@ makes exec fail with "Argument list too long", so it is refused at submit instea
 MAX_COMMAND_LINE_BYTES = 1024 * 1024
 """The most bytes a task's command line and ``env`` may take together (each string with its NUL): half of
 the usual 2 MiB ARG_MAX, so the handler's own environment still fits beside it."""
+MAX_REQUEST_BYTES = HandlerConfig.max_message_bytes - 64 * 1024
+"""The most bytes, as JSON, of what a task sends the handler to run it (its prompt on stdin, command line, cwd
+and env): the handler reads messages of at most 16 MiB and closes the connection on a longer one (code 1009,
+docs/protocol.md), so a longer task is refused at submit. 64 KiB are left for what the worker adds (the
+JSON-RPC envelope, the fencing token, earlier runs' ids)."""
 
 
 OPTIONAL_FIELDS = (
@@ -82,18 +90,30 @@ def _check_webhook(value: Any) -> str:
         raise SpecError(str(exc)) from None
 
 
+def as_real(value: Any) -> float | None:
+    """``value`` as a float if it is an int or a float (not a bool), else None. An int too large for a float
+    (``10**400``, which Python and JSON allow) is an infinity of its sign: ``math.isfinite`` and ``float()``
+    raise OverflowError on it, so every bound checks the float this returns, never the value itself."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
 def _check_seconds(name: str, value: Any, refusal: str, zero_ok: bool = True) -> float:
     """``value`` as seconds if it is a finite number from 0 (above 0 unless ``zero_ok``) to :data:`MAX_TIMEOUT`;
     else a :class:`SpecError`: ``refusal`` for what is no duration at all, a sentence on the maximum for too much."""
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not number or not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
+    seconds = as_real(value)
+    if seconds is None or not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not zero_ok):
         raise SpecError(refusal)
-    if value > MAX_TIMEOUT:
+    if seconds > MAX_TIMEOUT:
         raise SpecError(
-            f"'{name}' is {value:g} seconds, more than the {MAX_TIMEOUT:.0f} (7 days) a task may have: "
+            f"'{name}' is {seconds:g} seconds, more than the {MAX_TIMEOUT:.0f} (7 days) a task may have: "
             "give at most that, or split the work into several tasks."
         )
-    return float(value)
+    return seconds
 
 
 def _arg_name(agent: str, argv: list[str], index: int, spec: TaskSpec) -> str:
@@ -128,6 +148,36 @@ def _check_command_line(agent: str, argv: list[str], spec: TaskSpec) -> None:
             f'{MAX_COMMAND_LINE_BYTES:,} a task may have (the OS refuses long command lines with "Argument list '
             'too long"): put the large parts in files and pass their paths instead.'
         )
+
+
+def _not_utf8() -> SpecError:
+    return SpecError(
+        "The task holds a lone surrogate (such as \\udcff, what decoding bytes that are not UTF-8 leaves), which "
+        "cannot be sent to the handler: give its text as UTF-8."
+    )
+
+
+def _check_request_size(agent: str, argv: list[str], stdin: str | None, spec: TaskSpec) -> None:
+    """Refuse a task whose request to the handler would be longer than the handler reads (:data:`MAX_REQUEST_BYTES`):
+    it would be cut off at run time, not refused when given. Only the prompt on stdin and ``cwd`` are unbounded
+    otherwise; the command line and ``env`` are at most :data:`MAX_COMMAND_LINE_BYTES`."""
+    try:
+        size = len(orjson.dumps([argv, spec.cwd, spec.env, stdin]))
+    except orjson.JSONEncodeError:  # a lone surrogate in a field _check_texts does not look at
+        raise _not_utf8() from None
+    if size <= MAX_REQUEST_BYTES:
+        return
+    if stdin is not None:
+        raise SpecError(
+            f"The task (the prompt) is {len(stdin.encode()):,} bytes, which makes a {size:,}-byte request to "
+            f"the handler, more than the {MAX_REQUEST_BYTES:,} it reads (16 MiB less room for the rest of the "
+            "message): put most of the text in a file and have the agent read it from there."
+        )
+    raise SpecError(
+        f"The {agent} command line, 'cwd' and 'env' of this task make a {size:,}-byte request to the handler, "
+        f"more than the {MAX_REQUEST_BYTES:,} it reads (16 MiB less room for the rest of the message): "
+        "shorten them, or put the large parts in files."
+    )
 
 
 TITLE_CHARS = 160
@@ -222,12 +272,8 @@ class TaskSpec:
                 raise SpecError("'session_id' must be a UUID (the agent's session ids are UUIDs).") from None
         if not isinstance(self.bare, bool):
             raise SpecError("'bare' must be true or false.")
-        if self.max_budget_usd is not None and (
-            isinstance(self.max_budget_usd, bool)
-            or not isinstance(self.max_budget_usd, (int, float))
-            or not math.isfinite(self.max_budget_usd)
-            or self.max_budget_usd <= 0
-        ):
+        budget = as_real(self.max_budget_usd)
+        if self.max_budget_usd is not None and (budget is None or not math.isfinite(budget) or budget <= 0):
             raise SpecError("'max_budget_usd' must be a positive number of dollars.")
         if self.extra_args is not None:
             if not isinstance(self.extra_args, list) or not all(isinstance(a, str) for a in self.extra_args):
@@ -304,15 +350,27 @@ class TaskSpec:
         if self.webhook is not None:
             self.webhook = _check_webhook(self.webhook)
         self._validate_agent_options()
+        self._check_texts()
+        agent = get_agent(self.agent)
+        agent.check(self)
+        argv = agent.argv(self)
+        _check_command_line(agent.name, argv, self)
+        _check_request_size(agent.name, argv, agent.stdin(self), self)
+
+    def _check_texts(self) -> None:
+        """The texts that reach the OS must be ones it can take: no NUL, and UTF-8 (no lone surrogate)."""
         texts = [self.task, self.cwd or "", *(self.argv or []), *(self.tools or [])]
         texts += [f"{k}={v or ''}" for k, v in (self.env or {}).items()]
         if any("\0" in text for text in texts):
             raise SpecError(
                 "The task, argv, cwd, tools and env must not contain NUL characters (an OS command line cannot)."
             )
-        agent = get_agent(self.agent)
-        agent.check(self)
-        _check_command_line(agent.name, agent.argv(self), self)
+        for text in texts:
+            if not text.isascii():  # (ASCII, the usual case, is valid UTF-8 without encoding it)
+                try:
+                    text.encode()
+                except UnicodeEncodeError:
+                    raise _not_utf8() from None
 
 
 @dataclass

@@ -389,10 +389,20 @@ def running_stack() -> dict[str, object] | None:
         return None
     if not isinstance(info, dict) or not isinstance(info.get("pid"), int):
         return None
+    return info if _runs_as_this_user(info["pid"]) else None
+
+
+def _runs_as_this_user(pid: int) -> bool:
+    """True while ``pid`` lives and runs as this user. A stale stack file's pid may have been reused by another
+    user's process, which may also squat the old Redis port: trusting it would send that user our password."""
+    if pid <= 0:  # 0 and negatives name process groups, not a process
+        return False
     try:
-        os.kill(info["pid"], 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        pass
-    return info
+        os.kill(pid, 0)
+    except (OSError, OverflowError):  # gone, or another user's (the signal is refused), or no pid at all
+        return False
+    try:
+        return os.stat(f"/proc/{pid}").st_uid == os.geteuid()  # root may signal anyone: ask who owns it
+    except FileNotFoundError:
+        # Gone since, or a system without /proc (macOS), where the signal's answer is all there is.
+        return not os.path.isdir("/proc/self")

@@ -15,14 +15,19 @@ restart, so the work is split in two (docs/webhooks.md is the reference):
 
 Every attempt's outcome is written to the task's record (field ``webhook``), so ``ccx status ID --json``,
 the dashboard and ``Runner.get()`` show whether a delivery was made, is being retried, or failed.
+
+Whoever submits a task chooses where the worker connects, so each POST goes only to public addresses
+unless ``CCX_WEBHOOK_ALLOW_NETWORKS`` allows others (see "where a POST may go" below).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import hmac
 import http.client
+import ipaddress
 import logging
 import queue as queue_lib
 import secrets
@@ -32,6 +37,7 @@ import threading
 import time
 import urllib.parse
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -39,6 +45,7 @@ import orjson
 import redis
 
 from handler import __version__
+from handler.config import ConfigError
 from runner import events
 from runner.config import PATIENT_RETRIES, Settings, check_http_url, redis_client
 from runner.spec import TaskResult
@@ -374,10 +381,153 @@ class Response:
 
     status_code: int | None = None
     error: str | None = None
+    refused: bool = False
+    """The destination was not allowed, so nothing was sent (and it is not tried again)."""
 
     @property
     def ok(self) -> bool:
         return self.status_code is not None and 200 <= self.status_code < 300
+
+
+# --- where a POST may go ------------------------------------------------------------------------------
+#
+# Whoever can set a webhook URL chooses where the worker connects, and the task record shows what came back,
+# so without a check webhooks probe the worker's own network (its loopback services, the LAN, the cloud
+# metadata endpoint). The check runs when a POST is made, on the addresses of that one lookup, and the
+# connection goes to a checked address: a name may resolve differently at submit time or on a second lookup.
+
+ALLOW_SETTING = "CCX_WEBHOOK_ALLOW_NETWORKS"
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Resolved = list[tuple[int, tuple[Any, ...]]]
+"""What one lookup gave: (address family, socket address) pairs, in the resolver's order."""
+
+METADATA = frozenset(
+    ipaddress.ip_address(text) for text in ("169.254.169.254", "fd00:ec2::254", "168.63.129.16", "100.100.100.200")
+)
+"""Cloud instance-metadata endpoints (most clouds; AWS over IPv6; Azure's WireServer, a public address; Alibaba)."""
+_PRIVATE = tuple(ipaddress.ip_network(text) for text in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"))
+_THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")  # Linux takes 0.0.0.0 for this host
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def _as_ipv4(address: Address) -> Address:
+    """The IPv4 address an IPv6 one carries packets to (mapped, NAT64, 6to4): that is where they end up."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return address.ipv4_mapped
+        if address in _NAT64:
+            return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if address.sixtofour is not None:
+            return address.sixtofour
+    return address
+
+
+def address_kind(address: Address) -> str | None:
+    """Why webhooks do not go to ``address`` unless it is allowed ("a loopback address", …); None: public."""
+    address = _as_ipv4(address)
+    if address in METADATA:
+        return "the cloud metadata address"
+    if address.is_unspecified or address in _THIS_NETWORK:
+        return "an unspecified address"
+    if address.is_loopback:
+        return "a loopback address"
+    if address.is_link_local:
+        return "a link-local address"
+    if address.is_multicast:
+        return "a multicast address"
+    if any(address in network for network in _PRIVATE):
+        return "a private address"
+    if not address.is_global or address.is_reserved or getattr(address, "is_site_local", False):
+        return "a reserved address"
+    return None
+
+
+def parse_networks(text: str, name: str = ALLOW_SETTING) -> tuple[str, ...]:
+    """``127.0.0.1/32, 10.0.0.0/8 ::1`` as canonical networks; a bad one raises :class:`ConfigError` naming ``name``.
+
+    A host part is dropped (``10.1.2.3/8`` is ``10.0.0.0/8``): operators write networks either way."""
+    networks = []
+    for item in text.replace(",", " ").split():
+        try:
+            networks.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ConfigError(f"{name} must list networks such as 127.0.0.1/32 or 10.0.0.0/8, not {item!r}.") from None
+    return tuple(networks)
+
+
+def resolve(host: str, port: int) -> Resolved:
+    """Every address of ``host``: the one lookup a POST makes (tests put a resolver of their own here)."""
+    return [(info[0], info[4]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
+
+
+def refusal(host: str, resolved: Resolved, allow: Sequence[Network]) -> str | None:
+    """The sentence refusing ``host``, or None to go ahead. Every address must pass, not just one: which of
+    them a connection ends up using is not the checker's to choose."""
+    for _, sockaddr in resolved:
+        address = ipaddress.ip_address(sockaddr[0].split("%", 1)[0])  # no IPv6 zone (fe80::1%eth0)
+        kind = address_kind(address)
+        if kind is None or any(a in network for a in (address, _as_ipv4(address)) for network in allow):
+            continue
+        what, target = f"resolves to {address}, {kind}", _as_ipv4(address)  # allowing target allows address
+        with contextlib.suppress(ValueError):
+            what = f"is {kind}" if ipaddress.ip_address(host) == address else what
+        allow_it = f"set {ALLOW_SETTING}={target}/{target.max_prefixlen} on the worker to allow it"
+        return f"refused: {host} {what}; {allow_it}."
+    return None
+
+
+def _pinned(resolved: Resolved) -> Callable[..., socket.socket]:
+    """http.client's connect function, tied to the checked addresses: it ignores the host it is handed,
+    since a second lookup could answer differently (DNS rebinding). Tries them in order, all within
+    ``timeout``, as :func:`socket.create_connection` would."""
+
+    def connect(_address: object, timeout: float = 10.0, _source: object = None) -> socket.socket:
+        deadline = time.monotonic() + timeout
+        error = OSError("the host has no address")
+        for family, sockaddr in resolved:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(left)
+                sock.connect(sockaddr)
+                return sock
+            except OSError as exc:
+                sock.close()
+                error = exc
+        raise error
+
+    return connect
+
+
+def _connection(url: str, timeout: float, allow: Sequence[Network]) -> http.client.HTTPConnection | Response:
+    """A connection to ``url``'s host that will go only to an address that passed the check, or the
+    Response that says why there is none (a refusal says nothing about what is at the address)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:  # e.g. a port that is not a number
+        return Response(None, str(exc))
+    try:
+        resolved = resolve(host, port)
+    except OSError as exc:  # socket.gaierror: no such name, or no answer
+        return Response(None, f"no address for {host} ({exc.strerror or exc})")
+    refused = refusal(host, resolved, allow)
+    if refused is not None:
+        return Response(None, refused, refused=True)
+    # The host stays the name: the Host header, TLS's SNI and the certificate check all use it.
+    if parts.scheme == "https":
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+            host, port, timeout=timeout, context=ssl.create_default_context()
+        )
+    else:
+        conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    conn._create_connection = _pinned(resolved)  # type: ignore[attr-defined]  # what connect() calls
+    return conn
 
 
 def _abort(conn: http.client.HTTPConnection) -> None:
@@ -388,21 +538,16 @@ def _abort(conn: http.client.HTTPConnection) -> None:
             sock.shutdown(socket.SHUT_RDWR)
 
 
-def post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> Response:
+def post(url: str, body: bytes, headers: dict[str, str], timeout: float, allow: Sequence[Network] = ()) -> Response:
     """POST ``body``, all of it (connect, send, answer) within ``timeout`` seconds; any answer but a 2xx,
     and any network error, is a failed attempt. A redirect is not followed: it would resend a signed body
     somewhere else. (``timeout`` bounds the whole request, not each read: a receiver that answers a byte
-    at a time cannot hold a sender for longer.)"""
+    at a time cannot hold a sender for longer.) A host that resolves to an address that is not public is
+    refused before any connection, unless a network of ``allow`` holds that address."""
+    conn = _connection(url, timeout, allow)
+    if isinstance(conn, Response):
+        return conn
     parts = urllib.parse.urlsplit(url)
-    try:
-        if parts.scheme == "https":
-            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-                parts.hostname or "", parts.port, timeout=timeout, context=ssl.create_default_context()
-            )
-        else:
-            conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
-    except ValueError as exc:  # e.g. a port that is not a number
-        return Response(None, str(exc))
     # Once the deadline has cut the socket, what http.client makes of the cut depends on where it was
     # (RemoteDisconnected, BadStatusLine('HTTP') for a half-read status line, even a "200" whose headers
     # were cut short), so the attempt's outcome is then the timeout, whatever the request returned or raised.
@@ -489,13 +634,14 @@ class Deliverer:
         self,
         settings: Settings,
         client: redis.Redis | None = None,
-        sender: Any = post,
+        sender: Any = None,
         threads: int = DELIVERY_THREADS,
     ) -> None:
         self.settings = settings
         self.queue = settings.queue
         self.client = client if client is not None else redis_client(settings.redis_url, retries=PATIENT_RETRIES)
-        self.sender = sender
+        allow = tuple(ipaddress.ip_network(text, strict=False) for text in settings.webhook_allow_networks)
+        self.sender = sender if sender is not None else functools.partial(post, allow=allow)
         self.timeout = max(0.1, settings.webhook_timeout)
         self._claim = self.client.register_script(_CLAIM_SCRIPT)
         self._record = self.client.register_script(_RECORD_SCRIPT)
@@ -606,7 +752,8 @@ class Deliverer:
         delay = backoff(attempts, self.settings.webhook_backoff, self.settings.webhook_backoff_max)
         if response.ok:
             status, next_at = DELIVERED, None
-        elif now + delay - delivery.created > self.settings.webhook_retry_for:
+        elif response.refused or now + delay - delivery.created > self.settings.webhook_retry_for:
+            # A refused destination is given up at once: a retry would only probe the address again.
             status, next_at = FAILED, None
         else:
             status, next_at = RETRYING, now + delay

@@ -19,14 +19,14 @@ from typing import Any
 
 import redis
 from rq import Queue, Worker
-from rq.exceptions import NoSuchJobError, StopRequested
+from rq.exceptions import DeserializationError, NoSuchJobError, StopRequested
 from rq.job import Job, JobStatus
 from rq.job_lifecycle import call_exception_handlers, format_exc_info, record_job_failure
 from rq.registry import CanceledJobRegistry, FailedJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 
 from runner import events, lifecycle, lineup, metrics, queue_state, schedules, webhooks
-from runner.client import Runner
+from runner.client import JOB_FUNCTION, Runner
 from runner.config import PATIENT_RETRIES, Settings, redact_url, redis_client
 from runner.handler_client import check_transport, tls_context
 from runner.job import REQUEUE_META, TaskFailed, TaskRequeued, configure, new_run
@@ -47,6 +47,31 @@ WORKER_DIED = (
     "The worker running this task died (it was killed or crashed) before the task finished; "
     "its processes were stopped. Resubmit the task to run it again."
 )
+
+
+def foreign_call(job: Job) -> str | None:
+    """What ``job`` would make this worker call, when that is anything but a task; None for a task.
+
+    Whoever can write to Redis can put any job on the queue, and RQ would import and call whatever it names
+    (``os.system`` as well), bypassing the handler's allowlist: only :data:`~runner.client.JOB_FUNCTION`, with
+    no callbacks (RQ imports and calls those too), is ours. Decoding is JSON only, so this runs nothing."""
+    try:
+        function, instance = job.func_name, job.instance
+    except DeserializationError:
+        return "its data is not an RQ job in JSON"
+    if function != JOB_FUNCTION or instance is not None:
+        return f"its function is {_shown(function)}" + (" on an object" if instance is not None else "")
+    # RQ keeps the names it would import only in private attributes (its properties import them).
+    for callback in (job._success_callback_name, job._failure_callback_name, job._stopped_callback_name):
+        if callback:
+            return f"it names a callback, {_shown(callback)}"
+    return None
+
+
+def _shown(name: object) -> str:
+    """A name from a job, fit for one log line (whoever wrote the job chose it)."""
+    text = str(name)
+    return text if text.isprintable() and len(text) <= 200 else repr(text[:200])
 
 
 DEQUEUE_TIMEOUT = 5
@@ -101,6 +126,11 @@ class CcxWorker(Worker):
             time.sleep(1)
 
     def execute_job(self, job: Job, queue: Queue) -> None:
+        foreign = foreign_call(job)
+        if foreign is not None:
+            # Here, in the worker, never in a work-horse: nothing the job names is imported or called.
+            self.refuse(job, queue, foreign)
+            return
         if self.lock is not None and self.lock.lost.is_set():
             # Another worker owns the queue now: hand the job back untouched rather than run it twice.
             lineup.hand_back(self.connection, job.id, queue)
@@ -114,6 +144,19 @@ class CcxWorker(Worker):
             return
         self._run = new_run(self.lock.fence if self.lock is not None else None)
         super().execute_job(job, queue)
+
+    def refuse(self, job: Job, queue: Queue, foreign: str) -> None:
+        """File a job that is not a task as failed, with one sentence saying why, in RQ's registry and the log."""
+        why = (
+            f"Job {job.id} is not a cc-execute task ({foreign}); this worker runs only {JOB_FUNCTION}, so it did "
+            "not run it: submit tasks with `ccx submit` or Runner.submit, and check who else can write to this Redis."
+        )
+        log.error("%s", why)
+        with self.connection.pipeline() as pipe:
+            pipe.lrem(queue.intermediate_queue_key, 0, job.id)
+            job.set_status(JobStatus.FAILED, pipeline=pipe)
+            job._handle_failure(why, pipeline=pipe, worker_name=self.name)
+            pipe.execute()
 
     def wait_while_paused(self, queue_name: str) -> None:
         """Wait until the queue's pause ends: by its time (ended here, announced) or by a person."""

@@ -142,7 +142,9 @@ class Cluster:
     def base_env(self, machine: str) -> dict[str, str]:
         config = self.directory / "machines" / machine
         config.mkdir(parents=True, exist_ok=True)
-        return {**{k: v for k, v in os.environ.items() if not k.startswith("CCX_")}, "CCX_CONFIG_DIR": str(config)}
+        # The machines share the campaign's own private bridge: plain redis:// with a password is fine there.
+        base = {k: v for k, v in os.environ.items() if not k.startswith("CCX_")}
+        return {**base, "CCX_CONFIG_DIR": str(config), "CCX_ALLOW_INSECURE": "1"}
 
     def build(self, orchestrators: int) -> None:
         for name in ("redis", "handler", "worker-1", "worker-2", *(f"orch-{n}" for n in range(orchestrators))):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
+from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -39,6 +40,8 @@ class Verdict(enum.Enum):
     """The right token in the query: set the cookie and redirect to the address without it."""
     FORBIDDEN = "forbidden"
     """A request from somewhere the dashboard does not serve (Host or Origin check)."""
+    BAD_REQUEST = "bad_request"
+    """A request with Host, Origin or Authorization sent twice (:func:`repeated_header`)."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,24 @@ def host_name(host_header: str) -> str:
     if host.startswith("["):
         return host[1:].split("]", 1)[0]
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+SINGLE_HEADERS = ("host", "origin", "authorization")
+"""Headers a request may carry once only: with two, which one a check reads is a guess (a proxy in front may
+have read the other), so the request is refused (400) before any check. The handler and ``ccx mcp --http``
+refuse them too."""
+
+
+def repeated_header(names: Iterable[str]) -> str | None:
+    """The sentence refusing a request whose header ``names`` hold one of :data:`SINGLE_HEADERS` twice; else None."""
+    seen: set[str] = set()
+    for name in names:
+        key = name.lower()
+        if key in seen:
+            return f"Bad request: the {key.title()} header was sent more than once; send it once."
+        if key in SINGLE_HEADERS:
+            seen.add(key)
+    return None
 
 
 def cookies(headers: Headers) -> dict[str, str]:
@@ -119,6 +140,9 @@ class Auth:
 
     def decide(self, path: str, headers: Headers, websocket: bool = False) -> Decision:
         """What to do with a request for ``path`` (with its query) carrying ``headers``."""
+        repeated = repeated_header(name for name, _ in headers.raw_items())
+        if repeated is not None:  # (reading such a header would raise MultipleValuesError: a 500)
+            return Decision(Verdict.BAD_REQUEST, reason=repeated)
         if not self.host_allowed(headers):
             return Decision(Verdict.FORBIDDEN, reason="This dashboard only answers to loopback addresses.")
         if websocket and not self.origin_allowed(headers):

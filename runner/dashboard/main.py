@@ -31,6 +31,16 @@ def build_parser(prog: str = "python -m runner.dashboard") -> argparse.ArgumentP
         help="token the browser must present once as ?token=… (CCX_DASHBOARD_TOKEN); "
         "default: the private file ~/.config/cc-execute/dashboard.token, made if missing",
     )
+    parser.add_argument(
+        "--tls-cert",
+        default=os.environ.get("CCX_DASHBOARD_TLS_CERT") or None,
+        help="PEM certificate for https:// (CCX_DASHBOARD_TLS_CERT); needed off loopback",
+    )
+    parser.add_argument(
+        "--tls-key",
+        default=os.environ.get("CCX_DASHBOARD_TLS_KEY") or None,
+        help="its private key (CCX_DASHBOARD_TLS_KEY)",
+    )
     parser.add_argument("--log-level", default=os.environ.get("CCX_LOG_LEVEL", "INFO"), help="logging level")
     return parser
 
@@ -56,6 +66,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m runner.dashboard"
             queue=args.queue or settings.queue,
             token=token,
             token_source=source,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            allow_insecure=settings.allow_insecure,
         )
     except ConfigError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)

@@ -39,6 +39,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from handler.config import ConfigError, is_loopback, server_tls_context
 from runner import metrics
 from runner.client import RedisUnavailable, Runner
 from runner.config import redact_url
@@ -80,11 +81,22 @@ class DashboardConfig:
 
     token_source: str = ""
     """Where the token came from (for the banner; never the token itself)."""
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    allow_insecure: bool = False
+    """CCX_ALLOW_INSECURE: plain HTTP off loopback, for a network the operator knows is private."""
 
     def check(self) -> None:
         if not self.token:
             raise DashboardError(
                 "The dashboard needs a token: pass --token, set CCX_DASHBOARD_TOKEN, or let it use its token file."
+            )
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise DashboardError("--tls-cert and --tls-key go together: give both.")
+        if not is_loopback(self.host) and not self.tls_cert and not self.allow_insecure:
+            raise DashboardError(
+                f"The dashboard on --host {self.host} would send its token and every task's output in clear text: "
+                "give --tls-cert and --tls-key, or bind 127.0.0.1 (CCX_ALLOW_INSECURE=1 if the network is private)."
             )
 
 
@@ -93,8 +105,8 @@ def login_url(url: str, token: str) -> str:
     return f"{url}?{urlencode({TOKEN_PARAM: token})}"
 
 
-def url_of(host: str, port: int) -> str:
-    return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+def url_of(host: str, port: int, tls: bool = False) -> str:
+    return f"{'https' if tls else 'http'}://{f'[{host}]' if ':' in host else host}:{port}/"
 
 
 def _static(name: str) -> bytes:
@@ -136,6 +148,8 @@ class Dashboard:
             return _response(HTTPStatus.OK, self.assets[name], _ASSETS[name])
         websocket = path == LIVE_PATH
         decision = self.auth.decide(request.path, request.headers, websocket=websocket)
+        if decision.verdict is Verdict.BAD_REQUEST:
+            return json_response(HTTPStatus.BAD_REQUEST, {"error": decision.reason})
         if decision.verdict is Verdict.FORBIDDEN:
             return json_response(HTTPStatus.FORBIDDEN, {"error": decision.reason})
         if decision.verdict is Verdict.REDIRECT:
@@ -234,6 +248,10 @@ async def serve_dashboard(
     on stdout, and calls ``on_ready(url)``. ``config.port`` 0 picks a free port.
     """
     config.check()
+    try:
+        tls = server_tls_context(config.tls_cert, config.tls_key)
+    except ConfigError as exc:
+        raise DashboardError(str(exc)) from None
     client = redis_async_client(config.redis_url)
     runner = Runner(redis_url=config.redis_url, queue=config.queue)
     try:
@@ -249,6 +267,7 @@ async def serve_dashboard(
             config.host,
             config.port,
             process_request=dashboard.process_request,
+            ssl=tls,
             compression=None,
             max_size=1024 * 1024,
             write_limit=256 * 1024,
@@ -256,7 +275,7 @@ async def serve_dashboard(
         )
         port = next(iter(server.sockets)).getsockname()[1]
         dashboard.auth.port = port
-        url = url_of(config.host, port)
+        url = url_of(config.host, port, tls is not None)
         hub = asyncio.create_task(dashboard.hub.run())
         try:
             if announce:

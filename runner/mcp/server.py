@@ -271,7 +271,15 @@ class BearerGuard:
             return
         if scope["type"] != "http":
             return  # e.g. a WebSocket: nothing here speaks it
-        headers = dict(scope.get("headers") or [])
+        from runner.dashboard.auth import repeated_header  # (here: stdio never needs the dashboard's modules)
+
+        pairs = scope.get("headers") or []
+        # dict() keeps the last of a repeated header: an Origin sent twice, the second empty, would pass.
+        repeated = repeated_header(name.decode("latin-1") for name, _ in pairs)
+        if repeated is not None:
+            await _refuse(send, 400, repeated)
+            return
+        headers = dict(pairs)
         origin = headers.get(b"origin", b"").decode(errors="replace")
         if origin:
             await _refuse(send, 403, f"Forbidden: requests from web pages ({origin}) may not use this server.")

@@ -292,3 +292,19 @@ def test_a_web_page_from_another_origin_cannot_run_a_command(
     runner = Runner(redis_url=stack.redis_url, queue=stack.queue)
     assert runner.list() == [], "nothing was queued"
     assert not marker.exists(), "nothing ran"
+
+
+@pytest.mark.timeout(120)
+def test_a_task_under_ccx_up_finds_none_of_the_stacks_secrets_in_its_environment() -> None:
+    """Issue 20, item 8: a task printing its whole environment under the local stack (its own Redis with a
+    password, the handler's token, the dashboard's token) finds none of them: it cannot read or submit tasks,
+    start runs or drive the dashboard with what it inherited."""
+    with LocalStack(dashboard_port=0, worker_output=subprocess.DEVNULL) as stack:
+        assert stack.redis is not None and stack.handler_token and stack.dashboard_token
+        runner = Runner(redis_url=stack.redis_url, queue=stack.queue)
+        result = runner.submit(agent="command", argv=["env"]).result(timeout=60)
+        assert result.success and "PATH=" in result.output
+        for secret in (stack.redis.password, stack.handler_token, stack.dashboard_token):
+            assert secret not in result.output
+        names = {line.split("=", 1)[0] for line in result.output.splitlines() if "=" in line}
+        assert not names & {"CCX_REDIS_URL", "REDIS_URL", "CCX_HANDLER_TOKEN", "CCX_DASHBOARD_TOKEN"}

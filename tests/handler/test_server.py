@@ -38,6 +38,7 @@ from tests.handler.helpers import (
     spawner,
 )
 from tests.support.processes import pids_with_marker, wait_until
+from tests.support.rawhttp import WEBSOCKET_UPGRADE, send_twice
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -746,3 +747,26 @@ def test_a_newer_fencing_token_stops_the_older_run_first_and_an_older_token_is_r
             assert other_queue.result["exit_code"] == 0
 
     arun(scenario(), 60)
+
+
+@pytest.mark.parametrize("name", ["Host", "Origin", "Authorization"])
+def test_a_header_sent_twice_is_a_400_saying_so_not_a_500(name: str) -> None:
+    """Two Origin or Authorization headers made reading them raise (a 500); which copy a check reads would be a
+    guess, and HTTP wants a 400 for two Hosts (RFC 9112, 3.2). Same values twice: only the repeat is wrong."""
+
+    async def scenario() -> None:
+        async with serving(allowed_origins=frozenset({"https://app.example"})) as served:
+            headers = {
+                "Host": f"127.0.0.1:{served.port}",
+                "Origin": "https://app.example",
+                "Authorization": f"Bearer {served.handler.config.token}",
+                **WEBSOCKET_UPGRADE,
+            }
+            assert await asyncio.to_thread(send_twice, served.port, "GET", "/ws", headers, "") == (101, b"")
+            status, body = await asyncio.to_thread(send_twice, served.port, "GET", "/ws", headers, name)
+            assert (status, orjson.loads(body)) == (
+                400,
+                {"error": f"Bad request: the {name} header was sent more than once; send it once."},
+            )
+
+    arun(scenario())

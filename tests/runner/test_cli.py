@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pty
+import select
 import signal
 import socket
 import subprocess
 import sys
 import time
+import tty
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -17,7 +20,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from runner.stack import free_port
+from runner import schedules
+from runner.client import Runner
+from runner.stack import LocalStack, free_port
 from tests.support.processes import wait_until
 
 CCX = [sys.executable, "-m", "runner.cli"]
@@ -363,3 +368,82 @@ def test_out_of_range_input_is_one_sentence_with_exit_2(args: list[str], message
     status = ccx("status", "--json", env=clean_env(CCX_REDIS_URL=redis_url, CCX_QUEUE=queue))
     state = orjson.loads(status.stdout)
     assert state["queued"] == 0 and "budget_per_day" not in state["costs"]
+
+
+def ccx_on_a_terminal(*args: str, env: dict[str, str], timeout: float = 60) -> tuple[int, str, str]:
+    """`ccx ARGS` with its stdout on a pseudo-terminal (raw mode: bytes reach it unchanged) and its stderr on a
+    pipe; returns its exit status, what the terminal received and its stderr."""
+    master, slave = pty.openpty()
+    tty.setraw(slave)
+    try:
+        proc = subprocess.Popen([*CCX, *args], stdout=slave, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
+    finally:
+        os.close(slave)
+    received = bytearray()
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"`ccx {' '.join(args)}` did not end within {timeout:g} s"
+            if not select.select([master], [], [], remaining)[0]:
+                continue
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the terminal's last writer closed it
+                break
+            if not chunk:
+                break
+            received += chunk
+        _, stderr = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, received.decode(), stderr.decode()
+
+
+# Output that acts on a terminal: the window title (OSC 0), the clipboard (OSC 52), the screen (CSI 2J).
+HOSTILE = "\x1b]0;owned\x07\x1b]52;c;cm0gLXJmIH4=\x07\x1b[2Jtext\n"
+SHOWN = "\\x1b]0;owned\\x07\\x1b]52;c;cm0gLXJmIH4=\\x07\\x1b[2Jtext\n"
+HOSTILE_TASK = [sys.executable, "-c", f"import sys; sys.stdout.write({HOSTILE!r}); sys.stderr.write({HOSTILE!r})"]
+
+
+def test_output_on_a_terminal_shows_its_escapes_and_raw_passes_them(stack: LocalStack, runner: Runner) -> None:
+    """`ccx follow` / `ccx run` / `ccx result` on a terminal write the task's escapes as visible text; with
+    --raw, or to a pipe, the bytes are the task's own (its stderr here goes to a pipe: raw)."""
+    env = stack.child_env()
+    task_id = runner.submit({"agent": "command", "argv": HOSTILE_TASK}).id
+    assert runner.handle(task_id).result(timeout=60).success
+    status, screen, err = ccx_on_a_terminal("follow", task_id, env=env)
+    assert (status, screen) == (0, SHOWN) and err.startswith(HOSTILE), err
+    status, screen, err = ccx_on_a_terminal("follow", task_id, "--raw", env=env)
+    assert (status, screen) == (0, HOSTILE) and err.startswith(HOSTILE), err
+    piped = ccx("follow", task_id, env=env)
+    assert (piped.returncode, piped.stdout) == (0, HOSTILE)
+    assert ccx_on_a_terminal("result", task_id, env=env)[1] == SHOWN
+    assert ccx_on_a_terminal("result", task_id, "--raw", env=env)[1] == HOSTILE
+    status, screen, err = ccx_on_a_terminal("run", "--agent", "command", "--", *HOSTILE_TASK, env=env)
+    assert (status, screen) == (0, SHOWN), err
+    status, screen, err = ccx_on_a_terminal("run", "--raw", "--agent", "command", "--", *HOSTILE_TASK, env=env)
+    assert (status, screen) == (0, HOSTILE), err
+
+
+def test_titles_in_list_status_and_schedules_are_always_escaped(redis_url: str, queue_name: str) -> None:
+    """A task's title or a pause's reason is anyone's text: escaped on a terminal and in a pipe alike."""
+    runner = Runner(redis_url=redis_url, queue=queue_name)  # no worker: the task stays queued
+    try:
+        runner.submit({"agent": "command", "argv": ["echo", "\x1b]0;owned\x07\x1b[2J"]})
+        schedules.add(runner.redis, queue_name, "0 3 * * *", {"agent": "command", "argv": ["echo", "\x1b]0;x\x07"]})
+    finally:
+        runner.redis.close()
+    env = clean_env(CCX_REDIS_URL=redis_url, CCX_QUEUE=queue_name, COLUMNS="200")
+    listed = ccx("list", env=env)
+    assert listed.stdout.splitlines()[1].endswith("  echo \\x1b]0;owned\\x07\\x1b[2J"), listed.stdout
+    status, screen, _ = ccx_on_a_terminal("list", env=env)
+    assert status == 0 and screen.splitlines()[1].endswith("  echo \\x1b]0;owned\\x07\\x1b[2J"), screen
+    paused = ccx("pause", "--reason", "deploy \x1b]52;c;eA==\x07", env=env)
+    assert paused.stdout == f"queue '{queue_name}': paused — deploy \\x1b]52;c;eA==\\x07\n", paused.stdout
+    status, screen, _ = ccx_on_a_terminal("status", env=env)
+    assert screen.splitlines()[0] == f"queue '{queue_name}': paused — deploy \\x1b]52;c;eA==\\x07", screen
+    assert ccx("schedule", "list", env=env).stdout.splitlines()[1].endswith("  echo \\x1b]0;x\\x07")

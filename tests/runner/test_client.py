@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -430,3 +431,61 @@ def test_the_api_and_the_mcp_tool_refuse_out_of_range_input_alike(redis_url: str
     runner.set_budget(20)
     assert runner.costs()["budget_per_day"] == 20.0
     assert len(runner.queue) == 0 and runner.list(10) == []
+
+
+def test_a_prompt_longer_than_the_handler_reads_is_refused_at_submit(redis_url: str, queue_name: str) -> None:
+    """A 17 MB prompt was queued, then its run died on an internal error ('NoneType' … call_soon) when the
+    handler closed the connection on its 16 MiB message limit: it is one sentence at submit now, with the
+    prompt's size and the limit, and nothing is queued."""
+    runner = Runner(redis_url=redis_url, queue=queue_name)
+    prompt = "x" * (17 * 1024 * 1024)
+    with pytest.raises(SpecError) as refused:
+        runner.submit(prompt)
+    # (The request's size counts the agent's command line, whose path to `claude` differs between machines.)
+    assert re.fullmatch(
+        r"The task \(the prompt\) is 17,825,792 bytes, which makes a 17,825,\d{3}-byte request to the handler, "
+        r"more than the 16,711,680 it reads \(16 MiB less room for the rest of the message\): put most of the "
+        r"text in a file and have the agent read it from there\.",
+        str(refused.value),
+    ), str(refused.value)
+    # Under 16 MiB, but not once JSON has escaped it: 6 bytes (\u0001) for each of its 3 MB.
+    with pytest.raises(SpecError, match=r"^The task \(the prompt\) is 3,000,000 bytes, which makes a 18,000,"):
+        runner.submit("\x01" * 3_000_000)
+    assert len(runner.queue) == 0 and runner.list(10) == []
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"in_": 1e308}, "'in' is 1e+308 seconds, further ahead than the 31622400 (366 days) a task may wait"),
+        ({"in_": float("inf")}, "'in' must be a number of seconds from now (0 or more)."),
+        ({"in_": float("nan")}, "'in' must be a number of seconds from now (0 or more)."),
+        ({"in_": 10**400}, "'in' must be a number of seconds from now (0 or more)."),
+        ({"at": 10**400}, "'at' must be a datetime, an ISO 8601 time or epoch seconds."),
+        ({"timeout": 10**400}, "'timeout' must be a positive number of seconds."),
+        ({"idle_timeout": 10**400}, "'idle_timeout' must be a number of seconds (0: never)."),
+        ({"max_budget_usd": 10**400}, "'max_budget_usd' must be a positive number of dollars."),
+    ],
+    ids=["in-1e308", "in-inf", "in-nan", "in-10e400", "at-10e400", "timeout", "idle-timeout", "budget"],
+)
+def test_numbers_beyond_a_float_are_a_sentence_not_an_overflow_error(
+    options: dict, message: str, redis_url: str, queue_name: str
+) -> None:
+    """An int too large for a float (Python and JSON allow 10**400) made math.isfinite raise OverflowError."""
+    runner = Runner(redis_url=redis_url, queue=queue_name)
+    with pytest.raises(SpecError) as refused:
+        runner.submit(agent="command", argv=["true"], **options)
+    assert str(refused.value).startswith(message)
+    assert len(runner.queue) == 0
+
+
+def test_a_budget_beyond_a_float_is_a_sentence(redis_url: str, queue_name: str) -> None:
+    from runner.errors import UsageError
+
+    runner = Runner(redis_url=redis_url, queue=queue_name)
+    with pytest.raises(UsageError) as refused:
+        runner.set_budget(10**400)
+    assert str(refused.value) == (
+        "The budget must be a number of dollars above 0, such as 20, not inf; to have no budget, remove it "
+        "(`ccx budget --off`)."
+    )

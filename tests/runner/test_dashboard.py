@@ -37,9 +37,10 @@ from runner.client import Runner
 from runner.dashboard import auth as auth_module
 from runner.dashboard.auth import Auth, Verdict, session_value, token_matches
 from runner.dashboard.logview import Transcript
-from runner.dashboard.server import DashboardConfig, DashboardError
+from runner.dashboard.server import LIVE_PATH, DashboardConfig, DashboardError
 from runner.stack import LocalStack
 from tests.support.processes import pids_with_marker, wait_until
+from tests.support.rawhttp import WEBSOCKET_UPGRADE, send_twice
 
 PY = sys.executable
 CHROMIUM = Path("/usr/bin/chromium")
@@ -122,7 +123,7 @@ def start_dashboard(redis_url: str, queue: str, log_path: Path, *extra: str, tim
         selector.register(proc.stdout, selectors.EVENT_READ)
         ready = selector.select(timeout)
     line = proc.stdout.readline().decode() if ready else ""
-    if not line.startswith("ccx dashboard on http://"):
+    if not line.startswith(("ccx dashboard on http://", "ccx dashboard on https://")):
         proc.kill()
         proc.wait()
         raise AssertionError(f"the dashboard did not start: {line!r}; log: {log_path.read_text()[-2000:]}")
@@ -641,7 +642,7 @@ def test_the_dashboard_never_serves_without_a_token(tmp_path: Path, redis_url: s
     """No token given: it makes one in a private file and says where (never what); a bad setting is one sentence."""
     with pytest.raises(DashboardError, match="needs a token"):
         DashboardConfig(host="127.0.0.1").check()
-    DashboardConfig(host="0.0.0.0", token="t").check()
+    DashboardConfig(host="0.0.0.0", token="t", allow_insecure=True).check()
     env = {k: v for k, v in os.environ.items() if k != "CCX_DASHBOARD_TOKEN"} | {"CCX_CONFIG_DIR": str(tmp_path)}
     proc = subprocess.Popen(
         [PY, "-m", "runner.dashboard", "--port", "0", "--redis-url", redis_url],
@@ -962,3 +963,65 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Retake the dashboard screenshots of docs/dashboard.md.")
     parser.add_argument("--screenshots", type=Path, default=Path("docs/images"), help="output directory")
     take_screenshots(parser.parse_args().screenshots)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.231.7.1", "::"])
+def test_off_loopback_the_dashboard_wants_tls_or_an_explicit_insecure_flag(host: str) -> None:
+    """Issue 20, item 12: a dashboard bound off loopback would send its token and task output in clear text.
+    It is refused with a sentence before it binds anything, unless it has TLS or CCX_ALLOW_INSECURE says so."""
+    config = DashboardConfig(host=host, token="t")
+    with pytest.raises(DashboardError) as refused:
+        config.check()
+    assert str(refused.value) == (
+        f"The dashboard on --host {host} would send its token and every task's output in clear text: give "
+        "--tls-cert and --tls-key, or bind 127.0.0.1 (CCX_ALLOW_INSECURE=1 if the network is private)."
+    )
+    DashboardConfig(host=host, token="t", allow_insecure=True).check()
+    DashboardConfig(host=host, token="t", tls_cert="c.pem", tls_key="k.pem").check()
+    with pytest.raises(DashboardError, match="go together"):
+        DashboardConfig(host=host, token="t", tls_cert="c.pem").check()
+
+
+@pytest.mark.timeout(60)
+def test_with_a_certificate_the_dashboard_serves_https_only(redis_url: str, queue_name: str, tmp_path: Path) -> None:
+    import ssl
+
+    from tests.support.certs import make_certs
+
+    certs = make_certs(tmp_path / "certs")
+    tls = ("--tls-cert", str(certs.cert), "--tls-key", str(certs.key))
+    board = start_dashboard(redis_url, queue_name, tmp_path / "dashboard.log", *tls)
+    try:
+        assert board.url.startswith("https://127.0.0.1:")
+        context = ssl.create_default_context(cafile=str(certs.ca))
+        with urllib.request.urlopen(board.url + "healthz", context=context, timeout=10) as reply:
+            assert reply.status == 200
+        with pytest.raises((urllib.error.URLError, ConnectionError)):  # a TLS port answers no plain HTTP
+            urllib.request.urlopen(board.url.replace("https://", "http://") + "healthz", timeout=10)
+    finally:
+        board.stop()
+
+
+@pytest.mark.parametrize("name", ["Host", "Origin", "Authorization"])
+def test_a_header_sent_twice_is_a_400_saying_so_not_a_500(
+    name: str, redis_url: str, queue_name: str, tmp_path: Path
+) -> None:
+    """Reading a repeated Host, Origin or Authorization raised (a 500); which copy the checks read would be a
+    guess. The live WebSocket reads all three; the same values sent once are let in."""
+    board = start_dashboard(redis_url, queue_name, tmp_path / "dashboard.log")
+    try:
+        port = int(board.url.rsplit(":", 1)[1].strip("/"))
+        headers = {
+            "Host": f"127.0.0.1:{port}",
+            "Origin": f"http://127.0.0.1:{port}",
+            "Authorization": f"Bearer {board.token}",
+            **WEBSOCKET_UPGRADE,
+        }
+        assert send_twice(port, "GET", LIVE_PATH, headers, "") == (101, b"")
+        status, body = send_twice(port, "GET", LIVE_PATH, headers, name)
+        assert (status, json.loads(body)) == (
+            400,
+            {"error": f"Bad request: the {name} header was sent more than once; send it once."},
+        )
+    finally:
+        board.stop()

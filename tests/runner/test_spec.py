@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
+import uuid
+
 import orjson
 import pytest
 
-from runner.spec import DEFAULT_TIMEOUT, MAX_ARG_BYTES, MAX_TIMEOUT, SpecError, TaskResult, TaskSpec
+from handler import protocol
+from handler.config import HandlerConfig
+from handler.protocol import MAX_COLLECT, ExecuteParams
+from runner.agents import get_agent
+from runner.handler_client import EXECUTE_ID
+from runner.spec import (
+    DEFAULT_TIMEOUT,
+    MAX_ARG_BYTES,
+    MAX_REQUEST_BYTES,
+    MAX_TIMEOUT,
+    SpecError,
+    TaskResult,
+    TaskSpec,
+)
 
 
 def test_a_spec_round_trips_through_json() -> None:
@@ -136,3 +151,52 @@ def test_a_command_line_too_long_in_all_is_refused_at_submit() -> None:
     assert TaskSpec.from_dict({"agent": "command", "argv": fits}).argv == fits
     with pytest.raises(SpecError, match="take 1,200,020 bytes"):
         TaskSpec.from_dict({"agent": "command", "argv": fits, "env": {"BIG": "b" * 200_000}})
+
+
+def _accepted(prompt_bytes: int) -> bool:
+    try:
+        TaskSpec.from_dict({"task": "x" * prompt_bytes})
+    except SpecError:
+        return False
+    return True
+
+
+def test_the_longest_prompt_accepted_fits_in_one_message_the_handler_reads() -> None:
+    """The bound at submit is the handler's own: the longest prompt accepted, sent as the worker sends it (with
+    a 1000-character queue name as its fencing key, a run id and the most earlier runs it names), is a message
+    of at most the 16 MiB the handler reads; one byte more is refused."""
+    low, high = MAX_REQUEST_BYTES - 65536, MAX_REQUEST_BYTES  # accepted, refused
+    assert _accepted(low) and not _accepted(high)
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if _accepted(middle) else (low, middle)
+    spec = TaskSpec.from_dict({"task": "x" * low})
+    agent = get_agent(spec.agent)
+    params = ExecuteParams(
+        argv=agent.argv(spec),
+        cwd=spec.cwd,
+        env=agent.env(spec) or None,
+        timeout=spec.timeout,
+        stdin=agent.stdin(spec),
+        fence={"key": "q" * 1000, "token": 2**63 - 1},
+        run=str(uuid.uuid4()),
+        collect=[str(uuid.uuid4()) for _ in range(MAX_COLLECT)],
+    )
+    message = protocol.request(protocol.EXECUTE, params.to_params(), EXECUTE_ID)
+    assert HandlerConfig.max_message_bytes - 65536 < len(message) <= HandlerConfig.max_message_bytes
+
+
+def test_text_that_is_not_utf8_is_a_sentence() -> None:
+    """A lone surrogate (what Python makes of argv bytes that are not UTF-8) raised UnicodeEncodeError in the
+    Claude agent, and a JSON encoding error for a command: no text with one can be sent to the handler."""
+    for data in (
+        {"task": "caf\udce9"},
+        {"agent": "command", "argv": ["echo", "caf\udce9"]},
+        {"task": "x", "model": "\udce9"},
+    ):
+        with pytest.raises(SpecError) as refused:
+            TaskSpec.from_dict(data)
+        assert str(refused.value) == (
+            "The task holds a lone surrogate (such as \\udcff, what decoding bytes that are not UTF-8 leaves), "
+            "which cannot be sent to the handler: give its text as UTF-8."
+        )

@@ -6,6 +6,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import ipaddress
+import socket
+import ssl
 import threading
 import time
 import uuid
@@ -19,6 +22,7 @@ import orjson
 import pytest
 import redis
 
+from handler.config import ConfigError
 from runner import events, webhooks
 from runner.client import Runner
 from runner.config import Settings
@@ -26,7 +30,12 @@ from runner.spec import SpecError, TaskResult, TaskSpec
 from runner.store import TaskStore
 from tests.conftest import running_stack
 from tests.runner.test_cli import ccx, clean_env
+from tests.support.certs import make_certs
 from tests.support.processes import wait_until
+
+LOOPBACK = ("127.0.0.1/32",)
+"""The receivers here listen on 127.0.0.1, which webhooks reach only when the operator allows it."""
+LOOPBACK_NETWORKS = tuple(ipaddress.ip_network(text) for text in LOOPBACK)
 
 
 def verify_as_documented(secret: str, body: bytes, headers: Any) -> bool:
@@ -264,7 +273,7 @@ class Received:
 class Receiver:
     """A local HTTP server that records every POST and answers each path with its scripted statuses."""
 
-    def __init__(self, scripts: dict[str, list[int]]) -> None:
+    def __init__(self, scripts: dict[str, list[int]], tls: ssl.SSLContext | None = None) -> None:
         self.scripts = scripts
         self.requests: list[Received] = []
         self.lock = threading.Lock()
@@ -285,7 +294,10 @@ class Receiver:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def got(self, path: str) -> list[Received]:
@@ -323,6 +335,7 @@ def test_a_real_stack_posts_a_signed_webhook_per_ended_task_and_retries(
         "CCX_WEBHOOK_BACKOFF_MAX": "0.4",
         "CCX_WEBHOOK_RETRY_FOR": "8",
         "CCX_DASHBOARD_URL": "http://dash.example:8766/",
+        "CCX_WEBHOOK_ALLOW_NETWORKS": ",".join(LOOPBACK),  # the receiver is on loopback: the operator allows it
     }
     with running_stack(redis_url, queue_name, tmp_path / "worker.log", **env) as stack:
         runner = Runner(redis_url=stack.redis_url, queue=queue_name)
@@ -417,7 +430,8 @@ def test_a_delivery_queued_while_no_worker_runs_is_sent_once_one_starts(
     _record_with_spec(redis_client, "t")
     webhooks.on_end(redis_client, queue_name, TaskResult(id="t", success=True))  # nobody delivers yet
     assert receiver.requests == []
-    deliverer = webhooks.Deliverer(Settings(redis_url=redis_url, queue=queue_name)).start()
+    settings = Settings(redis_url=redis_url, queue=queue_name, webhook_allow_networks=LOOPBACK)
+    deliverer = webhooks.Deliverer(settings).start()
     try:
         (post,) = wait_until(lambda: receiver.task_posts("t"), 20, what="the delivery after the start")
         assert verify_as_documented(webhooks.queue_secret(redis_client, queue_name), post.body, post.headers)
@@ -476,7 +490,9 @@ def test_a_receiver_that_answers_a_byte_at_a_time_gets_the_whole_timeout_not_mor
     thread.start()
     started = time.monotonic()
     try:
-        answer = webhooks.post(f"http://127.0.0.1:{server.getsockname()[1]}/hook", b"{}", {}, timeout=1.0)
+        answer = webhooks.post(
+            f"http://127.0.0.1:{server.getsockname()[1]}/hook", b"{}", {}, timeout=1.0, allow=LOOPBACK_NETWORKS
+        )
     finally:
         stop.set()
         server.close()
@@ -523,7 +539,9 @@ def test_a_post_cut_by_its_deadline_reports_the_timeout_whatever_http_client_mad
     thread = threading.Thread(target=stall, daemon=True)
     thread.start()
     try:
-        answer = webhooks.post(f"http://127.0.0.1:{server.getsockname()[1]}/hook", b"{}", {}, timeout=0.5)
+        answer = webhooks.post(
+            f"http://127.0.0.1:{server.getsockname()[1]}/hook", b"{}", {}, timeout=0.5, allow=LOOPBACK_NETWORKS
+        )
     finally:
         released.set()
         server.close()
@@ -544,3 +562,223 @@ def test_a_resumed_queue_is_sent_only_when_the_queue_asks_for_pauses(
     assert delivery.task_id == "" and delivery.payload["queue"] == queue_name
     assert delivery.payload["kind"] == "usage_limit" and delivery.payload["at"]
     assert delivery.payload["reason"] == "the pause ended (five-hour usage limit)"
+
+
+# --- where webhooks may go: no probing the worker's own network (SSRF) -------------------------------------
+
+ALLOW = "CCX_WEBHOOK_ALLOW_NETWORKS"
+
+
+@dataclass
+class NetworkGuard:
+    """What this process tried: every connection (by address) and every lookup a DNS server would answer."""
+
+    connects: list[tuple[Any, ...]] = field(default_factory=list)
+    lookups: list[str] = field(default_factory=list)
+
+
+@pytest.fixture
+def guard(monkeypatch: pytest.MonkeyPatch) -> NetworkGuard:
+    """Records connections and fails any but to 127.0.0.1, and fails any lookup that is not of a literal
+    address: a refusal must come before connecting, and no test may reach another address, not even through
+    a bug (or through the code from before the check, which these tests are also run against)."""
+    seen = NetworkGuard()
+    real_connect, real_connect_ex, real_getaddrinfo = (
+        socket.socket.connect,
+        socket.socket.connect_ex,
+        socket.getaddrinfo,
+    )
+
+    def checked(address: Any) -> None:
+        seen.connects.append(address)
+        if not isinstance(address, tuple) or address[0] != "127.0.0.1":
+            raise AssertionError(f"a connection to {address!r} was attempted")
+
+    def connect(sock: socket.socket, address: Any) -> None:
+        checked(address)
+        real_connect(sock, address)
+
+    def connect_ex(sock: socket.socket, address: Any) -> int:
+        checked(address)
+        return real_connect_ex(sock, address)
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            real_getaddrinfo(host, port, flags=socket.AI_NUMERICHOST)
+        except socket.gaierror:
+            seen.lookups.append(host)
+            raise AssertionError(f"a lookup of {host!r} was made") from None
+        return real_getaddrinfo(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return seen
+
+
+def _allow_it(address: str) -> str:
+    return f"set {ALLOW}={address} on the worker to allow it."
+
+
+@pytest.mark.parametrize(
+    ("host", "sentence"),
+    [
+        ("127.0.0.1", f"refused: 127.0.0.1 is a loopback address; {_allow_it('127.0.0.1/32')}"),
+        ("[::1]", f"refused: ::1 is a loopback address; {_allow_it('::1/128')}"),
+        ("2130706433", f"refused: 2130706433 resolves to 127.0.0.1, a loopback address; {_allow_it('127.0.0.1/32')}"),
+        ("0x7f.1", f"refused: 0x7f.1 resolves to 127.0.0.1, a loopback address; {_allow_it('127.0.0.1/32')}"),
+        ("10.1.2.3", f"refused: 10.1.2.3 is a private address; {_allow_it('10.1.2.3/32')}"),
+        ("172.16.0.1", f"refused: 172.16.0.1 is a private address; {_allow_it('172.16.0.1/32')}"),
+        ("192.168.1.1", f"refused: 192.168.1.1 is a private address; {_allow_it('192.168.1.1/32')}"),
+        ("[fd12::1]", f"refused: fd12::1 is a private address; {_allow_it('fd12::1/128')}"),
+        (
+            "169.254.169.254",
+            f"refused: 169.254.169.254 is the cloud metadata address; {_allow_it('169.254.169.254/32')}",
+        ),
+        ("[fd00:ec2::254]", f"refused: fd00:ec2::254 is the cloud metadata address; {_allow_it('fd00:ec2::254/128')}"),
+        ("169.254.1.1", f"refused: 169.254.1.1 is a link-local address; {_allow_it('169.254.1.1/32')}"),
+        ("[fe80::1]", f"refused: fe80::1 is a link-local address; {_allow_it('fe80::1/128')}"),
+        ("0.0.0.0", f"refused: 0.0.0.0 is an unspecified address; {_allow_it('0.0.0.0/32')}"),
+        ("[::]", f"refused: :: is an unspecified address; {_allow_it('::/128')}"),
+        ("224.0.0.1", f"refused: 224.0.0.1 is a multicast address; {_allow_it('224.0.0.1/32')}"),
+        ("[ff02::1]", f"refused: ff02::1 is a multicast address; {_allow_it('ff02::1/128')}"),
+        ("240.0.0.1", f"refused: 240.0.0.1 is a reserved address; {_allow_it('240.0.0.1/32')}"),
+        ("100.64.0.1", f"refused: 100.64.0.1 is a reserved address; {_allow_it('100.64.0.1/32')}"),
+        # IPv6 forms of IPv4 addresses are judged by where their packets go.
+        ("[::ffff:10.1.2.3]", f"refused: ::ffff:10.1.2.3 is a private address; {_allow_it('10.1.2.3/32')}"),
+        ("[64:ff9b::7f00:1]", f"refused: 64:ff9b::7f00:1 is a loopback address; {_allow_it('127.0.0.1/32')}"),
+    ],
+)
+def test_a_webhook_to_an_address_that_is_not_public_is_refused_before_connecting(
+    host: str, sentence: str, guard: NetworkGuard
+) -> None:
+    for scheme in ("http", "https"):
+        answer = webhooks.post(f"{scheme}://{host}:9/hook?t=1", b"{}", {}, timeout=2.0)
+        assert answer == webhooks.Response(None, sentence, refused=True)
+    assert guard.connects == [] and guard.lookups == []
+
+
+def test_public_addresses_pass_the_check_and_an_allowed_network_lets_its_addresses_through() -> None:
+    public = ["93.184.216.34", "2606:4700::1111", "::ffff:8.8.8.8", "64:ff9b::808:808", "2002:808:808::1"]
+    assert [webhooks.address_kind(ipaddress.ip_address(text)) for text in public] == [None] * 5
+    resolved = [(socket.AF_INET, ("10.1.2.3", 80)), (socket.AF_INET6, ("::ffff:10.1.2.4", 80, 0, 0))]
+    assert webhooks.refusal("h.test", resolved, [ipaddress.ip_network("10.1.2.0/24")]) is None
+    assert webhooks.refusal("h.test", resolved, [ipaddress.ip_network("10.1.2.3/32")]) == (
+        f"refused: h.test resolves to ::ffff:a01:204, a private address; {_allow_it('10.1.2.4/32')}"
+    )
+
+
+def test_a_name_is_refused_when_any_of_its_addresses_is_not_allowed(
+    guard: NetworkGuard, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A name whose answer mixes an allowed address with a private one is refused: which of them a connection
+    would use is not the sender's to choose."""
+    answer = [(socket.AF_INET, ("127.0.0.1", 9)), (socket.AF_INET, ("10.1.2.3", 9))]
+    monkeypatch.setattr(webhooks, "resolve", lambda host, port: answer if (host, port) == ("mixed.test", 9) else [])
+    got = webhooks.post("http://mixed.test:9/hook", b"{}", {}, timeout=2.0, allow=LOOPBACK_NETWORKS)
+    expected = f"refused: mixed.test resolves to 10.1.2.3, a private address; {_allow_it('10.1.2.3/32')}"
+    assert got == webhooks.Response(None, expected, refused=True)
+    assert guard.connects == [] and guard.lookups == []
+
+
+def test_a_name_is_looked_up_once_and_the_post_goes_to_the_address_that_was_checked(
+    guard: NetworkGuard, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DNS rebinding: the name's server answers an allowed address to the check and a private one after.
+    The POST must go to the checked address, with no second lookup, and still name the host."""
+    lookups: list[str] = []
+
+    def rebinding(host: str, port: int) -> webhooks.Resolved:
+        lookups.append(host)
+        address = "127.0.0.1" if len(lookups) == 1 else "10.9.9.9"
+        return [(socket.AF_INET, (address, port))]
+
+    monkeypatch.setattr(webhooks, "resolve", rebinding)
+    url = f"http://rebind.test:{receiver.port}/hook"
+    answer = webhooks.post(url, b'{"id":"t"}', {"Content-Type": "application/json"}, 5.0, allow=LOOPBACK_NETWORKS)
+    assert answer == webhooks.Response(200)
+    assert lookups == ["rebind.test"] and guard.lookups == []
+    assert guard.connects == [("127.0.0.1", receiver.port)]
+    (post,) = receiver.got("/hook")
+    assert post.headers["Host"] == f"rebind.test:{receiver.port}" and post.body == b'{"id":"t"}'
+
+
+def test_https_to_the_checked_address_still_verifies_the_certificate_for_the_name(
+    guard: NetworkGuard, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection goes to the checked address, but TLS's server name and certificate check use the URL's
+    host: a certificate for hooks.test (and not for 127.0.0.1) is accepted for it, and refused for another."""
+    certs = make_certs(tmp_path, hosts=("hooks.test",))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certs.cert, certs.key)
+    names: list[str | None] = []
+    context.sni_callback = lambda _sock, name, _context: names.append(name)  # type: ignore[assignment,misc]
+    server = Receiver({}, tls=context)
+    monkeypatch.setenv("SSL_CERT_FILE", str(certs.ca))  # what ssl.create_default_context() trusts
+    monkeypatch.setattr(webhooks, "resolve", lambda host, port: [(socket.AF_INET, ("127.0.0.1", port))])
+    try:
+        good = webhooks.post(f"https://hooks.test:{server.port}/hook", b"{}", {}, 5.0, allow=LOOPBACK_NETWORKS)
+        bad = webhooks.post(f"https://other.test:{server.port}/hook", b"{}", {}, 5.0, allow=LOOPBACK_NETWORKS)
+    finally:
+        server.close()
+    assert good == webhooks.Response(200)
+    assert names == ["hooks.test", "other.test"] and guard.lookups == []
+    (post,) = server.requests
+    assert post.headers["Host"] == f"hooks.test:{server.port}"
+    assert not bad.ok and bad.status_code is None and not bad.refused
+    assert "certificate is not valid for 'other.test'" in (bad.error or ""), bad.error
+
+
+def test_cancelling_a_task_cannot_probe_the_workers_network_until_the_operator_allows_it(
+    redis_url: str, queue_name: str, receiver: Receiver, guard: NetworkGuard, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The probe: a task whose webhook names a local port, cancelled at once, would report that port's answer.
+    Refused, the record says so in one sentence and nothing else; it is not retried; nothing connects."""
+    monkeypatch.delenv(ALLOW, raising=False)
+    runner = Runner(redis_url=redis_url, queue=queue_name)
+    probe = runner.submit(agent="command", argv=["true"], webhook=f"{receiver.url}/admin?x=1")
+    assert runner.cancel(probe.id) == "cancelled"
+    settings = Settings.from_env().replace(redis_url=redis_url, queue=queue_name)
+    (delivery_id,) = _due(runner.redis, queue_name)
+    outcome = webhooks.Deliverer(settings, client=runner.redis).attempt(delivery_id)
+    record = runner.get(probe.id)
+    assert record is not None and record.webhook == outcome
+    assert {key: value for key, value in outcome.items() if not key.endswith("_at") or value is None} == {
+        "url": f"{receiver.url}/…",
+        "event": "task.ended",
+        "delivery": delivery_id,
+        "status": webhooks.FAILED,
+        "attempts": 1,
+        "last_status_code": None,
+        "last_error": f"refused: 127.0.0.1 is a loopback address; {_allow_it('127.0.0.1/32')}",
+        "delivered_at": None,
+        "next_attempt_at": None,
+    }
+    assert _due(runner.redis, queue_name) == [] and receiver.requests == []
+    assert ("127.0.0.1", receiver.port) not in guard.connects
+
+    # The operator opts in on the worker: the same webhook is delivered.
+    monkeypatch.setenv(ALLOW, "127.0.0.1/32")
+    settings = Settings.from_env().replace(redis_url=redis_url, queue=queue_name)
+    allowed = runner.submit(agent="command", argv=["true"], webhook=f"{receiver.url}/admin?x=1")
+    assert runner.cancel(allowed.id) == "cancelled"
+    (delivery_id,) = _due(runner.redis, queue_name)
+    delivered = webhooks.Deliverer(settings, client=runner.redis).attempt(delivery_id)
+    assert delivered is not None and delivered["status"] == webhooks.DELIVERED
+    (post,) = receiver.task_posts(allowed.id)
+    assert post.path == "/admin?x=1"
+    runner.redis.close()
+
+
+def test_the_allowed_networks_setting_is_read_by_the_worker_and_a_bad_one_is_one_sentence(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(ALLOW, raising=False)
+    assert Settings.from_env().webhook_allow_networks == ()
+    monkeypatch.setenv(ALLOW, "127.0.0.1/32, 10.0.0.0/8 ::1,192.168.1.7/24")
+    assert Settings.from_env().webhook_allow_networks == ("127.0.0.1/32", "10.0.0.0/8", "::1/128", "192.168.1.0/24")
+    for bad in ("10.0.0.0/33", "localhost"):
+        monkeypatch.setenv(ALLOW, f"127.0.0.1/32,{bad}")
+        with pytest.raises(ConfigError) as caught:
+            Settings.from_env()
+        assert str(caught.value) == f"{ALLOW} must list networks such as 127.0.0.1/32 or 10.0.0.0/8, not {bad!r}."

@@ -121,6 +121,43 @@ def test_a_pickle_payload_is_never_unpickled(stack: LocalStack, runner: Runner, 
     assert stack.worker is not None and stack.worker.poll() is None
 
 
+@pytest.mark.timeout(120)
+def test_a_job_that_is_not_a_task_is_failed_unrun_and_the_worker_goes_on(
+    stack: LocalStack, runner: Runner, tmp_path: Path
+) -> None:
+    """Jobs pushed by hand that name os.system, or a task function with a callback, fail in RQ's registry with one
+    sentence each and run nothing; the worker goes on with the next task."""
+    from rq.callbacks import Callback
+    from rq.job import JobStatus
+    from rq.registry import FailedJobRegistry
+
+    marker = tmp_path / "planted"
+    queue = Queue(runner.settings.queue, connection=runner.redis, serializer=JSONSerializer)
+    planted = queue.enqueue("os.system", f"touch {marker}")
+    hooked = queue.enqueue_call(
+        "runner.job.run_task", args=({"agent": "command", "argv": ["true"]},), on_failure=Callback("os.system")
+    )
+    after = runner.submit(agent="command", argv=["echo", "still serving"])
+    assert after.result(timeout=60).output == "still serving\n"
+    assert not marker.exists()
+    tail = (
+        "this worker runs only runner.job.run_task, so it did not run it: submit tasks with `ccx submit` or "
+        "Runner.submit, and check who else can write to this Redis."
+    )
+    expected = {
+        planted.id: f"Job {planted.id} is not a cc-execute task (its function is os.system); {tail}",
+        hooked.id: f"Job {hooked.id} is not a cc-execute task (it names a callback, os.system); {tail}",
+    }
+    assert sorted(FailedJobRegistry(queue=queue).get_job_ids()) == sorted(expected)
+    logged = (tmp_path / "worker.log").read_text()
+    for job in (planted, hooked):
+        assert job.get_status(refresh=True) == JobStatus.FAILED
+        latest = job.latest_result()
+        assert latest is not None and latest.exc_string == expected[job.id]
+        assert expected[job.id] in logged
+    assert stack.worker is not None and stack.worker.poll() is None
+
+
 def test_handler_down_fails_the_task_after_the_wait_with_the_url(redis_url: str, queue_name: str) -> None:
     """No handler at the URL: after waiting CCX_HANDLER_WAIT for it, the task fails with an error naming the URL,
     how long it waited and what to do."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from mcp.client.stdio import StdioServerParameters
 
 from runner.client import Runner
 from runner.stack import LocalStack, _read_line, terminate
+from tests.support.rawhttp import send_raw, send_twice
 
 CCX = str(Path(sys.executable).parent / "ccx")
 TOOLS = {"submit_task", "task_status", "wait_for_result", "read_output", "cancel_task", "list_tasks", "queue_status"}
@@ -190,3 +192,40 @@ def test_the_skill_file_names_only_tools_the_server_has() -> None:
     assert skill.startswith("---\nname: cc-execute\ndescription: ")
     named = set(re.findall(r"mcp__ccx__(\w+)", skill))
     assert named and named <= TOOLS
+
+
+def test_http_refuses_a_header_sent_twice_with_a_400(redis_url: str, queue_name: str) -> None:
+    """Repeated headers were read as the last copy: an Origin sent twice, the second one empty, passed as no
+    Origin at all. Now two Origins or Authorizations are a 400 saying so, before any other check."""
+    token = "test-mcp-token-" + queue_name
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runner.cli", "mcp", "--http", "--port", "0", "--token", token],
+        env={**os.environ, "CCX_REDIS_URL": redis_url, "CCX_QUEUE": queue_name},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        line = _read_line(proc, 30, "ccx mcp --http")
+        port = int(line.split()[3].rsplit(":", 1)[1].split("/", 1)[0])
+        headers = {
+            "Host": f"127.0.0.1:{port}",
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/json",
+            "Accept": "application/json, text/event-stream",
+        }
+        body = json.dumps(INITIALIZE).encode()
+        assert send_twice(port, "POST", "/mcp", headers, "", body)[0] == 200
+        # Two Hosts never reach the server's code: uvicorn (h11) refuses them itself.
+        assert send_twice(port, "POST", "/mcp", headers, "Host", body) == (400, b"Invalid HTTP request received.")
+        for name in ("Origin", "Authorization"):
+            sent = {**headers, "Origin": f"http://127.0.0.1:{port}"} if name == "Origin" else headers
+            status, answer = send_twice(port, "POST", "/mcp", sent, name, body)
+            assert (status, json.loads(answer)) == (
+                400,
+                {"error": f"Bad request: the {name} header was sent more than once; send it once."},
+            ), name
+        # The bypass: a page's Origin, then an empty one, was read as the empty one (no Origin) and let in.
+        evil = [("Origin", "https://evil.example"), ("Origin", ""), *headers.items()]
+        assert send_raw(port, "POST", "/mcp", evil, body)[0] == 400
+    finally:
+        terminate(proc, 10)

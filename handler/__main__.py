@@ -22,7 +22,7 @@ from handler.config import (
     parse_seconds,
     scrub_stack_secrets,
 )
-from handler.secretfile import HANDLER_TOKEN_FILE, config_dir, load_or_create, read_secret
+from handler.secretfile import HANDLER_TOKEN_FILE, KEPT_DIR, config_dir, load_or_create, read_secret
 
 TOKEN_FILE_VAR = "CCX_HANDLER_TOKEN_FILE"
 
@@ -121,6 +121,7 @@ def config_from_args(args: argparse.Namespace) -> HandlerConfig:
         tls_cert=tls_cert,
         tls_key=tls_key,
         grace=grace,
+        kept_dir=config_dir() / KEPT_DIR,
     )
 
 

@@ -11,6 +11,7 @@ import os
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from handler.allowlist import DEFAULT_ALLOWED, Allowlist
@@ -148,6 +149,8 @@ class HandlerConfig:
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     max_message_bytes: int = 16 * 1024 * 1024
+    kept_dir: Path | None = None
+    """Where outcomes left unread are kept across a restart (handler/kept.py); None: in memory only."""
 
     @property
     def scheme(self) -> str:

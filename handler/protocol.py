@@ -43,6 +43,7 @@ SHUTTING_DOWN = -32006
 ENV_NOT_ALLOWED = -32007
 STALE_FENCE = -32008
 CONFIG_NOT_ALLOWED = -32009
+NOTHING_KEPT = -32010
 
 MAX_RUN_NAME = 256
 MAX_COLLECT = 16
@@ -85,6 +86,8 @@ class ExecuteParams:
     collect: list[str] | None = None
     """Runs of the same task whose answer never reached the caller (cut off, frozen, killed): if one of them
     ran to its end here, its outcome is given back (its output replayed) instead of running the task again."""
+    collect_only: bool | None = None
+    """Give back a kept outcome of ``collect`` or answer :data:`NOTHING_KEPT`: never run anything."""
 
     def to_params(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -200,9 +203,13 @@ def parse_execute_params(params: dict[str, Any], request_id: Any = None) -> Exec
         and all(isinstance(name, str) and 0 < len(name) <= MAX_RUN_NAME for name in collect)
     ):
         raise _invalid(f"'collect' must be a list of at most {MAX_COLLECT} run names.", request_id)
+    collect_only = params.get("collect_only")
+    if collect_only is not None and not isinstance(collect_only, bool):
+        raise _invalid("'collect_only' must be true or false.", request_id)
     return ExecuteParams(
-        argv=list(argv), cwd=cwd, env=env, timeout=timeout, stdin=stdin, fence=fence, run=run, collect=collect
-    )
+        argv=list(argv), cwd=cwd, env=env, timeout=timeout, stdin=stdin, fence=fence, run=run, collect=collect,
+        collect_only=collect_only,
+    )  # fmt: skip
 
 
 def parse_cancel_params(params: dict[str, Any], request_id: Any = None) -> str | int:

@@ -26,6 +26,8 @@ HANDLER_TOKEN_FILE = "handler.token"
 DASHBOARD_TOKEN_FILE = "dashboard.token"
 REDIS_PASSWORD_FILE = "redis.password"
 MCP_TOKEN_FILE = "mcp.token"
+KEPT_DIR = "kept"
+"""The handler's outcomes left unread by their worker (handler/kept.py): task output, so private too."""
 
 
 def config_dir(environ: Mapping[str, str] = os.environ) -> Path:

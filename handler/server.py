@@ -58,7 +58,7 @@ class Handler:
         self.refused: dict[str, int] = {}
         """The stale token last refused (and logged) for each key."""
         self.fenced: dict[str, list[FencedRun]] = {}
-        self.kept = KeptOutcomes()
+        self.kept = KeptOutcomes(directory=config.kept_dir)
         """Outcomes of runs whose answer may not have reached their caller (see handler/kept.py)."""
         self.slots = FifoSlots(config.max_concurrent)
         self.limits = RunLimits(grace=config.grace)
@@ -305,7 +305,12 @@ class Session:
                     if run.cancel_requested.is_set():
                         await self.send(protocol.response(request_id, run.not_started_result().to_dict()))
                         return
-                if not (run.params.collect and await self.give_back(request_id, run.params)):
+                if run.params.collect and await self.give_back(request_id, run.params):
+                    pass
+                elif run.params.collect_only:
+                    message = "Nothing kept for those runs (none ran to its end here unread); nothing was run."
+                    await self.send(protocol.error_response(request_id, protocol.NOTHING_KEPT, message))
+                else:
                     await self.run_and_answer(request_id, run, tail)
             finally:
                 slots.release()
@@ -371,6 +376,8 @@ async def start_server(config: HandlerConfig) -> tuple[Handler, Server]:
     """Check the settings and start listening; the caller owns the returned server."""
     config.check()
     handler = Handler(config)
+    if handler.kept.load():  # before the first request: a task's next attempt may come at once
+        log.warning("kept %d outcome(s) a previous handler left unread, for their tasks to collect", len(handler.kept))
     server = await serve(
         handler.handle,
         config.host,

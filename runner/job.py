@@ -26,7 +26,7 @@ from runner.config import Settings
 from runner.lock import process_identity
 from runner.policy import CONTINUE_PROMPT
 from runner.reconcile import REQUEUE_REFUSED
-from runner.relay import STALE_RUN, relay
+from runner.relay import NOTHING_KEPT_RUN, STALE_RUN, relay
 from runner.spec import SpecError, TaskResult, TaskSpec
 from runner.store import TaskStore
 
@@ -196,16 +196,33 @@ def run_job(job: Job, spec_data: dict, settings: Settings, store: TaskStore) -> 
     pin_malloc_thresholds()  # the work-horse is where output frames pass: see handler/memory.py
     job_key = job.key.decode() if isinstance(job.key, bytes) else job.key
     unread = _unread_runs(attempts)
+    final = attempts[-1].get(lifecycle.LAST_LOOK) if attempts else None  # only collect: see lifecycle.last_look
     result = asyncio.run(
-        relay(task_id, spec, settings, job_key, queue=queue, run_id=run_id, fence_token=_fence, collect=unread)
-    )
+        relay(task_id, spec, settings, job_key, queue=queue, run_id=run_id, fence_token=_fence, collect=unread,
+              collect_only=final is not None)
+    )  # fmt: skip
     result.started_at = started_at
     result.ended_at = events.now_iso()
     if result.duration_ms is None:
         result.duration_ms = round((time.monotonic() - began) * 1000, 3)
     result.metadata = spec.metadata
+    return _what_it_means(job, store, spec, result, attempts, settings, run_id, final)
+
+
+def _what_it_means(
+    job: Job, store: TaskStore, spec: TaskSpec, result: TaskResult, attempts: list[dict[str, Any]],
+    settings: Settings, run_id: str, final: str | None,
+) -> TaskResult:  # fmt: skip
+    """Hand the attempt's outcome to :func:`runner.lifecycle.conclude`, after the two cases only the horse can
+    tell: a run refused as stale, and a collect-only attempt that found nothing kept."""
+    task_id = job.id
     if result.interrupted and result.error == STALE_RUN:
         raise _stale(job, store, result, attempts, run_id)
+    if final is not None and result.error == NOTHING_KEPT_RUN:
+        result = TaskResult.failed(task_id, final, interrupted=True, attempts=attempts, started_at=result.started_at)
+        lifecycle.end(store, result, job.origin, job, run_id)
+        log.warning("task %s: none of its runs had ended unread; it failed: %s", task_id, final)
+        return result
     again = lifecycle.conclude(store, job, spec, result, attempts, settings, run_id)
     if again is not None:
         raise _requeue(job, again)

@@ -42,6 +42,10 @@ from runner.store import Started, TaskStore
 
 log = logging.getLogger("ccx.runner")
 
+LAST_LOOK = "last_look"
+"""Set on an interrupted attempt past the limit whose run may have ended unread: the sentence the task ends with
+unless the next attempt, which only collects, finds that run's outcome kept on the handler."""
+
 # What cancel() did.
 CANCELLED = "cancelled"
 CANCELLING = "cancelling"
@@ -183,6 +187,16 @@ def cancel(store: TaskStore, task_id: str, reason: str | None = None) -> str:
     return CANCELLED
 
 
+def last_look(attempts: list[dict[str, Any]], final: str) -> bool:
+    """The attempts ran out, but the last one's run may have reached its end with its answer lost (its worker cut
+    off, frozen or killed): mark it so the next attempt only collects that outcome from the handler, running
+    nothing, and otherwise ends the task with ``final``. Once per task; False when there is no run to look for."""
+    if not attempts[-1].get("run") or any(LAST_LOOK in attempt for attempt in attempts[:-1]):
+        return False
+    attempts[-1][LAST_LOOK] = final
+    return True
+
+
 def conclude(
     store: TaskStore, job: Job, spec: TaskSpec, result: TaskResult, attempts: list[dict[str, Any]], settings: Settings,
     run: str,
@@ -196,12 +210,16 @@ def conclude(
     if result.interrupted:
         attempts.append({**this, "kind": events.INTERRUPTED, "run": run})
         interruptions = sum(1 for attempt in attempts if attempt.get("kind", events.INTERRUPTED) == events.INTERRUPTED)
-        if interruptions <= settings.interrupted_retries and interrupt(store, task_id, queue, run, attempts):
+        final = f"{result.error} It was tried {interruptions} time(s); resubmit it to try again."
+        again = interruptions <= settings.interrupted_retries or last_look(attempts, final)
+        if again and interrupt(store, task_id, queue, run, attempts):
             log.warning(
-                "task %s interrupted (%s); it runs again (attempt %d)", task_id, result.error, len(attempts) + 1
-            )
+                "task %s interrupted (%s); it %s (attempt %d)", task_id, result.error,
+                "runs again" if LAST_LOOK not in attempts[-1] else "only collects a kept outcome",
+                len(attempts) + 1,
+            )  # fmt: skip
             return events.INTERRUPTED
-        result.error = f"{result.error} It was tried {interruptions} time(s); resubmit it to try again."
+        result.error = final
         attempts.pop()
     elif not result.success:
         state = queue_state.get(client, queue)

@@ -21,6 +21,7 @@ from handler.protocol import (
     EXECUTABLE_NOT_ALLOWED,
     EXECUTABLE_NOT_FOUND,
     MAX_COLLECT,
+    NOTHING_KEPT,
     SHUTTING_DOWN,
     STALE_FENCE,
     ExecuteParams,
@@ -37,6 +38,7 @@ from runner.spec import TaskResult, TaskSpec
 log = logging.getLogger("ccx.runner")
 
 STALE_RUN = "This worker lost its queue to a newer one, which runs the task instead."
+NOTHING_KEPT_RUN = "The handler kept no outcome of the task's unread runs; nothing was run."
 
 
 async def relay(
@@ -48,6 +50,7 @@ async def relay(
     run_id: str = "",
     fence_token: int | None = None,
     collect: list[str] | None = None,
+    collect_only: bool = False,
 ) -> TaskResult:
     """Run ``spec`` on the handler, writing every frame to the task's events; build the result.
 
@@ -67,6 +70,7 @@ async def relay(
         fence=fence,
         run=run_id or None,
         collect=collect[-MAX_COLLECT:] if collect else None,
+        collect_only=collect_only or None,
     )
     client = async_redis_client(settings.redis_url)
     writer = EventWriter(client, task_id, settings.log_maxlen, job_key=job_key)
@@ -104,6 +108,8 @@ async def relay(
             error, interrupted = exc.message, True
         elif exc.code == STALE_FENCE:
             error, interrupted = STALE_RUN, True
+        elif exc.code == NOTHING_KEPT:
+            error = NOTHING_KEPT_RUN
         else:
             error = f"The handler could not run the task: {exc.message}"
     except HandlerUnreachable as exc:

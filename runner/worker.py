@@ -335,9 +335,8 @@ def recover_abandoned(client: redis.Redis, queue_name: str, store: TaskStore, se
                 }
             )
             interruptions = sum(1 for a in attempts if a.get("kind", "interrupted") == "interrupted")
-            if interruptions <= settings.interrupted_retries and lifecycle.interrupt(
-                store, job_id, queue_name, "", attempts
-            ):
+            again = interruptions <= settings.interrupted_retries or lifecycle.last_look(attempts, WORKER_DIED)
+            if again and lifecycle.interrupt(store, job_id, queue_name, "", attempts):
                 client.zrem(registry.key, entry)
                 queue.enqueue_job(job, at_front=True)
                 metrics.record_retry(client, queue_name, events.INTERRUPTED)

@@ -26,7 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--minutes", type=float, default=5.0, help="how long faults are injected (default 5)")
     parser.add_argument("--faults", type=int, help="faults to inject (default: three a minute)")
     parser.add_argument("--orchestrators", type=int, choices=(1, 2), default=2, help="submitting machines")
-    parser.add_argument("--drain", type=float, default=240.0, help="seconds for the queue to empty afterwards")
+    parser.add_argument(
+        "--drain",
+        type=float,
+        default=240.0,
+        help="seconds without progress after which a pending task counts as lost (default 240)",
+    )
     parser.add_argument("--lossy-redis", action="store_true", help="also restart Redis with its data deleted")
     parser.add_argument("--dir", type=Path, help="where the history and logs go (default: a new temp dir)")
     parser.add_argument("--check", type=Path, metavar="DIR", help="only check the history a campaign left in DIR")

@@ -140,7 +140,8 @@ def _lost(index: _Index) -> list[Violation]:
                 Violation(
                     LOST,
                     task_id,
-                    f"{index.name(task_id)}, submitted at {submitted}, never ended ({what} after the drain).",
+                    f"{index.name(task_id)}, submitted at {submitted}, never ended ({what} once the queue had made "
+                    "no progress for the drain's window).",
                 )
             )
     return found

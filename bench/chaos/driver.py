@@ -33,7 +33,10 @@ class Options:
     """None: three a minute."""
     orchestrators: int = 2
     drain: float = 240.0
-    """Seconds after the campaign (every fault healed) for the queue to empty before a task counts as lost."""
+    """Seconds without progress after the campaign (every fault healed) before a task still pending counts as
+    lost: the queue may take longer to work off what the faults held back, as long as it keeps going."""
+    drain_cap: float = 3600.0
+    """Seconds the drain may take at most, progress or not."""
     lossy_redis: bool = False
     directory: Path | None = None
     handler_slots: int = 2
@@ -95,7 +98,7 @@ def _start_orchestrators(campaign: Campaign, cluster: Cluster, marker: str) -> l
     config = {
         "plan": plan.to_dict(), "redis_url": cluster.redis_url, "queue": QUEUE, "directory": str(campaign.directory),
         "python": PY, "marker": marker, "t0": campaign.t0, "submit_until": campaign.t0 + plan.seconds,
-        "drain_until": campaign.t0 + plan.seconds + options.drain,
+        "drain_stall": options.drain, "drain_until": campaign.t0 + plan.seconds + options.drain_cap,
     }  # fmt: skip
     path = campaign.directory / "config.json"
     path.write_bytes(orjson.dumps(config))
@@ -132,7 +135,7 @@ def _run_cluster(campaign: Campaign) -> None:
             injector = Injector(cluster, campaign.t0)
             injector.run(campaign.plan.faults, until=campaign.t0 + campaign.plan.seconds)
             injector.heal_all()
-            deadline = campaign.t0 + campaign.plan.seconds + campaign.options.drain + 120
+            deadline = campaign.t0 + campaign.plan.seconds + campaign.options.drain_cap + 120
             for proc in orchestrators:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(max(1.0, deadline - time.time()))

@@ -3,7 +3,7 @@
 It carries out its part of the plan at the planned times (submits, chains, cancels, pauses, keyed
 resubmits) through :class:`runner.client.Runner`, as any orchestrator would, retrying through Redis
 outages. Every submit carries a key, so a retry after an outage never makes a second task. Once the
-campaign is over it waits for its tasks to end (until the drain deadline) and writes what Redis says of
+campaign is over it waits for its tasks to end (while the queue makes progress) and writes what Redis says of
 each. Everything it does is appended to ``orch-<INDEX>.jsonl``, one JSON object a line.
 """
 
@@ -72,6 +72,7 @@ class Config:
     t0: float
     submit_until: float
     drain_until: float
+    drain_stall: float = 240.0
 
     @classmethod
     def read(cls, path: Path) -> Config:
@@ -208,12 +209,18 @@ class Orchestrator:
         self.resume()  # never leave the queue held: the drain needs it
 
     def drain(self) -> None:
-        """Wait (until the drain deadline) for every task to end, then write what Redis says of each."""
+        """Wait for every task to end while the queue makes progress (a task of ours ends, or the queue's length
+        moves) within ``drain_stall`` seconds, up to the drain's deadline; then write what Redis says of each."""
         pending = [task_id for task_id in self.ids.values()]
-        while pending and time.time() < self.config.drain_until:
-            pending = [
+        progress, length = time.time(), None
+        while pending and time.time() < self.config.drain_until and time.time() - progress < self.config.drain_stall:
+            still = [
                 task_id for task_id in pending if self.status(task_id) not in ("finished", "failed", "cancelled", None)
             ]
+            now_length = self.retrying("queue length", lambda: self.runner.redis.llen(self.runner.queue.key))
+            if len(still) < len(pending) or now_length != length:
+                progress = time.time()
+            pending, length = still, now_length
             time.sleep(1.0)
         for task_id in self.ids.values():
             self.retrying("outcome", lambda task_id=task_id: self.write(self.outcome(task_id)))

@@ -3,10 +3,11 @@ caller was cut off is given back, its output replayed, to the task's next attemp
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
-from handler.kept import KeptOutcomes, OutputTail
-from handler.protocol import ExecuteResult
+from handler.kept import PERSIST_AFTER, KeptOutcomes, OutputTail
+from handler.protocol import NOTHING_KEPT, ExecuteResult
 from tests.handler.helpers import PY, arun, eventually, serving
 
 # Appends a line to <file> each time it runs, then prints two lines on stdout and one on stderr.
@@ -108,3 +109,64 @@ def test_kept_outcomes_expire_are_bounded_and_keep_the_output_tail() -> None:
     gone = KeptOutcomes(keep_for=0)
     gone.keep("R1", _result(), OutputTail())
     assert gone.collect(["R1"]) is None, "past its time"
+
+
+def test_an_unread_outcome_outlives_its_handler_on_disk_and_is_given_back_by_the_next(tmp_path: Path) -> None:
+    """The handler is killed after a run ended unread (its caller cut off): the outcome was also written to a
+    private directory a moment after the end, and the restarted handler gives it back; nothing runs twice."""
+    runs, kept_dir = tmp_path / "runs", tmp_path / "config" / "kept"
+
+    async def first_handler() -> None:
+        async with serving(kept_dir=kept_dir) as served:
+            cut = await served.client()
+            assert (await cut.run("a", [PY, "-c", COUNTED, str(runs)], run="R1")).result["exit_code"] == 0
+            cut.connection.transport.abort()
+            await eventually(lambda: list(kept_dir.glob("*.json")), 10, what="the unread outcome on disk")
+        # Leaving `serving` stops this handler, as a SIGKILL would as far as its memory goes.
+
+    async def second_handler() -> None:
+        async with serving(kept_dir=kept_dir) as served, await served.client() as again:
+            given = await again.run("b", [PY, "-c", COUNTED, str(runs)], run="R2", collect=["R1"])
+            assert given.result["collected"] == "R1" and given.output() == "first\nlast\n"
+        assert not list(kept_dir.glob("*.json")), "given back once, then gone (R2's answer was read)"
+
+    arun(first_handler(), 60)
+    assert oct(kept_dir.stat().st_mode & 0o777) == "0o700"
+    assert all(oct(path.stat().st_mode & 0o777) == "0o600" for path in kept_dir.glob("*.json"))
+    arun(second_handler(), 60)
+    assert _runs(runs) == 1
+
+
+def test_an_answer_read_at_once_never_touches_the_disk(tmp_path: Path) -> None:
+    runs, kept_dir = tmp_path / "runs", tmp_path / "kept"
+
+    async def scenario() -> None:
+        async with serving(kept_dir=kept_dir) as served:
+            for name in ("R1", "R2", "R3"):
+                async with await served.client() as client:
+                    await client.run(name, [PY, "-c", COUNTED, str(runs)], run=name)
+            await eventually(lambda: not served.handler.sessions and not len(served.handler.kept), 10, what="reads")
+            await asyncio.sleep(PERSIST_AFTER + 0.5)  # past the moment an unread one would be written
+        assert not kept_dir.exists() or not list(kept_dir.glob("*.json"))
+
+    arun(scenario(), 60)
+
+
+def test_a_collect_only_request_gives_back_a_kept_outcome_or_runs_nothing(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+
+    async def scenario() -> None:
+        async with serving() as served:
+            cut = await served.client()
+            assert (await cut.run("a", [PY, "-c", COUNTED, str(runs)], run="R1")).result["exit_code"] == 0
+            cut.connection.transport.abort()
+            await eventually(lambda: not served.handler.sessions, 10, what="the cut-off session to end")
+            async with await served.client() as client:
+                argv = [PY, "-c", COUNTED, str(runs)]
+                given = await client.run("b", argv, run="R2", collect=["R1"], collect_only=True)
+                nothing = await client.run("c", argv, run="R3", collect=["R9"], collect_only=True)
+            assert given.result["collected"] == "R1" and given.output() == "first\nlast\n"
+            assert nothing.error["code"] == NOTHING_KEPT and "nothing was run" in nothing.error["message"]
+            assert _runs(runs) == 1
+
+    arun(scenario(), 60)

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from runner import lifecycle
+from runner import events, lifecycle
 from runner.client import Runner
-from runner.spec import TaskResult
+from runner.config import Settings
+from runner.spec import TaskResult, TaskSpec
 
 
 def chain(runner: Runner) -> tuple[str, str, str]:
@@ -80,3 +81,34 @@ def test_an_interrupted_attempt_goes_back_to_queued_with_its_dependents_waiting(
     assert status(runner, first) == "queued" and status(runner, plain_id) == "deferred"
     assert runner.store.attempts(first) == [attempt]
     assert not runner.redis.exists(f"ccx:task:{first}:lease"), "the lease went with the attempt"
+
+
+def test_past_the_interruption_limit_a_task_gets_one_last_look_for_an_outcome_left_unread(
+    redis_url: str, queue_name: str
+) -> None:
+    """Its attempts ran out, but its last run may have reached its end with the answer lost: it is not failed at
+    once. The next attempt only collects (marked with the sentence it would end with); interrupted again, it
+    ends failed with that sentence's count."""
+    runner = Runner(redis_url=redis_url, queue=queue_name)
+    task = runner.submit(agent="command", argv=["true"]).id
+    job = lifecycle.fetch_job(runner.redis, task)
+    assert job is not None
+    spec, settings = TaskSpec(agent="command", argv=["true"]), Settings()
+    earlier = [{"started_at": "s", "ended_at": "e", "error": "x", "kind": events.INTERRUPTED, "run": "0:a"}]
+
+    def attempt(run: str, attempts: list[dict]) -> str | None:
+        assert lifecycle.start(runner.store, task, queue_name, run, None, 5000).code == 1
+        cut = TaskResult(id=task, error="The handler closed the connection.", interrupted=True)
+        return lifecycle.conclude(runner.store, job, spec, cut, attempts, settings, run)
+
+    assert attempt("1:b", list(earlier)) == events.INTERRUPTED
+    attempts = runner.store.attempts(task)
+    assert attempts[-1]["run"] == "1:b" and attempts[-1][lifecycle.LAST_LOOK] == (
+        "The handler closed the connection. It was tried 2 time(s); resubmit it to try again."
+    )
+    assert status(runner, task) == "queued"
+    assert attempt("2:c", attempts) is None
+    result = runner.handle(task).result(timeout=5)
+    assert not result.success and result.error == (
+        "The handler closed the connection. It was tried 3 time(s); resubmit it to try again."
+    )

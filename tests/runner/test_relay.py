@@ -7,7 +7,7 @@ import asyncio
 from pathlib import Path
 
 from runner.config import Settings
-from runner.relay import relay
+from runner.relay import NOTHING_KEPT_RUN, relay
 from runner.spec import TaskSpec
 from tests.handler.helpers import PY, TOKEN, eventually, serving
 from tests.handler.test_kept import COUNTED
@@ -31,5 +31,19 @@ def test_an_attempt_collects_the_outcome_of_a_run_that_ended_while_its_worker_wa
             assert (result.success, result.exit_code, result.output) == (True, 0, "first\nlast\n")
             assert result.stderr == "oops\n"
             assert runs.read_text() == "ran\n", "the command ran once"
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_a_collect_only_attempt_that_finds_nothing_kept_runs_nothing(redis_url: str, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    spec = TaskSpec(agent="command", argv=[PY, "-c", COUNTED, str(runs)])
+
+    async def scenario() -> None:
+        async with serving() as served:
+            settings = Settings(redis_url=redis_url, handler_url=served.url, handler_token=TOKEN)
+            result = await relay("task-2", spec, settings, run_id="R2", collect=["R1"], collect_only=True)
+            assert (result.success, result.interrupted, result.error) == (False, False, NOTHING_KEPT_RUN)
+            assert not runs.exists(), "nothing ran"
 
     asyncio.run(asyncio.wait_for(scenario(), 60))

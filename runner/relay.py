@@ -115,6 +115,9 @@ async def relay(
     except HandlerUnreachable as exc:
         url = settings.handler_url
         error = str(exc).replace(f"at {url} (", f"at {url} for {settings.handler_wait:g} s (CCX_HANDLER_WAIT; ", 1)
+        # With a run of this task that may have ended unread on the handler, failing now would throw its outcome
+        # away: the attempt counts as interrupted (its limit, then one collect-only attempt, still bound it).
+        interrupted = bool(collect)
     except HandlerUnavailable as exc:
         # The handler went away mid-run: the infrastructure, not the task.
         error, interrupted = str(exc), not cancel.is_set()

@@ -9,6 +9,7 @@ from pathlib import Path
 from runner.config import Settings
 from runner.relay import NOTHING_KEPT_RUN, relay
 from runner.spec import TaskSpec
+from runner.stack import free_port
 from tests.handler.helpers import PY, TOKEN, eventually, serving
 from tests.handler.test_kept import COUNTED
 
@@ -47,3 +48,15 @@ def test_a_collect_only_attempt_that_finds_nothing_kept_runs_nothing(redis_url: 
             assert not runs.exists(), "nothing ran"
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_an_unreachable_handler_interrupts_an_attempt_with_runs_left_unread(redis_url: str) -> None:
+    """Past CCX_HANDLER_WAIT a fresh task fails; one whose earlier run may have ended unread on the handler is
+    interrupted instead, so that outcome is not thrown away (its interruption limit still bounds it)."""
+    url = f"ws://127.0.0.1:{free_port()}/ws"  # nothing listens there
+    settings = Settings(redis_url=redis_url, handler_url=url, handler_token=TOKEN, handler_wait=0.3)
+    spec = TaskSpec(agent="command", argv=["true"])
+    fresh = asyncio.run(asyncio.wait_for(relay("t-1", spec, settings, run_id="R1"), 30))
+    after_unread = asyncio.run(asyncio.wait_for(relay("t-2", spec, settings, run_id="R2", collect=["R1"]), 30))
+    assert (fresh.interrupted, after_unread.interrupted) == (False, True)
+    assert fresh.error == after_unread.error and f"Could not reach the handler at {url} for 0.3 s" in fresh.error

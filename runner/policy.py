@@ -100,6 +100,11 @@ def _usage_limit(
     return Decision(AGAIN, queue_state.USAGE_LIMIT, name, until, session)
 
 
+def _not_logged_in(result: TaskResult) -> bool:
+    # Claude Code's answer when it has no login at all: is_error with no API status, like a network error.
+    return "Not logged in" in (result.error or "") or "Not logged in" in (result.output or "")[:1000]
+
+
 def decide(
     spec: TaskSpec,
     result: TaskResult,
@@ -131,6 +136,8 @@ def decide(
                 queue_state.CREDENTIALS,
                 "credentials rejected (401): fix the agent's login on the handler's machine, then `ccx resume`",
             )
+        if status is None and _not_logged_in(result):
+            return Decision(FAIL)  # no network error: trying again would only wait out the backoff to fail again
         if (status is None or status == 529 or (isinstance(status, int) and status >= 500)) and (
             _retries_used(attempts) < retries
         ):

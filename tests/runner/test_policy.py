@@ -83,3 +83,14 @@ def test_a_submitters_own_resume_is_not_taken_for_a_continuation() -> None:
     spec = TaskSpec(task="review the diff", resume=SESSION)
     decision = policy.decide(spec, limited(NOW + 600), [], Settings(), now=NOW)
     assert decision.continue_session is None
+
+
+def test_not_logged_in_fails_at_once_while_a_network_error_is_retried() -> None:
+    """Claude Code without a login answers is_error with no API status, as a network error does: trying again only
+    waits out the retry backoff (30 s, then 60 s) to fail the same way, so it fails at once."""
+    agent = {"is_error": True, "api_error_status": None}
+    spec = TaskSpec(task="hi")
+    no_login = TaskResult(id="t", error="Claude Code reported an error: Not logged in · Please run /login", agent=agent)
+    network = TaskResult(id="t", error="Claude Code reported an error: Connection error.", agent=agent)
+    assert policy.decide(spec, no_login, [], Settings(), default_retries=2, now=NOW).action == policy.FAIL
+    assert policy.decide(spec, network, [], Settings(), default_retries=2, now=NOW).action == policy.AGAIN

@@ -7,9 +7,11 @@ tried again, under a new run name, listing the earlier runs in ``collect``. If o
 them ran to its end here, its outcome is given back, its output replayed from the
 tail kept here, and the task does not run a second time.
 
-An outcome is kept from the run's end until its caller closes the connection
-cleanly (close code 1000: it read the answer), someone collects it, or
-:data:`KEEP_FOR` seconds pass. Only runs that reached their end are kept: a run
+An outcome is kept from the run's end until someone collects it or
+:data:`KEEP_FOR` seconds pass. Once its caller has closed the connection cleanly
+(close code 1000: it read the answer) it is kept only :data:`READ_GRACE` seconds
+more, in memory: read is not recorded (a work-horse thawed after its worker lost
+the queue reads its answer, and has it refused, just before its successor asks). Only runs that reached their end are kept: a run
 stopped because its connection died, or by a cancel, has no outcome to give.
 
 One still unread :data:`PERSIST_AFTER` seconds after its end (a healthy caller
@@ -43,6 +45,10 @@ KEEP_OUTPUT = 1 << 20
 """Characters of output kept per run (its last ones: an agent's result comes last)."""
 KEEP_RUNS = 64
 """Outcomes kept at most; the oldest goes first."""
+READ_GRACE = 60.0
+"""Seconds an outcome its caller read stays collectable (a successor's attempt follows within seconds)."""
+READ_MOST = 16
+"""Read outcomes kept at most (their output tails are in memory)."""
 PERSIST_AFTER = 1.0
 """Seconds an outcome may stay unread before it is also written to disk."""
 
@@ -79,8 +85,11 @@ class KeptOutcomes:
         self.most = most
         self.directory = directory
         self._kept: OrderedDict[str, Kept] = OrderedDict()
+        self._read: OrderedDict[str, Kept] = OrderedDict()
+        """Outcomes their caller read, for :data:`READ_GRACE` seconds (never on disk)."""
 
     def __len__(self) -> int:
+        """Outcomes kept unread."""
         return len(self._kept)
 
     def keep(self, run: str, result: ExecuteResult, output: OutputTail) -> None:
@@ -93,14 +102,20 @@ class KeptOutcomes:
             self._drop(next(iter(self._kept)))
 
     def delivered(self, run: str) -> None:
-        """Its caller read the answer: nothing to keep."""
-        self._drop(run)
+        """Its caller read the answer: kept a short while more, in memory only (read is not recorded)."""
+        kept = self._drop(run)
+        if kept is None:
+            return
+        kept.until = min(kept.until, time.time() + READ_GRACE)
+        self._read[run] = kept
+        while len(self._read) > READ_MOST:
+            self._read.popitem(last=False)
 
     def collect(self, runs: list[str]) -> tuple[str, Kept] | None:
         """The first of ``runs`` whose outcome is kept, taken out (an outcome is given back once)."""
         self._expire()
         for run in runs:
-            kept = self._drop(run)
+            kept = self._drop(run) or self._read.pop(run, None)
             if kept is not None:
                 return run, kept
         return None
@@ -156,3 +171,5 @@ class KeptOutcomes:
         now = time.time()
         while self._kept and next(iter(self._kept.values())).until <= now:
             self._drop(next(iter(self._kept)))
+        while self._read and next(iter(self._read.values())).until <= now:
+            self._read.popitem(last=False)

@@ -35,13 +35,13 @@ class Options:
     drain: float = 240.0
     """Seconds without progress after the campaign (every fault healed) before a task still pending counts as
     lost: the queue may take longer to work off what the faults held back, as long as it keeps going."""
-    drain_cap: float = 3600.0
-    """Seconds the drain may take at most, progress or not."""
     lossy_redis: bool = False
     directory: Path | None = None
     handler_slots: int = 2
     """The handler's --max-concurrent. Two, not its default one: with one slot the handler itself would
     queue a stale worker's run behind its successor's, hiding an overlap the fencing token must prevent."""
+    drain_cap: float = 3600.0
+    """Seconds the drain may take at most, progress or not."""
 
     @property
     def fault_count(self) -> int:

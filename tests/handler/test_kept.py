@@ -4,9 +4,12 @@ caller was cut off is given back, its output replayed, to the task's next attemp
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
-from handler.kept import PERSIST_AFTER, KeptOutcomes, OutputTail
+import pytest
+
+from handler.kept import PERSIST_AFTER, READ_GRACE, READ_MOST, KeptOutcomes, OutputTail
 from handler.protocol import NOTHING_KEPT, ExecuteResult
 from tests.handler.helpers import PY, arun, eventually, serving
 
@@ -51,22 +54,36 @@ def test_a_run_whose_answer_was_never_read_is_given_back_once_not_run_again(tmp_
     arun(scenario(), 60)
 
 
-def test_an_answer_read_and_said_goodbye_to_is_not_kept(tmp_path: Path) -> None:
-    """A caller that closed the connection cleanly read its answer: nothing is kept, and an attempt naming
-    that run runs the command again."""
-    runs = tmp_path / "runs"
+def test_an_answer_read_is_kept_only_a_short_while_in_memory(tmp_path: Path) -> None:
+    """A caller that closed the connection cleanly read its answer, which is not the same as recording it (a
+    work-horse thawed after its worker lost the queue reads its answer and has it refused, just before its
+    successor asks): it stays collectable for READ_GRACE seconds, in memory only, never on disk."""
+    runs, kept_dir = tmp_path / "runs", tmp_path / "kept"
 
     async def scenario() -> None:
-        async with serving() as served:
+        async with serving(kept_dir=kept_dir) as served:
             async with await served.client() as clean:
                 assert (await clean.run("a", [PY, "-c", COUNTED, str(runs)], run="R1")).result["exit_code"] == 0
             await eventually(lambda: not served.handler.sessions, 10, what="the session to end")
-            assert len(served.handler.kept) == 0
-            async with await served.client() as again:
-                rerun = await again.run("b", [PY, "-c", COUNTED, str(runs)], run="R2", collect=["R1"])
-            assert rerun.result.get("collected") is None and _runs(runs) == 2
+            assert len(served.handler.kept) == 0, "nothing kept unread"
+            async with await served.client() as successor:
+                given = await successor.run("b", [PY, "-c", COUNTED, str(runs)], run="R2", collect=["R1"])
+            assert given.result["collected"] == "R1" and _runs(runs) == 1
+        assert not kept_dir.exists() or not list(kept_dir.glob("*.json"))
 
     arun(scenario(), 60)
+
+
+def test_read_outcomes_expire_after_their_grace_and_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    kept = KeptOutcomes()
+    for name in [f"R{i}" for i in range(READ_MOST + 1)]:
+        kept.keep(name, _result(), OutputTail())
+        kept.delivered(name)
+    assert kept.collect(["R0"]) is None, "the oldest read one went first"
+    assert kept.collect([f"R{READ_MOST}"]) is not None
+    later = time.time() + READ_GRACE + 1
+    monkeypatch.setattr(time, "time", lambda: later)
+    assert kept.collect(["R1"]) is None, "past its grace"
 
 
 def test_a_run_stopped_with_its_connection_has_no_outcome_to_give(tmp_path: Path) -> None:

@@ -61,17 +61,7 @@ async def relay(
     agent = get_agent(spec.agent)
     parser = agent.parser(settings.output_limit)
     fence = {"key": queue, "token": fence_token} if queue is not None and fence_token is not None else None
-    params = ExecuteParams(
-        argv=agent.argv(spec),
-        cwd=spec.cwd,
-        env=agent.env(spec) or None,
-        timeout=spec.timeout,
-        stdin=agent.stdin(spec),
-        fence=fence,
-        run=run_id or None,
-        collect=collect[-MAX_COLLECT:] if collect else None,
-        collect_only=collect_only or None,
-    )
+    params = execute_params(spec, fence, run_id, collect, collect_only)
     client = async_redis_client(settings.redis_url)
     writer = EventWriter(client, task_id, settings.log_maxlen, job_key=job_key)
     writer.start()
@@ -178,6 +168,28 @@ async def relay(
         agent=outcome.info or {"name": agent.name},
         log_key=events.log_key(task_id),
         structured_output=(outcome.info or {}).get("structured_output"),
+    )
+
+
+def execute_params(
+    spec: TaskSpec,
+    fence: dict[str, Any] | None = None,
+    run_id: str = "",
+    collect: list[str] | None = None,
+    collect_only: bool = False,
+) -> ExecuteParams:
+    """The ``execute`` request for one run of ``spec``: what its agent runs, and how the handler fences it."""
+    agent = get_agent(spec.agent)
+    return ExecuteParams(
+        argv=agent.argv(spec),
+        cwd=spec.cwd,
+        env=agent.env(spec) or None,
+        timeout=spec.timeout,
+        stdin=agent.stdin(spec),
+        fence=fence,
+        run=run_id or None,
+        collect=collect[-MAX_COLLECT:] if collect else None,
+        collect_only=collect_only or None,
     )
 
 

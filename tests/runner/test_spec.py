@@ -9,9 +9,9 @@ import pytest
 
 from handler import protocol
 from handler.config import HandlerConfig
-from handler.protocol import MAX_COLLECT, ExecuteParams
-from runner.agents import get_agent
+from handler.protocol import MAX_COLLECT
 from runner.handler_client import EXECUTE_ID
+from runner.relay import execute_params
 from runner.spec import (
     DEFAULT_TIMEOUT,
     MAX_ARG_BYTES,
@@ -171,17 +171,8 @@ def test_the_longest_prompt_accepted_fits_in_one_message_the_handler_reads() -> 
         middle = (low + high) // 2
         low, high = (middle, high) if _accepted(middle) else (low, middle)
     spec = TaskSpec.from_dict({"task": "x" * low})
-    agent = get_agent(spec.agent)
-    params = ExecuteParams(
-        argv=agent.argv(spec),
-        cwd=spec.cwd,
-        env=agent.env(spec) or None,
-        timeout=spec.timeout,
-        stdin=agent.stdin(spec),
-        fence={"key": "q" * 1000, "token": 2**63 - 1},
-        run=str(uuid.uuid4()),
-        collect=[str(uuid.uuid4()) for _ in range(MAX_COLLECT)],
-    )
+    fence = {"key": "q" * 1000, "token": 2**63 - 1}
+    params = execute_params(spec, fence, str(uuid.uuid4()), [str(uuid.uuid4()) for _ in range(MAX_COLLECT)])
     message = protocol.request(protocol.EXECUTE, params.to_params(), EXECUTE_ID)
     assert HandlerConfig.max_message_bytes - 65536 < len(message) <= HandlerConfig.max_message_bytes
 

@@ -6,12 +6,12 @@ import threading
 import time
 from collections.abc import Iterator
 
-import orjson
 import pytest
 import redis
 
 from runner import events, queue_state, webhooks
 from runner.queue_state import BACKOFF, BUDGET, CREDENTIALS, MANUAL, RETRY, USAGE_LIMIT
+from tests.support.lifecycle import queue_events, subscribed
 
 HOUR = 3600.0
 
@@ -19,24 +19,8 @@ HOUR = 3600.0
 @pytest.fixture
 def lifecycle(redis_client: redis.Redis) -> Iterator[redis.client.PubSub]:
     """A subscription to the lifecycle channel, ready before the test acts."""
-    pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(events.LIFECYCLE_CHANNEL)
-    pubsub.get_message(timeout=1.0)  # the subscribe confirmation: from here on nothing is missed
-    yield pubsub
-    pubsub.close()
-
-
-def queue_events(pubsub: redis.client.PubSub, queue: str, wanted: int, deadline: float = 5.0) -> list[dict]:
-    """This queue's events on the channel until ``wanted`` have come or ``deadline`` seconds have passed."""
-    found: list[dict] = []
-    ends = time.monotonic() + deadline
-    while len(found) < wanted and time.monotonic() < ends:
-        message = pubsub.get_message(timeout=0.1)
-        if message is not None:
-            body = orjson.loads(message["data"])
-            if body.get("queue") == queue:
-                found.append(body)
-    return found
+    with subscribed(redis_client) as pubsub:
+        yield pubsub
 
 
 def quiet(pubsub: redis.client.PubSub, queue: str) -> list[dict]:

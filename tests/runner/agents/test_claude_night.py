@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
+from runner import events
 from runner.client import Runner, TaskHandle
 from runner.spec import TaskResult
 from runner.stack import LocalStack
@@ -23,6 +25,7 @@ from tests.runner.agents import test_claude_real_cli
 from tests.runner.agents.test_claude_real_cli import task_env, user_texts
 from tests.support.claude_cli import claude_env
 from tests.support.fake_anthropic import FakeAnthropic, Reply
+from tests.support.lifecycle import queue_events, subscribed
 from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.timeout(300)
@@ -64,9 +67,9 @@ def result_of(handle: TaskHandle) -> TaskResult:
 
 
 def test_a_usage_limit_pauses_the_queue_and_the_chain_goes_on_when_it_resets(
-    runner: Runner, stack: LocalStack, tmp_path: Path
+    runner: Runner, stack: LocalStack, redis_client: redis.Redis, queue_name: str, tmp_path: Path
 ) -> None:
-    """Three tasks in a chain; the second hits a five-hour limit resetting 3 s ahead. The queue pauses with
+    """Three tasks in a chain; the second hits a five-hour limit resetting 5 s ahead. The queue pauses with
     the reason and resume time, resumes by itself, the second task succeeds on its second attempt, the third
     runs after it. Nothing is cancelled."""
     limited: dict[str, float] = {}
@@ -76,22 +79,24 @@ def test_a_usage_limit_pauses_the_queue_and_the_chain_goes_on_when_it_resets(
         text = prompt_of(body)
         task = next(name for name in ("third", "second", "first") if f"the {name} task" in text)
         if task == "second" and not limited:
-            # 3 s from the moment of the request (the CLI ignores a reset time already past, and on a busy
-            # machine the first task may take longer than that).
-            limited["resets_at"] = time.time() + 3
+            # Ahead of the moment of the request: the CLI ignores a reset time already past when it reads it.
+            limited["resets_at"] = time.time() + 5
             return Reply.usage_limit(limited["resets_at"])
         return Reply.text(f"did {task}")
 
     home = tmp_path / "home"
-    with FakeAnthropic(script) as api:
+    # The pause is read from its announcement, not by polling the live state: on a busy machine the CLI may
+    # take seconds to exit after the 429, and a pause that ends soon after it begins is easily polled past.
+    with FakeAnthropic(script) as api, subscribed(redis_client) as lifecycle:
         env = task_env(stack, subscription_env(api.url, home))
         first = runner.submit("the first task", env=env)
         second = runner.submit("the second task", env=env, after=first.id)
         third = runner.submit("the third task", env=env, after=second.id)
-        paused = wait_until(lambda: runner.queue_state().paused and runner.queue_state(), 60, what="the pause")
-        assert paused.kind == "usage_limit" and paused.reason == "five-hour usage limit"
-        assert paused.until is not None and abs(paused.until - (int(limited["resets_at"]) + 0.5)) < 1
-        assert paused.describe().startswith("paused until ") and paused.describe().endswith("five-hour usage limit")
+        paused, resumed = queue_events(lifecycle, queue_name, 2, 60, types=(events.PAUSED, events.RESUMED))
+        assert paused["type"] == events.PAUSED and resumed["type"] == events.RESUMED, (paused, resumed)
+        assert paused["kind"] == resumed["kind"] == "usage_limit" and paused["reason"] == "five-hour usage limit"
+        until = events.epoch(paused["until"])
+        assert abs(until - (int(limited["resets_at"]) + 0.5)) < 1
         results = [result_of(handle) for handle in (first, second, third)]
     assert [r.success for r in results] == [True, True, True], [r.error for r in results]
     assert results[1].output == "did second"

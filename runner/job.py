@@ -21,8 +21,9 @@ from rq import get_current_job
 from rq.job import Job
 
 from handler.memory import pin_malloc_thresholds
-from runner import events, lifecycle
+from runner import events, lifecycle, queue_state
 from runner.config import Settings
+from runner.handler_client import HandlerUnreachable
 from runner.lock import process_identity
 from runner.policy import CONTINUE_PROMPT
 from runner.reconcile import REQUEUE_REFUSED
@@ -151,7 +152,7 @@ def _unread_runs(attempts: list[dict[str, Any]]) -> list[str]:
     the handler may have kept their outcome (handler/kept.py)."""
     unread: list[str] = []
     for attempt in reversed(attempts):
-        if attempt.get("kind") == STALE:  # refused before it started: no answer was due
+        if attempt.get("kind") in (STALE, queue_state.HANDLER):  # refused, or never sent: no answer was due
             continue
         if attempt.get("kind") != events.INTERRUPTED:
             break
@@ -197,10 +198,14 @@ def run_job(job: Job, spec_data: dict, settings: Settings, store: TaskStore) -> 
     job_key = job.key.decode() if isinstance(job.key, bytes) else job.key
     unread = _unread_runs(attempts)
     final = attempts[-1].get(lifecycle.LAST_LOOK) if attempts else None  # only collect: see lifecycle.last_look
-    result = asyncio.run(
-        relay(task_id, spec, settings, job_key, queue=queue, run_id=run_id, fence_token=_fence, collect=unread,
-              collect_only=final is not None)
-    )  # fmt: skip
+    try:
+        result = asyncio.run(
+            relay(task_id, spec, settings, job_key, queue=queue, run_id=run_id, fence_token=_fence, collect=unread,
+                  collect_only=final is not None)
+        )  # fmt: skip
+    except HandlerUnreachable as exc:
+        lifecycle.hold_for_handler(store, task_id, queue, run_id, attempts, str(exc), started_at)
+        raise _requeue(job, queue_state.HANDLER) from None
     result.started_at = started_at
     result.ended_at = events.now_iso()
     if result.duration_ms is None:

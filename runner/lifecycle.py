@@ -13,7 +13,8 @@ lease) is :mod:`runner.lock`. The rules (docs/events.md):
   cancelled; after a cancel all of them are cancelled (a cancel stops the line,
   which is also RQ's rule for a canceled dependency).
 * An interrupted attempt (:func:`interrupt`) is not an end: the task goes back
-  to the front of its queue and its dependents keep waiting.
+  to the front of its queue and its dependents keep waiting. Nor is an attempt
+  that could not reach the handler (:func:`hold_for_handler`): the queue waits.
 * What an attempt means (run again, retry or pause by the policy, or the end) is
   decided by :func:`conclude`, and only there; RQ's own hooks in the worker never
   decide a task's fate, they only make RQ's records agree (runner/worker.py).
@@ -194,6 +195,30 @@ def last_look(attempts: list[dict[str, Any]], final: str) -> bool:
     if not attempts[-1].get("run") or any(LAST_LOOK in attempt for attempt in attempts[:-1]):
         return False
     attempts[-1][LAST_LOOK] = final
+    return True
+
+
+def hold_for_handler(
+    store: TaskStore, task_id: str, queue: str, run: str, attempts: list[dict[str, Any]], error: str, started_at: str
+) -> bool:
+    """The worker could not reach the handler (``error`` says where and for how long): nothing ran, so the task
+    goes back to the front untouched and the queue waits for the handler (a ``handler`` pause, which the worker
+    ends once the handler answers). The attempt is recorded, repeats folded into one entry (``times``), and
+    counts against no limit: a handler that is down or cut off is never the task's fault. False if ``run`` is
+    no longer the task's current one (another worker has it now)."""
+    previous = attempts[-1] if attempts and attempts[-1].get("kind") == queue_state.HANDLER else None
+    this = {
+        "started_at": previous["started_at"] if previous else started_at,
+        "ended_at": events.now_iso(),
+        "error": error,
+        "kind": queue_state.HANDLER,
+        "times": (previous.get("times", 1) + 1) if previous else 1,
+    }
+    if not interrupt(store, task_id, queue, run, [*(attempts[:-1] if previous else attempts), this]):
+        return False
+    reason = f"{error} The queue waits for it and goes on by itself once the handler answers."
+    queue_state.pause(store.client, queue, queue_state.HANDLER, reason)
+    log.warning("task %s goes back to the front of queue %s: %s", task_id, queue, error)
     return True
 
 

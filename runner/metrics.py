@@ -42,8 +42,15 @@ PAUSE_KINDS = (
     queue_state.CREDENTIALS,
     queue_state.MANUAL,
     queue_state.BUDGET,
+    queue_state.HANDLER,
 )
-RETRY_REASONS = (events.INTERRUPTED, queue_state.USAGE_LIMIT, queue_state.BACKOFF, queue_state.RETRY)
+RETRY_REASONS = (
+    events.INTERRUPTED,
+    queue_state.USAGE_LIMIT,
+    queue_state.BACKOFF,
+    queue_state.RETRY,
+    queue_state.HANDLER,
+)
 """Reasons a task goes back to its queue, reported (as 0) before the first one happens; others appear when seen."""
 
 # Fields of the metrics hash. Buckets are stored as counts per bucket (only the smallest bound that holds a

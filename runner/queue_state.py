@@ -3,10 +3,11 @@
 A paused queue starts nothing: its worker waits (the running task, if any,
 goes on). A pause comes from a usage limit (until the limit resets, plus a
 margin), an API that keeps refusing with no reset time (backoff), a transient
-error's retry delay, rejected credentials (until a person resumes), or a
-person (``ccx pause``). Pauses compose: the strongest holds (:data:`STRENGTH`), so a
+error's retry delay, rejected credentials (until a person resumes), a handler
+that cannot be reached (until it answers the worker again), or a person
+(``ccx pause``). Pauses compose: the strongest holds (:data:`STRENGTH`), so a
 failing task's retry pause never replaces a person's. The worker ends a timed pause
-itself when its time comes; ``ccx resume`` ends any. Both are lifecycle events on
+itself when its time comes, and a handler pause once the handler answers; ``ccx resume`` ends any. Both are lifecycle events on
 ``ccx:events`` and, for a queue whose webhook asks for pauses, webhook POSTs.
 """
 
@@ -31,10 +32,12 @@ RETRY = "retry"
 CREDENTIALS = "credentials"
 MANUAL = "manual"
 BUDGET = "budget"
+HANDLER = "handler"
+"""The handler could not be reached: the queue waits for it, and its worker ends the pause once it answers."""
 
 # The order of strength among kinds, weakest first: it decides between two pauses that end at the same
 # time (or both never). A person's word is the strongest: no automatic pause replaces ``ccx pause``.
-STRENGTH = (RETRY, BACKOFF, USAGE_LIMIT, BUDGET, CREDENTIALS, MANUAL)
+STRENGTH = (RETRY, HANDLER, BACKOFF, USAGE_LIMIT, BUDGET, CREDENTIALS, MANUAL)
 
 
 @dataclass(frozen=True)
@@ -114,12 +117,13 @@ return 1
 """
 
 # KEYS: the queue's state. ARGV: '1' to reset the backoff, '1' to end only a timed pause that is due, now,
-# the lifecycle channel, the resumed event without its kind. Returns the kind of the pause it ended, or
+# the lifecycle channel, the resumed event without its kind, the only kind to end ('' = any). Returns the kind of the pause it ended, or
 # false. The event is published here, so that on the channel it always comes between its pause and the next.
 _RESUME_SCRIPT = """
 local current = redis.call('HMGET', KEYS[1], 'kind', 'until')
 local kind, ends = current[1] or '', current[2] or ''
 if ARGV[2] == '1' and (kind == '' or ends == '' or tonumber(ends) > tonumber(ARGV[3])) then return false end
+if ARGV[6] ~= '' and kind ~= ARGV[6] then return false end
 if ARGV[1] == '1' then redis.call('HDEL', KEYS[1], 'backoff_level') end
 if kind == '' then return false end
 redis.call('HDEL', KEYS[1], 'kind', 'reason', 'until', 'since')
@@ -153,12 +157,20 @@ def pause(client: redis.Redis, queue: str, kind: str, reason: str, until: float 
     return get(client, queue)
 
 
-def resume(client: redis.Redis, queue: str, why: str, reset_backoff: bool = False, only_if_due: bool = False) -> bool:
+def resume(
+    client: redis.Redis,
+    queue: str,
+    why: str,
+    reset_backoff: bool = False,
+    only_if_due: bool = False,
+    only_kind: str = "",
+) -> bool:
     """End ``queue``'s pause, if it has one; True if it had. Announced like a pause: a ``resumed`` event and,
     if the queue's webhook asks for pauses, a ``queue.resumed`` POST.
 
     ``only_if_due``: end it only if it is a timed pause whose time has come (the worker's case: a person's
-    pause set after the worker looked must survive the worker's lifting of the timed one it saw)."""
+    pause set after the worker looked must survive the worker's lifting of the timed one it saw); ``only_kind``:
+    end it only if it is of that kind (the worker's case again, for a pause it ends on a condition, not a time)."""
     kind = client.register_script(_RESUME_SCRIPT)(
         keys=[events.queue_state_key(queue)],
         args=[
@@ -167,6 +179,7 @@ def resume(client: redis.Redis, queue: str, why: str, reset_backoff: bool = Fals
             repr(time.time()),
             events.LIFECYCLE_CHANNEL,
             _event(events.RESUMED, queue, reason=why),
+            only_kind,
         ],
     )
     if not kind:

@@ -57,6 +57,10 @@ async def relay(
     While it runs, it renews the task's run lease (when ``run_id`` is given): this process, not the
     worker, is what proves the run alive. ``collect`` names the task's earlier runs whose answer never came:
     the handler gives back the outcome of one that ran to its end instead of running the task again.
+
+    Raises :class:`HandlerUnreachable` (saying where and for how long) when no connection to the handler
+    could be opened within ``settings.handler_wait``: nothing ran, so the task is not this attempt's to end
+    (runner/job.py hands it back and the queue waits for the handler).
     """
     agent = get_agent(spec.agent)
     parser = agent.parser(settings.output_limit)
@@ -104,10 +108,8 @@ async def relay(
             error = f"The handler could not run the task: {exc.message}"
     except HandlerUnreachable as exc:
         url = settings.handler_url
-        error = str(exc).replace(f"at {url} (", f"at {url} for {settings.handler_wait:g} s (CCX_HANDLER_WAIT; ", 1)
-        # With a run of this task that may have ended unread on the handler, failing now would throw its outcome
-        # away: the attempt counts as interrupted (its limit, then one collect-only attempt, still bound it).
-        interrupted = bool(collect)
+        waited = f"at {url} for {settings.handler_wait:g} s (CCX_HANDLER_WAIT; "
+        raise HandlerUnreachable(str(exc).replace(f"at {url} (", waited, 1)) from None
     except HandlerUnavailable as exc:
         # The handler went away mid-run: the infrastructure, not the task.
         error, interrupted = str(exc), not cancel.is_set()
@@ -305,6 +307,24 @@ async def _watch_cancel(
                     cancel.set()
 
 
+async def _probe(settings: Settings) -> None:
+    await probe_handler(
+        settings.handler_url, settings.handler_token, ca=settings.handler_ca, allow_insecure=settings.allow_insecure
+    )
+
+
+def handler_answers(settings: Settings) -> bool:
+    """Whether a connection to the handler opens now (refusing this worker counts as answering: the next
+    attempt then says why). The worker asks it to end a ``handler`` pause (runner/queue_state.py)."""
+    try:
+        asyncio.run(_probe(settings))
+    except HandlerUnreachable:
+        return False
+    except (HandlerUnavailable, ConfigError):
+        return True
+    return True
+
+
 def warm_up(settings: Settings, rounds: int = 20) -> str | None:
     """Run the relay's network paths a few times in the worker before it forks work-horses.
 
@@ -323,12 +343,7 @@ def warm_up(settings: Settings, rounds: int = 20) -> str | None:
             finally:
                 await client.aclose()
             try:
-                await probe_handler(
-                    settings.handler_url,
-                    settings.handler_token,
-                    ca=settings.handler_ca,
-                    allow_insecure=settings.allow_insecure,
-                )
+                await _probe(settings)
             except (HandlerUnavailable, ConfigError) as exc:
                 return str(exc)
         return problem

@@ -33,7 +33,7 @@ from runner.job import REQUEUE_META, TaskFailed, TaskRequeued, configure, new_ru
 from runner.lineup import LockNotHeld, Reclaimer, fenced_queue_class
 from runner.lock import QueueLock, WorkerLocked, holder_is_dead_here
 from runner.reconcile import Reconciler
-from runner.relay import warm_up
+from runner.relay import handler_answers, warm_up
 from runner.spec import TaskResult
 from runner.store import TaskStore
 
@@ -78,6 +78,8 @@ DEQUEUE_TIMEOUT = 5
 """Seconds a blocking dequeue waits. Redis hands a pending dequeue the next job even when its worker is frozen
 or cut off; a short wait bounds what such a worker can swallow to the jobs submitted within it, and the next
 holder's :class:`~runner.lineup.Reclaimer` puts those back first in line."""
+HANDLER_PROBE_EVERY = 2.0
+"""Seconds between a waiting worker's looks at a handler it could not reach (a ``handler`` pause)."""
 
 
 class CcxWorker(Worker):
@@ -96,6 +98,7 @@ class CcxWorker(Worker):
     """The run id of the job being executed, made before the fork: the horse starts its run under it, and the
     worker ends that run (and only that run) if the horse dies."""
     _dequeuing = False
+    _next_probe = 0.0
 
     @property
     def dequeue_timeout(self) -> int:
@@ -170,6 +173,8 @@ class CcxWorker(Worker):
                 log.warning("queue %s is %s", queue_name, state.describe())
                 announced = True
             now = time.time()
+            if state.kind == queue_state.HANDLER and self._handler_is_back(queue_name):
+                return
             if state.until is not None and now >= state.until:
                 if queue_state.resume(
                     self.connection, queue_name, f"the pause ended ({state.reason})", only_if_due=True
@@ -181,6 +186,18 @@ class CcxWorker(Worker):
                 self.heartbeat()
                 last_beat = time.monotonic()
             time.sleep(min(1.0, max(0.05, (state.until - now) if state.until else 1.0)))
+
+    def _handler_is_back(self, queue_name: str) -> bool:
+        """A ``handler`` pause ends when the handler answers again: asked every HANDLER_PROBE_EVERY seconds."""
+        if time.monotonic() < self._next_probe:
+            return False
+        self._next_probe = time.monotonic() + HANDLER_PROBE_EVERY
+        if not handler_answers(self.settings):
+            return False
+        back = "the handler answers again"
+        if queue_state.resume(self.connection, queue_name, back, only_kind=queue_state.HANDLER):
+            log.info("queue %s goes on: %s", queue_name, back)
+        return True
 
     def handle_work_horse_killed(self, job: Job, retpid: Any, ret_val: Any, rusage: Any) -> None:
         """The horse died from outside (out of memory, a signal, RQ's timeout kill) before recording an end:

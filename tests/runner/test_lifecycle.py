@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from runner import events, lifecycle
+from runner import events, lifecycle, queue_state
+from runner import job as job_module
 from runner.client import Runner
 from runner.config import Settings
 from runner.spec import TaskResult, TaskSpec
@@ -112,3 +113,41 @@ def test_past_the_interruption_limit_a_task_gets_one_last_look_for_an_outcome_le
     assert not result.success and result.error == (
         "The handler closed the connection. It was tried 3 time(s); resubmit it to try again."
     )
+
+
+def test_an_unreachable_handler_holds_the_queue_and_folds_its_attempts_into_one(
+    redis_url: str, queue_name: str
+) -> None:
+    """Nothing ran: the task goes back to queued, the queue pauses for the handler, and repeats fold into one
+    attempt entry that counts against no limit (an earlier interruption's run is still there to collect)."""
+    runner = Runner(redis_url=redis_url, queue=queue_name)
+    task = runner.submit(agent="command", argv=["true"]).id
+    earlier = [{"started_at": "s", "ended_at": "e", "error": "x", "kind": events.INTERRUPTED, "run": "0:a"}]
+    error = "Could not reach the handler at ws://127.0.0.1:9/ws for 30 s (CCX_HANDLER_WAIT; refused)."
+    attempts = list(earlier)
+    for run in ("1:b", "2:c", "3:d"):
+        assert lifecycle.start(runner.store, task, queue_name, run, None, 5000).code == 1
+        assert lifecycle.hold_for_handler(runner.store, task, queue_name, run, attempts, error, f"at {run}")
+        attempts = runner.store.attempts(task)
+        assert status(runner, task) == "queued"
+    assert attempts[0] == earlier[0] and len(attempts) == 2
+    held = attempts[1]
+    assert (held["kind"], held["times"], held["started_at"], held["error"]) == (queue_state.HANDLER, 3, "at 1:b", error)
+    state = runner.queue_state()
+    assert (state.kind, state.until) == (queue_state.HANDLER, None)
+    assert state.reason == f"{error} The queue waits for it and goes on by itself once the handler answers."
+    assert job_module._unread_runs(attempts) == ["0:a"]
+    # Only the handler's own pause is lifted by the worker's probe; a person's pause is not.
+    runner.pause("maintenance")
+    assert not queue_state.resume(runner.redis, queue_name, "back", only_kind=queue_state.HANDLER)
+    assert runner.queue_state().kind == queue_state.MANUAL
+
+
+def test_holding_for_the_handler_is_refused_for_a_run_that_is_no_longer_the_tasks(
+    redis_url: str, queue_name: str
+) -> None:
+    runner = Runner(redis_url=redis_url, queue=queue_name)
+    task = runner.submit(agent="command", argv=["true"]).id
+    assert lifecycle.start(runner.store, task, queue_name, "2:new", None, 5000).code == 1
+    assert not lifecycle.hold_for_handler(runner.store, task, queue_name, "1:old", [], "unreachable", "s")
+    assert status(runner, task) == "running" and not runner.queue_state().paused

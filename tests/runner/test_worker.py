@@ -158,21 +158,34 @@ def test_a_job_that_is_not_a_task_is_failed_unrun_and_the_worker_goes_on(
     assert stack.worker is not None and stack.worker.poll() is None
 
 
-def test_handler_down_fails_the_task_after_the_wait_with_the_url(redis_url: str, queue_name: str) -> None:
-    """No handler at the URL: after waiting CCX_HANDLER_WAIT for it, the task fails with an error naming the URL,
-    how long it waited and what to do."""
+def test_a_handler_that_is_down_holds_the_queue_and_the_task_runs_once_it_is_back(
+    redis_url: str, queue_name: str, tmp_path: Path
+) -> None:
+    """No handler at the URL: after waiting CCX_HANDLER_WAIT for it, the task goes back to the front untouched
+    and the queue pauses, saying where the handler was looked for, how long, and what to do. Started again on
+    its address, the handler is found by the waiting worker, and the task runs, once."""
     stack = LocalStack(redis_url=redis_url, queue=queue_name, env={"CCX_HANDLER_WAIT": "1.5"})
     stack.start()
     try:
-        assert stack.handler is not None
+        assert stack.handler is not None and stack.worker is not None
         stack.handler.terminate()
         stack.handler.wait(10)
         client = Runner(redis_url=redis_url, queue=queue_name)
-        result = client.submit(agent="command", argv=["true"]).result(timeout=30)
-        assert result.success is False
-        assert stack.handler_url in (result.error or "") and "ccx handler" in (result.error or "")
-        assert "for 1.5 s" in (result.error or "")
-        assert pid_alive(stack.worker.pid)  # type: ignore[union-attr]
+        ran = tmp_path / "ran"
+        handle = client.submit(agent="command", argv=[PY, "-c", f"open({str(ran)!r}, 'a').write('ran\\n')"])
+        paused = wait_until(lambda: client.queue_state().paused and client.queue_state(), 30, what="the pause")
+        assert paused.kind == "handler" and paused.until is None
+        assert paused.reason.startswith(f"Could not reach the handler at {stack.handler_url} for 1.5 s")
+        assert "start it with `ccx handler`" in paused.reason
+        assert handle.status() == "queued" and not ran.exists()
+        stack.handler_port = int(stack.handler_url.rsplit(":", 1)[1].split("/")[0])
+        stack.start_handler(20)
+        result = handle.result(timeout=30)
+        assert result.success, result.error
+        assert ran.read_text() == "ran\n"
+        assert [(a["kind"], a["times"]) for a in result.attempts] == [("handler", 1)]
+        assert not client.queue_state().paused
+        assert pid_alive(stack.worker.pid)
     finally:
         stack.stop()
 

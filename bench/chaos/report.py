@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.chaos.checker import Violation
+from bench.chaos.checker import Violation, windows
 from bench.chaos.driver import Campaign
 from bench.chaos.history import History, read_lines
 from bench.chaos.plan import Plan
@@ -117,5 +117,9 @@ def render(campaign: Campaign) -> str:
         around = faults_around(campaign.history, violation)
         lines += [f"      {around}"] if around else []
         lines += [f"      {line}" for line in log_excerpt(campaign.directory, violation)]
+    for window in windows(campaign.history):
+        lines.append(f"  - [{window.kind}; the documented at-least-once window, not a violation] {window.sentence}")
+        around = faults_around(campaign.history, window)
+        lines += [f"      {around}"] if around else []
     lines.append(f"  history, logs and plan: {campaign.directory}")
     return "\n".join(lines)

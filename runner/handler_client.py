@@ -29,6 +29,7 @@ from handler.protocol import (
     request,
 )
 from runner.errors import Unavailable
+from runner.listener import foreign_owner, owner_name
 
 OnOutput = Callable[[str, int, str], Awaitable[None]]
 OnStarted = Callable[[int], Awaitable[None]]
@@ -43,6 +44,11 @@ class HandlerUnavailable(Unavailable):
 
 class HandlerUnreachable(HandlerUnavailable):
     """No connection could be opened: nothing ran, so trying again later is safe."""
+
+
+class HandlerImpostor(HandlerUnreachable):
+    """Another user's process holds the handler's loopback port: the token was not sent. The handler is not
+    there, so, as for a handler that cannot be reached, the queue waits for it."""
 
 
 class HandlerError(Exception):
@@ -76,8 +82,22 @@ def tls_context(url: str, ca: str | None = None) -> ssl.SSLContext | None:
         raise ConfigError(f"CCX_HANDLER_CA: could not load {ca} ({reason}); give a PEM CA certificate.") from None
 
 
+def check_listener(url: str, token: str | None) -> None:
+    """Before a token goes to a loopback handler, make sure the socket there is this user's (runner/listener.py)."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "wss" else 80)
+    uid = foreign_owner(parts.hostname or "", port) if token else None
+    if uid is not None:
+        raise HandlerImpostor(
+            f"The handler's address {url} is held by a process of another user, {owner_name(uid)}, not by the "
+            f"handler: the token was not sent. Find it with `ss -ltnp 'sport = :{port}'`, stop it, and start "
+            "the handler again (`ccx handler`)."
+        )
+
+
 def _connect_options(url: str, token: str | None, ca: str | None, allow_insecure: bool) -> dict[str, Any]:
     check_transport(url, token, allow_insecure)
+    check_listener(url, token)
     options: dict[str, Any] = {"additional_headers": {"Authorization": f"Bearer {token}"} if token else None}
     context = tls_context(url, ca)
     if context is not None:

@@ -28,6 +28,7 @@ from tests.runner import test_dashboard
 from tests.runner.test_dashboard import signed, start_dashboard
 from tests.support.certs import make_certs
 from tests.support.netns import Network
+from tests.support.other_user import NOBODY, squat
 from tests.support.processes import first_line, redis_with_password, stop_all, wait_until
 
 PY = sys.executable
@@ -308,3 +309,36 @@ def test_a_task_under_ccx_up_finds_none_of_the_stacks_secrets_in_its_environment
             assert secret not in result.output
         names = {line.split("=", 1)[0] for line in result.output.splitlines() if "=" in line}
         assert not names & {"CCX_REDIS_URL", "REDIS_URL", "CCX_HANDLER_TOKEN", "CCX_DASHBOARD_TOKEN"}
+
+
+def test_a_squatter_on_the_handlers_port_gets_no_token_and_the_task_waits_for_the_handler(
+    redis_url: str, queue_name: str, tmp_path: Path
+) -> None:
+    """The handler is down (a restart, a crash) and another local user takes its port. The worker does not send
+    the token there: the squatter gets no connection at all; the queue waits, saying who holds the port and
+    what to do. The squatter gone and the handler back on its port, the task runs."""
+    token = "tok-" + uuid.uuid4().hex
+    env = {"CCX_HANDLER_WAIT": "1"}
+    with LocalStack(redis_url=redis_url, queue=queue_name, handler_token=token, env=env) as stack:
+        assert stack.handler is not None
+        port = int(urllib.parse.urlsplit(stack.handler_url).port or 0)
+        terminate(stack.handler)
+        squatter = squat(port)
+        try:
+            client = Runner(redis_url=redis_url, queue=queue_name)
+            ran = tmp_path / "ran"
+            handle = client.submit(agent="command", argv=[PY, "-c", f"open({str(ran)!r}, 'w').write('ran')"])
+            paused = wait_until(lambda: client.queue_state().paused and client.queue_state(), 30, what="the pause")
+            assert paused.kind == "handler" and paused.reason.startswith(
+                f"The handler's address {stack.handler_url} is held by a process of another user, nobody "
+                f"(uid {NOBODY}), not by the handler: the token was not sent."
+            )
+            assert handle.status() == "queued" and not ran.exists()
+        finally:
+            terminate(squatter)  # type: ignore[arg-type]
+        assert squatter.stdout is not None
+        heard = squatter.stdout.read()
+        assert heard == "", f"the squatter was sent: {heard[:300]!r}"
+        stack.handler_port = port
+        stack.start_handler(20)
+        assert handle.result(timeout=30).success and ran.read_text() == "ran"

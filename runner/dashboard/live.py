@@ -1,6 +1,7 @@
 """Live updates: one subscription to ``ccx:events`` shared by every browser, one session per WebSocket.
 
-Messages are JSON objects with a ``type``. From the browser (``op``):
+Messages are JSON objects with a ``type``. From the browser (``op``), after the first message, which
+authenticates the connection (``auth``; see :mod:`runner.dashboard.auth`):
 
 * ``watch`` – send the queue view now and whenever a lifecycle event changes it, plus progress.
 * ``follow`` ``task`` – the task's record, its log from the tail (a *reset*), then each new entry
@@ -195,9 +196,11 @@ class Hub:
 class Session:
     """One browser connection: what it watches and follows, and its requests."""
 
-    def __init__(self, hub: Hub, connection: ServerConnection) -> None:
+    def __init__(self, hub: Hub, connection: ServerConnection, login: str = "") -> None:
         self.hub = hub
         self.connection = connection
+        self.login = login
+        """The key of the dashboard session this connection authenticated with (to close it when that ends)."""
         self.watching = False
         self.follows: dict[str, asyncio.Task[None]] = {}
         self._latest: dict[str, str] = {}

@@ -28,7 +28,8 @@ def build_parser(prog: str = "python -m runner.dashboard") -> argparse.ArgumentP
     parser.add_argument(
         "--token",
         default=os.environ.get("CCX_DASHBOARD_TOKEN") or None,
-        help="token the browser must present once as ?token=… (CCX_DASHBOARD_TOKEN); "
+        help="token the browser presents once, from the login link (…/#token=…) or the login form "
+        "(CCX_DASHBOARD_TOKEN); "
         "default: the private file ~/.config/cc-execute/dashboard.token, made if missing",
     )
     parser.add_argument(
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m runner.dashboard"
     if args.port is None:
         args.port = os.environ.get("CCX_DASHBOARD_PORT") or str(DEFAULT_PORT)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    # websockets logs every handshake and request path; the path can carry the token once.
+    # websockets logs every handshake and request path; an old-style login link (?token=…) carries the token.
     logging.getLogger("websockets").setLevel(logging.ERROR)
     try:
         settings = Settings.from_env()

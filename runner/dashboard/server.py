@@ -2,10 +2,12 @@
 
 Built on the ``websockets`` library the project already uses: its
 ``process_request`` hook answers plain GET requests (the page, its assets, the
-JSON endpoints), and everything that changes something or streams (submit,
+JSON endpoints), and everything that changes a task or streams (submit,
 cancel, the queue view, a task's log) goes over the WebSocket at ``/live``.
 
-GET endpoints (JSON; with a token, send the cookie or ``Authorization: Bearer``):
+The page's shell (``/``, ``/tasks/<id>``) holds no data and is served to any request passing the Host
+check; everything else needs a credential (see :mod:`runner.dashboard.auth`). GET endpoints (JSON; send
+``Authorization: Bearer <session or token>``):
 
 * ``/metrics`` – the queue's Prometheus metrics (text format; see docs/metrics.md).
 * ``/api/queue`` – the queue view (running, queued in order, deferred, recent).
@@ -13,6 +15,7 @@ GET endpoints (JSON; with a token, send the cookie or ``Authorization: Bearer``)
 * ``/api/tasks/<id>/log?before=<entry id>[&offset=<n>]`` – about 256 KiB of the log before that
   entry (before its character ``n`` with ``offset``; the newest without ``before``), as the
   page's chunks, with ``more_before``.
+* ``/api/logout`` – ends the session it is sent with (every session, sent with the token).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import redis.asyncio
 from redis.backoff import ExponentialBackoff
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from handler.config import ConfigError, is_loopback, server_tls_context
@@ -44,9 +48,20 @@ from runner import metrics
 from runner.client import RedisUnavailable, Runner
 from runner.config import redact_url
 from runner.dashboard import logview
-from runner.dashboard.auth import TOKEN_PARAM, Auth, Verdict
+from runner.dashboard.auth import (
+    ALL_ENDED,
+    AUTH_TIMEOUT,
+    CLOSE_SESSION_ENDED,
+    LOGGED_OUT,
+    SESSION_ENDED,
+    TOKEN_PARAM,
+    Auth,
+    Decision,
+    Kind,
+    Verdict,
+)
 from runner.dashboard.data import TASK_ID, Reader
-from runner.dashboard.live import Hub, Session
+from runner.dashboard.live import Hub, Session, encode
 from runner.errors import UsageError
 
 log = logging.getLogger("ccx.dashboard")
@@ -54,6 +69,10 @@ log = logging.getLogger("ccx.dashboard")
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8766
 LIVE_PATH = "/live"
+LOGOUT_PATH = "/api/logout"
+PAGE_PATH = re.compile(r"^/(tasks/[^/]+)?$")
+SESSION_SWEEP = 30.0
+"""Seconds between two looks for ``/live`` connections whose session outlived its maximum age."""
 ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 
 _PAGE_SECURITY = {
@@ -101,8 +120,9 @@ class DashboardConfig:
 
 
 def login_url(url: str, token: str) -> str:
-    """The address that logs a browser in: the token once in the query, swapped for a cookie at once."""
-    return f"{url}?{urlencode({TOKEN_PARAM: token})}"
+    """The address that logs a browser in: the token in the fragment, which the browser never sends over HTTP;
+    the page swaps it for a session at once and drops it from the address bar."""
+    return f"{url}#{urlencode({TOKEN_PARAM: token})}"
 
 
 def url_of(host: str, port: int, tls: bool = False) -> str:
@@ -130,9 +150,8 @@ class Dashboard:
         self.client = client
         self.reader = Reader(client, config.queue)
         self.hub = Hub(client, self.reader, runner)
-        self.auth = Auth(config.token, config.host, config.port)
+        self.auth = Auth(config.token or "", config.host)
         self.index = _static("index.html")
-        self.login = _static("login.html")
         self.assets = {name: _static(name) for name in _ASSETS}
         self.metrics = metrics.registry(metrics.scrape_client(config.redis_url), config.queue)
         # Scrapes get a thread of their own: a slow Redis never holds up submit and cancel, which use
@@ -146,47 +165,63 @@ class Dashboard:
         if path.startswith("/static/") and path[len("/static/") :] in self.assets:
             name = path[len("/static/") :]
             return _response(HTTPStatus.OK, self.assets[name], _ASSETS[name])
-        websocket = path == LIVE_PATH
-        decision = self.auth.decide(request.path, request.headers, websocket=websocket)
+        kind = Kind.LIVE if path == LIVE_PATH else Kind.PAGE if PAGE_PATH.match(path) else Kind.API
+        decision = self.auth.decide(request.path, request.headers, kind)
         if decision.verdict is Verdict.BAD_REQUEST:
             return json_response(HTTPStatus.BAD_REQUEST, {"error": decision.reason})
         if decision.verdict is Verdict.FORBIDDEN:
             return json_response(HTTPStatus.FORBIDDEN, {"error": decision.reason})
         if decision.verdict is Verdict.REDIRECT:
-            return _response(
-                HTTPStatus.SEE_OTHER,
-                b"",
-                "text/plain",
-                {"Location": decision.location, "Set-Cookie": decision.set_cookie},
-            )
+            return _response(HTTPStatus.SEE_OTHER, b"", "text/plain", {"Location": decision.location})
         if decision.verdict is Verdict.LOGIN:
-            if path.startswith("/api/") or websocket or path == metrics.PATH:
-                return json_response(
-                    HTTPStatus.UNAUTHORIZED,
-                    {
-                        "error": "Unauthorized: open the dashboard with ?token=<token>, or send 'Authorization: Bearer <token>'."
-                    },
-                )
-            page = self.login.replace(
-                b"<!--wrong-->", b"<p class='error'>That token is not right.</p>" if decision.wrong_token else b""
-            )
-            return _response(HTTPStatus.UNAUTHORIZED, page, "text/html; charset=utf-8", _PAGE_SECURITY)
-        if websocket:
+            return json_response(HTTPStatus.UNAUTHORIZED, {"error": decision.reason})
+        if kind is Kind.LIVE:
             return None
+        if kind is Kind.PAGE:
+            return _response(HTTPStatus.OK, self.index, "text/html; charset=utf-8", _PAGE_SECURITY)
         if path == metrics.PATH:
             # The collector reads Redis with a sync client: off the event loop, on the scrapes' thread.
             body = await asyncio.get_running_loop().run_in_executor(
                 self._scrapes, prometheus_client.generate_latest, self.metrics
             )
             return _response(HTTPStatus.OK, body, prometheus_client.CONTENT_TYPE_LATEST)
-        if path == "/" or re.fullmatch(r"/tasks/[^/]+", path):
-            return _response(HTTPStatus.OK, self.index, "text/html; charset=utf-8", _PAGE_SECURITY)
+        if path == LOGOUT_PATH:
+            return await self.logout(decision)
         if path.startswith("/api/"):
             try:
                 return await self.api(path, parse_qs(urlsplit(request.path).query))
             except redis.RedisError as exc:
                 return json_response(HTTPStatus.SERVICE_UNAVAILABLE, {"error": f"Redis is unreachable ({exc})."})
         return json_response(HTTPStatus.NOT_FOUND, {"error": f"Not found: {path}"})
+
+    async def logout(self, decision: Decision) -> Response:
+        """End the session the request came with, and close its pages' connections; with the token, all of them."""
+        if decision.with_token:
+            count = self.auth.sessions.revoke_all()
+            await self.close_ended(ALL_ENDED)
+            message = f"Ended every dashboard session ({count}): each browser must open the login link again."
+            return json_response(HTTPStatus.OK, {"ok": True, "message": message})
+        self.auth.sessions.revoke(decision.session)
+        await self.close_ended(LOGGED_OUT)
+        return json_response(HTTPStatus.OK, {"ok": True, "message": LOGGED_OUT})
+
+    async def close_ended(self, reason: str = SESSION_ENDED) -> None:
+        """Close every ``/live`` connection whose session has ended (revoked, or past its maximum age)."""
+        ended = [live for live in self.hub.sessions if not self.auth.sessions.alive(live.login)]
+        await asyncio.gather(
+            *(live.connection.close(CLOSE_SESSION_ENDED, reason) for live in ended), return_exceptions=True
+        )
+
+    async def run(self) -> None:
+        """The background work: live updates, and ending connections whose session ended."""
+        await asyncio.gather(self.hub.run(), self.sweep_sessions())
+
+    async def sweep_sessions(self) -> None:
+        """Forget expired sessions and close the connections still riding on one, now and then."""
+        while True:
+            await asyncio.sleep(SESSION_SWEEP)
+            self.auth.sessions.prune()
+            await self.close_ended()
 
     async def api(self, path: str, query: dict[str, list[str]]) -> Response:
         parts = path.strip("/").split("/")
@@ -218,7 +253,34 @@ class Dashboard:
         return json_response(HTTPStatus.NOT_FOUND, {"error": f"Not found: {path}"})
 
     async def handle(self, connection: ServerConnection) -> None:
-        await Session(self.hub, connection).serve()
+        key = await self.admit(connection)
+        if key is None:
+            return
+        self.auth.sessions.opened(key)
+        try:
+            await Session(self.hub, connection, login=key).serve()
+        finally:
+            self.auth.sessions.closed(key)
+
+    async def admit(self, connection: ServerConnection) -> str | None:
+        """Wait for the connection's first message, which must authenticate it: its session's key, or None
+        once the connection is closed with the reason (before any data was sent on it)."""
+        try:
+            first = await asyncio.wait_for(connection.recv(), AUTH_TIMEOUT)
+        except ConnectionClosed:
+            return None
+        except TimeoutError:
+            first = b""
+        admission = self.auth.admit(first)
+        try:
+            if admission.close_code:
+                await connection.close(admission.close_code, admission.reason)
+                return None
+            if admission.new_session:
+                await connection.send(encode({"type": "session", "session": admission.new_session}))
+        except ConnectionClosed:
+            return None
+        return admission.key
 
 
 def redis_async_client(redis_url: str) -> redis.asyncio.Redis:
@@ -233,6 +295,14 @@ def redis_async_client(redis_url: str) -> redis.asyncio.Redis:
         health_check_interval=30,
         driver_info=None,
     )
+
+
+def _announce(config: DashboardConfig, url: str, announce: bool) -> None:
+    if announce:
+        print(f"ccx dashboard on {url} ({config.token_source or 'token given'})", flush=True)
+        if sys.stdout.isatty():  # as Jupyter does: the user's own terminal gets a URL that logs in
+            print(f"log in at {login_url(url, config.token or '')}", flush=True)
+    log.info("dashboard on %s serving queue %s of %s", url, config.queue, redact_url(config.redis_url))
 
 
 async def serve_dashboard(
@@ -274,27 +344,22 @@ async def serve_dashboard(
             close_timeout=2,
         )
         port = next(iter(server.sockets)).getsockname()[1]
-        dashboard.auth.port = port
         url = url_of(config.host, port, tls is not None)
-        hub = asyncio.create_task(dashboard.hub.run())
+        background = asyncio.create_task(dashboard.run())
         try:
-            if announce:
-                print(f"ccx dashboard on {url} ({config.token_source or 'token given'})", flush=True)
-                if sys.stdout.isatty():  # as Jupyter does: the user's own terminal gets a URL that logs in
-                    print(f"log in at {login_url(url, config.token or '')}", flush=True)
-            log.info("dashboard on %s serving queue %s of %s", url, config.queue, redact_url(config.redis_url))
+            _announce(config, url, announce)
             if on_ready is not None:
                 ready = on_ready(url)
                 if ready is not None:
                     await ready
             await (stop.wait() if stop is not None else asyncio.Future())
         finally:
-            hub.cancel()
+            background.cancel()
             server.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 5)
             with contextlib.suppress(BaseException):
-                await hub
+                await background
     finally:
         with contextlib.suppress(Exception):
             await client.aclose()

@@ -11,7 +11,6 @@ Also: the token check at unit level, and ``python -m tests.runner.test_dashboard
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import os
@@ -35,9 +34,22 @@ from websockets.datastructures import Headers
 
 from runner.client import Runner
 from runner.dashboard import auth as auth_module
-from runner.dashboard.auth import Auth, Verdict, session_value, token_matches
+from runner.dashboard.auth import (
+    AUTH_FIRST,
+    CLOSE_NO_AUTH,
+    CLOSE_SESSION_ENDED,
+    CLOSE_WRONG_TOKEN,
+    NOT_VALID,
+    SESSION_ENDED,
+    UNAUTHORIZED,
+    WRONG_TOKEN,
+    Auth,
+    Kind,
+    Verdict,
+    token_matches,
+)
 from runner.dashboard.logview import Transcript
-from runner.dashboard.server import LIVE_PATH, DashboardConfig, DashboardError
+from runner.dashboard.server import LIVE_PATH, DashboardConfig, DashboardError, login_url
 from runner.stack import LocalStack
 from tests.support.processes import pids_with_marker, wait_until
 from tests.support.rawhttp import WEBSOCKET_UPGRADE, send_twice
@@ -131,8 +143,9 @@ def start_dashboard(redis_url: str, queue: str, log_path: Path, *extra: str, tim
 
 
 def signed(board: Dashboard, url: str) -> str:
-    """``url`` with the login token: the dashboard swaps it for its cookie and redirects to ``url``."""
-    return f"{url}{'&' if '?' in url else '?'}token={board.token}"
+    """``url`` as a login link (the token in its fragment): the page swaps the token for a session and drops it
+    from the address."""
+    return login_url(url, board.token)
 
 
 @pytest.fixture
@@ -453,8 +466,27 @@ def test_huge_output_stays_bounded_in_the_page_and_older_pages_load(
     expect(page.locator("#detached")).to_be_hidden()
 
 
+def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    """GET ``url`` without following redirects: (status, the JSON body, or the Location header for a 3xx)."""
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+    opener = urllib.request.build_opener(NoRedirect)
+    try:
+        with opener.open(urllib.request.Request(url, headers=headers or {}), timeout=10) as reply:
+            return reply.status, json.load(reply)
+    except urllib.error.HTTPError as exc:
+        if 300 <= exc.code < 400:
+            return exc.code, exc.headers["Location"]
+        return exc.code, json.load(exc)
+
+
 @pytest.mark.timeout(120)
 def test_with_a_token_the_browser_must_present_it_once(stack: LocalStack, browser_page: Any, tmp_path: Path) -> None:
+    """The form (or the login link) exchanges the token for a session kept in sessionStorage: no cookie, and
+    the token is in no address the browser shows or sends."""
     from playwright.sync_api import expect
 
     page = browser_page
@@ -462,28 +494,41 @@ def test_with_a_token_the_browser_must_present_it_once(stack: LocalStack, browse
     assert stack.redis_url is not None
     board = start_dashboard(stack.redis_url, stack.queue, tmp_path / "dashboard.log", "--token", token)
     try:
-        response = page.goto(board.url)
-        assert response is not None and response.status == 401
+        response = page.goto(board.url)  # the shell holds no data: served, and it asks for the token
+        assert response is not None and response.status == 200
         expect(page.locator("#token")).to_be_visible()
+        expect(page.locator("#queue-view")).to_be_hidden()
         page.fill("#token", "wrong")
         page.press("#token", "Enter")
-        expect(page.locator(".error")).to_contain_text("not right")
+        expect(page.locator("#login-msg")).to_have_text(WRONG_TOKEN)
         page.fill("#token", token)
         page.press("#token", "Enter")
-        expect(page).to_have_url(board.url)  # redirected to the address without the token
-        expect(page.locator("#conn")).to_have_text("live")  # the WebSocket is admitted with the cookie
-        cookies = page.context.cookies(board.url)
-        assert len(cookies) == 1 and cookies[0]["httpOnly"] and cookies[0]["sameSite"] == "Strict"
-        assert token not in cookies[0]["value"]
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(board.url + "api/queue", timeout=10)
-        assert refused.value.code == 401
-        request = urllib.request.Request(board.url + "api/queue", headers={"Authorization": f"Bearer {token}"})
-        with urllib.request.urlopen(request, timeout=10) as reply:
-            assert json.load(reply)["queue"] == stack.queue
+        expect(page.locator("#conn")).to_have_text("live")  # /live admitted the token, and gave a session
+        expect(page.locator("#queue-view")).to_be_visible()
+        assert page.url == board.url
+        assert page.context.cookies() == [], "the dashboard sets no cookie"
+        session = page.evaluate("sessionStorage.getItem('ccx-dashboard-session')")
+        assert session and len(session) >= 43 and token not in session
+
+        assert _get(board.url + "api/queue") == (401, {"error": UNAUTHORIZED})
+        assert _get(board.url + "api/queue", {"Authorization": "Bearer nope"}) == (401, {"error": NOT_VALID})
+        for credential in (token, session):  # scripts send the token; the page sends its session
+            status, body = _get(board.url + "api/queue", {"Authorization": f"Bearer {credential}"})
+            assert status == 200 and body["queue"] == stack.queue
+
+        # An old-style link (?token=) moves the token to the fragment, where the page takes it; a reload
+        # keeps the session (sessionStorage lives as long as the tab).
+        assert _get(board.url + "tasks/abc?token=x%20y&z=1") == (303, "/tasks/abc?z=1#token=x+y")
+        page.goto(f"{board.url}?token={token}")
+        expect(page.locator("#conn")).to_have_text("live")
+        assert page.url == board.url
+        page.reload()
+        expect(page.locator("#conn")).to_have_text("live")
+        assert page.evaluate("sessionStorage.getItem('ccx-dashboard-session')")
     finally:
         board.stop()
-    assert token not in (tmp_path / "dashboard.log").read_text(), "the token must never be logged"
+    log = (tmp_path / "dashboard.log").read_text()
+    assert token not in log and session not in log, "neither the token nor a session is ever logged"
 
 
 @pytest.mark.timeout(120)
@@ -756,33 +801,41 @@ def _headers(**values: str) -> Headers:
 
 def test_token_check() -> None:
     token = "correct horse battery staple"
-    auth = Auth(token, "0.0.0.0", port=8766)
-    cookie = f"{auth.cookie_name}={session_value(token)}"
+    auth = Auth(token, "0.0.0.0")
     host = "dash.example:8766"
 
-    assert auth.decide("/", _headers(Host=host)).verdict is Verdict.LOGIN
-    wrong = auth.decide("/?token=nope", _headers(Host=host))
-    assert wrong.verdict is Verdict.LOGIN and wrong.wrong_token
-    right = auth.decide(f"/tasks/abc?token={token.replace(' ', '+')}&x=1", _headers(Host=host))
-    assert right.verdict is Verdict.REDIRECT
-    assert right.location == "/tasks/abc?x=1"
-    assert "HttpOnly" in right.set_cookie and "SameSite=Strict" in right.set_cookie
-    assert token not in right.set_cookie and session_value(token) in right.set_cookie
-    assert auth.decide("/", _headers(Host=host, Cookie=cookie)).verdict is Verdict.ALLOW
-    assert auth.decide("/", _headers(Host=host, Cookie=f"{auth.cookie_name}=0000")).verdict is Verdict.LOGIN
-    assert auth.decide("/", _headers(Host=host, Cookie=f"{auth.cookie_name}={token}")).verdict is Verdict.LOGIN
-    assert auth.decide("/api/queue", _headers(Host=host, Authorization=f"Bearer {token}")).verdict is Verdict.ALLOW
-    assert auth.decide("/api/queue", _headers(Host=host, Authorization="Bearer nope")).verdict is Verdict.LOGIN
-    # The WebSocket: the cookie, from a page of the dashboard itself; never a token in its URL.
-    ws = auth.decide("/live", _headers(Host=host, Cookie=cookie, Origin=f"http://{host}"), websocket=True)
-    assert ws.verdict is Verdict.ALLOW
-    assert (
-        auth.decide("/live", _headers(Host=host, Cookie=cookie, Origin="http://evil.example"), websocket=True).verdict
-        is Verdict.FORBIDDEN
-    )
-    assert auth.decide(f"/live?token={token}", _headers(Host=host), websocket=True).verdict is Verdict.LOGIN
-    # A cookie of another dashboard (another port) is not this one's.
-    assert Auth(token, "0.0.0.0", port=9999).decide("/", _headers(Host=host, Cookie=cookie)).verdict is Verdict.LOGIN
+    # The page's shell is no secret; an old-style login link moves the token to the fragment.
+    assert auth.decide("/", _headers(Host=host), Kind.PAGE).verdict is Verdict.ALLOW
+    moved = auth.decide(f"/tasks/abc?token={token.replace(' ', '+')}&x=1", _headers(Host=host), Kind.PAGE)
+    assert (moved.verdict, moved.location) == (Verdict.REDIRECT, "/tasks/abc?x=1#token=correct+horse+battery+staple")
+
+    # The API: a bearer token or session, never a cookie (not even one holding the token).
+    assert auth.decide("/api/queue", _headers(Host=host), Kind.API).reason == UNAUTHORIZED
+    for cookie in (f"ccx_dashboard_8766={token}", f"session={token}"):
+        assert auth.decide("/api/queue", _headers(Host=host, Cookie=cookie), Kind.API).verdict is Verdict.LOGIN
+    assert auth.decide("/api/queue", _headers(Host=host, Authorization=f"Bearer {token}"), Kind.API).with_token
+    refused = auth.decide("/api/queue", _headers(Host=host, Authorization="Bearer nope"), Kind.API)
+    assert (refused.verdict, refused.reason) == (Verdict.LOGIN, NOT_VALID)
+
+    # /live: the handshake passes Host and Origin; its first message logs in (a new session) or presents one.
+    origin = {"Host": host, "Origin": f"http://{host}"}
+    assert auth.decide("/live", _headers(**origin), Kind.LIVE).verdict is Verdict.ALLOW
+    evil = auth.decide("/live", _headers(Host=host, Origin="http://evil.example"), Kind.LIVE)
+    assert evil.verdict is Verdict.FORBIDDEN
+    wrong = auth.admit(json.dumps({"op": "auth", "token": "nope"}))
+    assert (wrong.close_code, wrong.reason, wrong.key) == (CLOSE_WRONG_TOKEN, WRONG_TOKEN, "")
+    login = auth.admit(json.dumps({"op": "auth", "token": token}))
+    assert login.key and login.new_session and token not in login.new_session
+    again = auth.admit(json.dumps({"op": "auth", "session": login.new_session}))
+    assert (again.key, again.new_session, again.close_code) == (login.key, "", 0)
+    bearer = auth.decide("/api/queue", _headers(Host=host, Authorization=f"Bearer {login.new_session}"), Kind.API)
+    assert (bearer.verdict, bearer.session) == (Verdict.ALLOW, login.key)
+    unknown = auth.admit(json.dumps({"op": "auth", "session": "forged"}))
+    assert (unknown.close_code, unknown.reason) == (CLOSE_SESSION_ENDED, SESSION_ENDED)
+    for first in ("{", "[]", json.dumps({"op": "submit"}), json.dumps({"op": "auth", "session": 5}), ""):
+        assert (auth.admit(first).close_code, auth.admit(first).reason) == (CLOSE_NO_AUTH, AUTH_FIRST), first
+    # The sessions are kept by digest only: the store holds neither a session nor the token.
+    assert login.new_session not in repr(vars(auth.sessions)) and token not in repr(vars(auth.sessions))
 
 
 def test_token_comparisons_are_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -796,24 +849,26 @@ def test_token_comparisons_are_constant_time(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(auth_module.hmac, "compare_digest", spy)
     assert token_matches("abc", "abc") and not token_matches("abc", "abd") and not token_matches("", "abc")
     assert not token_matches("é", "e")  # non-ASCII compares as bytes, without raising
-    auth = Auth("tok", "0.0.0.0", port=1)
-    auth.decide("/", _headers(Host="h", Cookie=f"{auth.cookie_name}=x"))
-    auth.decide("/?token=guess", _headers(Host="h"))
+    auth = Auth("tok", "0.0.0.0")
+    auth.decide("/api/queue", _headers(Host="h", Authorization="Bearer guess"), Kind.API)
+    auth.admit(json.dumps({"op": "auth", "token": "guess"}))
     assert len(calls) == 6
-    assert session_value("tok") == hmac.new(b"tok", b"ccx-dashboard-session-v1", hashlib.sha256).hexdigest()
 
 
-def test_without_a_token_only_loopback_hosts_and_same_origin_websockets_are_served() -> None:
-    auth = Auth(None, "127.0.0.1", port=8766)
+def test_only_loopback_hosts_and_same_origin_websockets_are_served() -> None:
+    auth = Auth("tok", "127.0.0.1")
     for host in ("127.0.0.1:8766", "localhost:8766", "[::1]:8766", "LOCALHOST"):
-        assert auth.decide("/", _headers(Host=host)).verdict is Verdict.ALLOW, host
-    rebinding = auth.decide("/api/queue", _headers(Host="attacker.example:8766"))
-    assert rebinding.verdict is Verdict.FORBIDDEN
+        assert auth.decide("/", _headers(Host=host), Kind.PAGE).verdict is Verdict.ALLOW, host
+    for kind in Kind:  # DNS rebinding: a page at attacker.example resolving to 127.0.0.1
+        assert auth.decide("/api/queue", _headers(Host="attacker.example:8766"), kind).verdict is Verdict.FORBIDDEN
     same = _headers(Host="127.0.0.1:8766", Origin="http://127.0.0.1:8766")
-    assert auth.decide("/live", same, websocket=True).verdict is Verdict.ALLOW
-    other = _headers(Host="127.0.0.1:8766", Origin="https://some-site.example")
-    assert auth.decide("/live", other, websocket=True).verdict is Verdict.FORBIDDEN
-    assert auth.decide("/live", _headers(Host="127.0.0.1:8766"), websocket=True).verdict is Verdict.ALLOW
+    assert auth.decide("/live", same, Kind.LIVE).verdict is Verdict.ALLOW
+    for origin in ("https://some-site.example", "http://127.0.0.1:9999", "null"):  # another port is another origin
+        other = _headers(Host="127.0.0.1:8766", Origin=origin)
+        assert auth.decide("/live", other, Kind.LIVE).verdict is Verdict.FORBIDDEN, origin
+    assert auth.decide("/live", _headers(Host="127.0.0.1:8766"), Kind.LIVE).verdict is Verdict.ALLOW
+    with pytest.raises(ValueError):
+        Auth("", "127.0.0.1")
 
 
 def test_transcript_lines_span_frames_and_cut_lines_are_marked() -> None:

@@ -110,31 +110,175 @@
 
   const badge = (status) => h("span", { class: `badge ${status}`, text: status });
 
+  // ---- logging in --------------------------------------------------------------------------
+  // No cookie: a browser sends cookies to every port of a host, so another program on another port of this
+  // machine would get it. The session lives in sessionStorage instead, which is per origin (scheme, host and
+  // port): no other port's page can read it. This script sends it itself: first on each /live connection,
+  // and as "Authorization: Bearer" on the JSON endpoints. The token comes once, from the login link's
+  // fragment (never sent over HTTP) or the form, and is swapped for a session on /live.
+
+  const SESSION_KEY = "ccx-dashboard-session";
+
+  const login = {
+    token: null, // held only until /live answers with a session
+
+    get session() {
+      return sessionStorage.getItem(SESSION_KEY);
+    },
+
+    // Take the token from "#token=…", and drop it from the address bar and the history at once.
+    takeFragment() {
+      const token = new URLSearchParams(location.hash.slice(1)).get("token");
+      if (token === null) return false;
+      history.replaceState(history.state, "", location.pathname + location.search);
+      this.token = token;
+      sessionStorage.removeItem(SESSION_KEY);
+      return true;
+    },
+
+    credential() {
+      return this.token ? { token: this.token } : { session: this.session };
+    },
+
+    has() {
+      return Boolean(this.token || this.session);
+    },
+
+    store(session) {
+      sessionStorage.setItem(SESSION_KEY, session);
+      this.token = null;
+    },
+
+    // The session is over (or never was): forget it and ask for the token, saying why.
+    end(message) {
+      sessionStorage.removeItem(SESSION_KEY);
+      this.token = null;
+      live.stop();
+      showLogin(message);
+    },
+  };
+
+  function authHeader() {
+    return { Authorization: `Bearer ${login.session || ""}` };
+  }
+
+  // GET a JSON endpoint with the session; a 401 ends the session with the server's sentence.
+  async function api(url) {
+    const response = await fetch(url, { cache: "no-store", headers: authHeader() });
+    const data = await response.json();
+    if (response.status === 401) login.end(data.error);
+    if (!response.ok) throw new Error(data.error || `HTTP ${response.status}`);
+    return data;
+  }
+
+  function showLogin(message) {
+    $("login-view").hidden = false;
+    $("login-msg").textContent = message || "";
+    $("login-msg").hidden = !message;
+    $("logout").hidden = true;
+    showBanner("");
+    const pill = $("conn");
+    pill.textContent = "logged out";
+    pill.className = "pill bad";
+    route();
+  }
+
+  function start() {
+    $("login-view").hidden = true;
+    $("login-msg").hidden = true;
+    route();
+    live.start();
+  }
+
+  $("login-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    login.token = $("token").value;
+    sessionStorage.removeItem(SESSION_KEY);
+    $("token").value = "";
+    start();
+  });
+
+  // A login link opened in a tab already at that address only changes the fragment: no reload.
+  window.addEventListener("hashchange", () => {
+    if (login.takeFragment()) {
+      live.stop();
+      start();
+    }
+  });
+
+  $("logout").addEventListener("click", async () => {
+    let message;
+    try {
+      const response = await fetch("/api/logout", { cache: "no-store", headers: authHeader() });
+      const data = await response.json();
+      message = data.message || data.error;
+    } catch (_) {
+      message = "Could not reach the dashboard to end the session: it ends by itself after 12 hours unused.";
+    }
+    login.end(message);
+  });
+
   // ---- the connection ----------------------------------------------------------------------
+
+  const AUTH_CLOSE = (code) => code >= 4400 && code < 4500; // the dashboard refused the credential: log in again
 
   const live = {
     ws: null,
     nextReq: 1,
     waiting: new Map(),
     backoff: 500,
+    stopped: true,
+    timer: null,
+    start() {
+      this.stopped = false;
+      this.backoff = 500;
+      this.connect();
+    },
+    stop() {
+      this.stopped = true;
+      clearTimeout(this.timer);
+      const ws = this.ws;
+      this.ws = null;
+      if (ws) ws.close();
+      this.dropWaiters();
+    },
     connect() {
+      if (!login.has()) {
+        showLogin("");
+        return;
+      }
       const proto = location.protocol === "https:" ? "wss:" : "ws:";
       const ws = new WebSocket(`${proto}//${location.host}/live`);
       this.ws = ws;
-      ws.onopen = () => {
-        this.backoff = 500;
-        setConn(true);
-        subscribe();
+      ws.onopen = () => ws.send(JSON.stringify({ op: "auth", ...login.credential() }));
+      ws.onmessage = (message) => {
+        const msg = JSON.parse(message.data);
+        if (msg.type === "session") login.store(msg.session);
+        else onMessage(msg);
       };
-      ws.onmessage = (message) => onMessage(JSON.parse(message.data));
-      ws.onclose = () => {
+      ws.onclose = (event) => {
+        if (this.ws !== ws) return; // a connection this page already let go
+        this.ws = null;
         setConn(false);
-        for (const waiter of this.waiting.values()) waiter.reject(new Error("Lost the connection to the dashboard; try again."));
-        this.waiting.clear();
-        checkLogin();
-        setTimeout(() => this.connect(), this.backoff);
+        this.dropWaiters();
+        if (AUTH_CLOSE(event.code)) {
+          login.end(event.reason);
+          return;
+        }
+        checkReachable();
+        this.timer = setTimeout(() => this.connect(), this.backoff);
         this.backoff = Math.min(this.backoff * 2, 8000);
       };
+    },
+    connected() {
+      this.backoff = 500;
+      setConn(true);
+      $("logout").hidden = false;
+      subscribe();
+    },
+    dropWaiters() {
+      for (const waiter of this.waiting.values()) waiter.reject(new Error("Lost the connection to the dashboard; try again."));
+      this.waiting.clear();
     },
     send(message) {
       if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(message));
@@ -158,10 +302,9 @@
     pill.className = `pill ${ok ? "good" : "bad"}`;
   }
 
-  async function checkLogin() {
+  async function checkReachable() {
     try {
-      const response = await fetch("/api/queue", { cache: "no-store" });
-      if (response.status === 401) showBanner("Your dashboard session has ended: reload the page to enter the token.");
+      await fetch("/healthz", { cache: "no-store" });
     } catch (_) {
       showBanner("The dashboard is unreachable; reconnecting…");
     }
@@ -195,6 +338,7 @@
       case "hello":
         $("queue-name").textContent = msg.queue;
         showBanner("");
+        live.connected();
         break;
       case "status":
         showBanner(msg.redis ? "" : msg.error || "Redis is unreachable.");
@@ -257,8 +401,9 @@
     if (state.taskId && state.taskId !== taskId) live.send({ op: "unfollow", task: state.taskId });
     const changed = state.taskId !== taskId;
     state.taskId = taskId;
-    $("queue-view").hidden = Boolean(taskId);
-    $("task-view").hidden = !taskId;
+    const out = !$("login-view").hidden; // logged out: only the login form shows
+    $("queue-view").hidden = out || Boolean(taskId);
+    $("task-view").hidden = out || !taskId;
     if (!taskId) {
       document.title = "cc-execute dashboard";
       return;
@@ -732,9 +877,7 @@
       try {
         const where = head ? `?before=${encodeURIComponent(head.first)}&offset=${head.offset || 0}` : "";
         const url = `/api/tasks/${encodeURIComponent(taskId)}/log${where}`;
-        const response = await fetch(url, { cache: "no-store" });
-        const data = await response.json();
-        if (!response.ok) throw new Error(data.error || `HTTP ${response.status}`);
+        const data = await api(url);
         if (taskId !== this.taskId) return;
         const fragment = document.createDocumentFragment();
         for (const chunk of data.chunks) {
@@ -791,6 +934,6 @@
   // ---- start -------------------------------------------------------------------------------
 
   syncForm();
-  route();
-  live.connect();
+  login.takeFragment();
+  start();
 })();

@@ -29,7 +29,7 @@ from handler.protocol import (
     request,
 )
 from runner.errors import Unavailable
-from runner.listener import foreign_owner, owner_name
+from runner.listener import foreign_owner, impostor_sentence
 
 OnOutput = Callable[[str, int, str], Awaitable[None]]
 OnStarted = Callable[[int], Awaitable[None]]
@@ -88,11 +88,7 @@ def check_listener(url: str, token: str | None) -> None:
     port = parts.port or (443 if parts.scheme == "wss" else 80)
     uid = foreign_owner(parts.hostname or "", port) if token else None
     if uid is not None:
-        raise HandlerImpostor(
-            f"The handler's address {url} is held by a process of another user, {owner_name(uid)}, not by the "
-            f"handler: the token was not sent. Find it with `ss -ltnp 'sport = :{port}'`, stop it, and start "
-            "the handler again (`ccx handler`)."
-        )
+        raise HandlerImpostor(impostor_sentence("handler", url, port, uid, "token") + " (`ccx handler`).")
 
 
 def _connect_options(url: str, token: str | None, ca: str | None, allow_insecure: bool) -> dict[str, Any]:

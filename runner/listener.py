@@ -18,6 +18,12 @@ import os
 import socket
 import struct
 from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis
+import redis.asyncio.connection
+import redis.connection
 
 _LISTEN = 10
 """TCP_LISTEN, the kernel's number for the state."""
@@ -102,3 +108,48 @@ def owner_name(uid: int) -> str:
         return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
     except (ImportError, KeyError):
         return f"uid {uid}"
+
+
+def impostor_sentence(what: str, address: str, port: int, uid: int, secret: str) -> str:
+    """One sentence for a secret not sent: who holds the port, and what to do (without its full stop)."""
+    return (
+        f"The {what} address {address} is held by a process of another user, {owner_name(uid)}, not by the "
+        f"{what}: the {secret} was not sent. Find it with `ss -ltnp 'sport = :{port}'`, stop it, and start the "
+        f"{what} again"
+    )
+
+
+class _RedisGuard:
+    """Before a connection that will carry the Redis password opens to a loopback address, check the listener."""
+
+    host: str
+    port: int
+
+    def _check_listener(self) -> None:
+        uid = foreign_owner(self.host, int(self.port))
+        if uid is not None:
+            address = f"{self.host}:{self.port}"
+            raise redis.ConnectionError(impostor_sentence("Redis", address, int(self.port), uid, "password") + ".")
+
+
+class GuardedConnection(_RedisGuard, redis.connection.Connection):
+    def _connect(self) -> socket.socket:
+        self._check_listener()
+        return super()._connect()
+
+
+class AsyncGuardedConnection(_RedisGuard, redis.asyncio.connection.Connection):
+    async def _connect(self) -> None:
+        self._check_listener()
+        await super()._connect()
+
+
+def redis_guard(url: str, asynchronous: bool = False) -> dict[str, Any]:
+    """``from_url`` arguments for a client of ``url``: a connection class that checks the listener first, when the
+    URL carries a password over plain TCP (TLS proves the server by its certificate; a Unix socket by its
+    file's permissions)."""
+    parts = urlsplit(url)
+    password = parts.password or "password=" in parts.query
+    if parts.scheme != "redis" or not password:
+        return {}
+    return {"connection_class": AsyncGuardedConnection if asynchronous else GuardedConnection}

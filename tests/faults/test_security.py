@@ -330,8 +330,8 @@ def test_a_squatter_on_the_handlers_port_gets_no_token_and_the_task_waits_for_th
             handle = client.submit(agent="command", argv=[PY, "-c", f"open({str(ran)!r}, 'w').write('ran')"])
             paused = wait_until(lambda: client.queue_state().paused and client.queue_state(), 30, what="the pause")
             assert paused.kind == "handler" and paused.reason.startswith(
-                f"The handler's address {stack.handler_url} is held by a process of another user, nobody "
-                f"(uid {NOBODY}), not by the handler: the token was not sent."
+                f"The handler address {stack.handler_url} is held by a process of another user, nobody "
+                f"(uid {NOBODY}), not by the handler: the token was not sent. Find it with `ss -ltnp 'sport = :{port}'`"
             )
             assert handle.status() == "queued" and not ran.exists()
         finally:

@@ -24,8 +24,8 @@ import redis
 
 from handler.config import ConfigError, parse_port
 from runner import events
-from runner.client import RedisUnavailable, Runner
-from runner.config import DEFAULT_REDIS_URL, Settings, check_handler_url, check_redis_url, redact_url
+from runner.client import Runner
+from runner.config import Settings, check_handler_url, check_redis_url, redact_url
 from runner.errors import EXIT_TASK_FAILED, EXIT_UNAVAILABLE, EXIT_USAGE, CcxError, UnknownTask
 from runner.render import Renderer, ago, escape_controls, summary
 from runner.spec import SpecError
@@ -68,15 +68,42 @@ def _emit_json(value: Any) -> None:
     sys.stdout.flush()
 
 
+def _settings(redis_url: str | None, queue: str | None, **flags: Any) -> Settings:
+    """The environment's settings with the command's flags over it (the Redis URL checked as Settings do)."""
+    url = check_redis_url(redis_url, "--redis-url") if redis_url else None
+    return Settings.from_env(redis_url=url, queue=queue, **flags)
+
+
 def _runner(redis_url: str | None, queue: str | None) -> Runner:
-    runner = Runner(redis_url=redis_url, queue=queue)
+    runner = Runner(settings=_settings(redis_url, queue))
     runner.ping()
     return runner
 
 
-redis_option = click.option(
-    "--redis-url", envvar=["CCX_REDIS_URL", "REDIS_URL"], help=f"Redis URL (REDIS_URL; default {DEFAULT_REDIS_URL})."
+def _insecure_redis(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """``--insecure-redis`` is CCX_INSECURE_REDIS=1 for this command and the processes it starts."""
+    if value:
+        os.environ["CCX_INSECURE_REDIS"] = "1"
+
+
+insecure_redis_option = click.option(
+    "--insecure-redis",
+    is_flag=True,
+    expose_value=False,
+    callback=_insecure_redis,
+    help="use a Redis whose URL has no password (CCX_INSECURE_REDIS=1); anyone who can listen there gets the tasks.",
 )
+
+
+def redis_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--redis-url`` (the environment's CCX_REDIS_URL / REDIS_URL are read by Settings) and ``--insecure-redis``."""
+    url = click.option(
+        "--redis-url",
+        help="Redis URL (CCX_REDIS_URL or REDIS_URL; default: the Redis of a running `ccx up`).",
+    )
+    return url(insecure_redis_option(func))
+
+
 queue_option = click.option("--queue", envvar="CCX_QUEUE", help="queue name (CCX_QUEUE; default ccx).")
 json_option = click.option("--json", "as_json", is_flag=True, help="machine-readable JSON output.")
 raw_option = click.option(
@@ -216,6 +243,12 @@ def main() -> None:
     """cc-execute: run coding-agent tasks one after another, each in a fresh process, output streamed live."""
 
 
+def needs_embedded_stack(settings: Settings) -> bool:
+    """Whether ``ccx run`` brings up its own stack: exactly when no Redis is configured. Never a Redis at a default
+    address instead: any local user could listen there, without a password, and receive the task."""
+    return not settings.redis_url
+
+
 @main.command(context_settings={"ignore_unknown_options": True})
 @task_options
 @raw_option
@@ -227,23 +260,20 @@ def run(raw: bool, **options: Any) -> None:
     ccx run "Create a FastAPI app with a health endpoint" --tools Write,Edit
     ccx run --agent command -- echo hello
 
-    With no Redis configured and none reachable at the default address, an
-    embedded stack (Redis, handler, worker) runs for the duration of the command.
+    With no Redis configured (no --redis-url, CCX_REDIS_URL or REDIS_URL, no
+    running `ccx up`), an embedded stack (Redis with a password of its own, the
+    handler, a worker) runs for the duration of the command.
     """
     redis_url, queue, as_json = options.pop("redis_url"), options.pop("queue"), options.pop("as_json")
     after, after_any, key = options.pop("after"), options.pop("after_any"), options.pop("key")
     later = _later(options)
     spec = _spec_from(options)
-    stack = None
-    runner = Runner(redis_url=redis_url, queue=queue)
+    settings = _settings(redis_url, queue)
+    stack = LocalStack(queue=settings.queue) if needs_embedded_stack(settings) else None
     try:
-        runner.ping()
-    except RedisUnavailable:
-        if redis_url or os.environ.get("REDIS_URL") or os.environ.get("CCX_REDIS_URL"):
-            raise
-        stack = LocalStack(queue=runner.settings.queue).start()
-        runner = Runner(redis_url=stack.redis_url, queue=queue)
-    try:
+        if stack is not None:
+            settings = settings.replace(redis_url=stack.start().redis_url)
+        runner = Runner(settings=settings)
         handle = runner.submit(spec, after=after, after_any=after_any, key=key, **later)
         if not as_json:
             click.echo(f"task {handle.id} submitted", err=True)
@@ -558,8 +588,7 @@ def cancel(task_id: str, redis_url: str | None, queue: str | None, as_json: bool
 @redis_option
 @queue_option
 @click.option(
-    "--handler-url",
-    envvar="CCX_HANDLER_URL",
+    "--handler-url",  # CCX_HANDLER_URL is read by Settings, which name it in their messages
     help="handler WebSocket URL (CCX_HANDLER_URL; default ws://127.0.0.1:8765/ws).",
 )
 @click.option(
@@ -589,10 +618,8 @@ def worker(
     if not isinstance(logging.getLevelName(level), int):
         raise ConfigError(f"CCX_LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, not {level!r}.")
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    settings = Settings.from_env().replace(
-        redis_url=check_redis_url(redis_url, "--redis-url") if redis_url else None,
-        queue=queue,
-        handler_url=check_handler_url(handler_url, "--handler-url") if handler_url else None,
+    settings = _settings(
+        redis_url, queue, handler_url=check_handler_url(handler_url, "--handler-url") if handler_url else None
     )
     port = parse_port(metrics_port, "--metrics-port") if metrics_port is not None else None
     try:
@@ -724,7 +751,8 @@ def mcp(
     from handler.secretfile import MCP_TOKEN_FILE, config_dir, load_or_create
     from runner.mcp import server
 
-    runner = Runner(redis_url=redis_url, queue=queue)  # Redis is checked per call: the server outlives outages
+    # Redis is checked per call (the server outlives outages); with none configured, Runner says so at once.
+    runner = Runner(settings=_settings(redis_url, queue))
     if not http_mode:
         server.main_stdio_banner()
         sys.exit(server.run_stdio(runner))
@@ -761,8 +789,61 @@ def dashboard(args: tuple[str, ...]) -> None:
 PORT = click.IntRange(0, 65535)
 
 
+def _stop_on_signals() -> threading.Event:
+    """An event SIGINT and SIGTERM set (saying so once), for ``ccx up`` to stop in order."""
+    stopping = threading.Event()
+
+    def stop_requested(*_: object) -> None:
+        if not stopping.is_set():
+            click.echo("stopping: a running task is interrupted and runs again when the stack is back…", err=True)
+        stopping.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop_requested)
+    return stopping
+
+
+def _watch(stack: LocalStack, stopping: threading.Event) -> None:
+    """Until ``stopping`` is set; a part of the stack that exits raises :class:`StackError` naming it."""
+    while not stopping.wait(0.5):
+        for name, proc in (("handler", stack.handler), ("worker", stack.worker), ("dashboard", stack.dashboard)):
+            if proc is not None and proc.poll() is not None:
+                raise StackError(f"The {name} exited unexpectedly (code {proc.returncode}); stopping the stack.")
+
+
+def _print_banner(stack: LocalStack, data_dir: Path, stack_path: Path) -> None:
+    """What ``ccx up`` runs and where (stdout, aligned), and where its secrets are (stderr)."""
+    from handler.secretfile import DASHBOARD_TOKEN_FILE, config_dir
+
+    secrets_dir = config_dir()
+    rows = [
+        ("redis", redact_url(stack.redis_url or ""), f"embedded, data in {data_dir}" if stack.redis else ""),
+        ("handler", stack.handler_url, f"allow: {stack.allow}"),
+        ("worker", f"queue '{stack.queue}'", ""),
+    ]
+    if stack.dashboard_url:
+        login = stack.dashboard_login_url if sys.stdout.isatty() else stack.dashboard_url
+        rows.append(
+            ("dashboard", login, "" if sys.stdout.isatty() else f"token in {secrets_dir / DASHBOARD_TOKEN_FILE}")
+        )
+    width = max(len(name) for name, _, _ in rows)
+    for name, where, note in rows:
+        click.echo(f"{name:<{width}}  {where}" + (f"  ({note})" if note else ""))
+    click.echo(
+        f"secrets in {secrets_dir} (mode 600); clients on this machine find the stack through {stack_path}",
+        err=True,
+    )
+    if stack.allow == "*":
+        click.echo(
+            "note: the handler may run any executable ('--allow *'): fine for a one-user machine, since only "
+            "holders of its token can reach it; use --allow to narrow it.",
+            err=True,
+        )
+
+
 @main.command()
 @click.option("--redis-url", envvar=["CCX_REDIS_URL", "REDIS_URL"], help="use this Redis instead of an embedded one.")
+@insecure_redis_option
 @click.option("--redis-port", type=PORT, default=6379, show_default=True, help="port of the embedded Redis.")
 @click.option(
     "--data-dir",
@@ -811,8 +892,10 @@ def up(
 
     data_dir = data_dir or default_data_dir()
     secrets_dir = config_dir()
+    if redis_url:  # the stack's worker (and every client finding it through the stack file) would refuse a bad one
+        redis_url = _settings(redis_url, queue).redis_url
     stack = LocalStack(
-        redis_url=check_redis_url(redis_url, "--redis-url") if redis_url else None,
+        redis_url=redis_url,
         handler_port=handler_port,
         handler_token=token or load_or_create(default_token_file()),
         allow=allow,
@@ -824,15 +907,7 @@ def up(
     if redis_url is None:
         password = load_or_create(secrets_dir / REDIS_PASSWORD_FILE, "Redis password")
         stack.redis = RedisServer(data_dir / "redis", port=redis_port, password=password)
-    stopping = threading.Event()
-
-    def stop_requested(*_: object) -> None:
-        if not stopping.is_set():
-            click.echo("stopping: a running task is interrupted and runs again when the stack is back…", err=True)
-        stopping.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, stop_requested)
+    stopping = _stop_on_signals()
     started = False
     try:
         if stack.redis is not None:
@@ -841,34 +916,9 @@ def up(
         stack.start()
         started = True
         stack_path = write_stack_file(stack)
-        rows = [
-            ("redis", redact_url(stack.redis_url or ""), f"embedded, data in {data_dir}" if stack.redis else ""),
-            ("handler", stack.handler_url, f"allow: {allow}"),
-            ("worker", f"queue '{stack.queue}'", ""),
-        ]
-        if stack.dashboard_url:
-            login = stack.dashboard_login_url if sys.stdout.isatty() else stack.dashboard_url
-            rows.append(
-                ("dashboard", login, "" if sys.stdout.isatty() else f"token in {secrets_dir / DASHBOARD_TOKEN_FILE}")
-            )
-        width = max(len(name) for name, _, _ in rows)
-        for name, where, note in rows:
-            click.echo(f"{name:<{width}}  {where}" + (f"  ({note})" if note else ""))
-        click.echo(
-            f"secrets in {secrets_dir} (mode 600); clients on this machine find the stack through {stack_path}",
-            err=True,
-        )
-        if allow == "*":
-            click.echo(
-                "note: the handler may run any executable ('--allow *'): fine for a one-user machine, since only "
-                "holders of its token can reach it; use --allow to narrow it.",
-                err=True,
-            )
+        _print_banner(stack, data_dir, stack_path)
         click.echo("ready — submit with `ccx run ...`; Ctrl-C stops everything.", err=True)
-        while not stopping.wait(0.5):
-            for name, proc in (("handler", stack.handler), ("worker", stack.worker), ("dashboard", stack.dashboard)):
-                if proc is not None and proc.poll() is not None:
-                    raise StackError(f"The {name} exited unexpectedly (code {proc.returncode}); stopping the stack.")
+        _watch(stack, stopping)
     finally:
         remove_stack_file()
         stack.stop()

@@ -69,8 +69,10 @@ class Runner:
     def __init__(
         self, redis_url: str | None = None, queue: str | None = None, settings: Settings | None = None
     ) -> None:
-        self.settings = (settings or Settings.from_env()).replace(
-            redis_url=check_redis_url(redis_url, "redis_url") if redis_url else None, queue=queue
+        url = check_redis_url(redis_url, "redis_url") if redis_url else None
+        # Settings check the URL (transport, password); with none configured, redis_client says so.
+        self.settings = (
+            settings.replace(redis_url=url, queue=queue) if settings else Settings.from_env(redis_url=url, queue=queue)
         )
         self.redis = redis_client(self.settings.redis_url)
         self.queue = Queue(self.settings.queue, connection=self.redis, serializer=JSONSerializer)
@@ -80,7 +82,8 @@ class Runner:
 
     @classmethod
     def from_env(cls) -> Runner:
-        """Settings from REDIS_URL / CCX_REDIS_URL, CCX_QUEUE and the other CCX_* variables."""
+        """Settings from REDIS_URL / CCX_REDIS_URL (else a running ``ccx up``'s Redis), CCX_QUEUE and the other
+        CCX_* variables; with no Redis configured, a :class:`~handler.config.ConfigError` says what to do."""
         return cls()
 
     def ping(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 import redis
@@ -16,8 +17,10 @@ from redis.retry import Retry
 from handler.config import ConfigError, is_loopback, parse_flag, parse_int, parse_seconds
 from handler.secretfile import read_secret
 from runner import events
+from runner.listener import redis_guard
 
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+NO_REDIS = "No Redis configured: pass --redis-url or set CCX_REDIS_URL, or start a local stack with `ccx up`."
+"""Said by whatever needs Redis when none is configured; there is no default address (see :class:`Settings`)."""
 DEFAULT_QUEUE = "ccx"
 DEFAULT_HANDLER_URL = "ws://127.0.0.1:8765/ws"
 
@@ -67,6 +70,31 @@ def check_redis_transport(url: str, allow_insecure: bool = False) -> None:
         )
 
 
+def check_redis_password(url: str, insecure_redis: bool = False) -> None:
+    """Refuse a Redis reached over TCP without a password: raise :class:`ConfigError` saying what to do.
+
+    Any local user can bind a free port; a Redis that lets anyone in may be theirs, and would receive every task
+    sent to it (secrets included) and hand its own jobs to a worker, which runs them as this user. A ``unix://``
+    socket is guarded by its file's permissions, so it needs none. Checked on the URL alone, before any connection."""
+    if insecure_redis or urlsplit(url).scheme not in ("redis", "rediss"):
+        return
+    try:
+        options = parse_url(url)  # redis-py's own reading: the password may be in the query too
+    except ValueError:
+        return  # not a URL redis-py can use: connecting says so, and sends nothing
+    if options.get("password"):
+        return
+    host = options.get("host") or "localhost"  # redis-py's defaults
+    where = f"{f'[{host}]' if ':' in host else host}:{options.get('port') or 6379}"
+    raise ConfigError(
+        f"Refusing to use the Redis at {redact_url(url)}: its URL has no password, so whoever listens on {where} "
+        "(any user of that machine can bind a free port) would get every task sent there, secrets included, and "
+        "could plant jobs for a worker to run as you; give that Redis a password (`requirepass`, then "
+        f"{urlsplit(url).scheme}://:PASSWORD@{where}/0), or use `ccx up`, which makes one, "
+        "or set CCX_INSECURE_REDIS=1 (or pass --insecure-redis) to use it anyway."
+    )
+
+
 def check_handler_url(url: str, name: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
@@ -100,7 +128,10 @@ def default_handler_token() -> str | None:
 
 @dataclass(frozen=True)
 class Settings:
-    redis_url: str = DEFAULT_REDIS_URL
+    redis_url: str = ""
+    """Empty: none configured. There is no default address: whoever listens on 127.0.0.1:6379 without a password
+    could be any local user. Whatever connects says :data:`NO_REDIS` (:func:`redis_client`); ``ccx run`` starts
+    its embedded stack instead."""
     queue: str = DEFAULT_QUEUE
     handler_url: str = DEFAULT_HANDLER_URL
     handler_token: str | None = field(default=None, repr=False)
@@ -109,6 +140,9 @@ class Settings:
     allow_insecure: bool = False
     """Send the handler's token over plain ``ws://``, and the Redis password over plain ``redis://``, to a host
     that is not this machine (CCX_ALLOW_INSECURE)."""
+    insecure_redis: bool = False
+    """Use a Redis whose TCP URL has no password (CCX_INSECURE_REDIS, ``--insecure-redis``): see
+    :func:`check_redis_password`."""
     output_limit: int = 1_000_000
     """Characters of output kept in a result (the tail); the full output stays in the task's log."""
     log_maxlen: int = events.DEFAULT_LOG_MAXLEN
@@ -142,61 +176,22 @@ class Settings:
     """Networks webhooks may reach although not public, e.g. ``127.0.0.1/32`` (CCX_WEBHOOK_ALLOW_NETWORKS)."""
 
     def __post_init__(self) -> None:
-        # Here, so every way a URL comes in (environment, stack file, flags, Runner(redis_url=...)) is checked.
+        # Here, so every way a URL comes in (environment, stack file, flags, Runner(redis_url=...)) is checked, on
+        # the URL alone, before anything connects; the default (no URL) never connects, so it passes.
         check_redis_transport(self.redis_url, self.allow_insecure)
+        check_redis_password(self.redis_url, self.insecure_redis)
 
     @classmethod
-    def from_env(cls) -> Settings:
-        """Settings from the environment; a bad value raises :class:`ConfigError` naming the variable."""
-        from runner.webhooks import parse_networks  # not at the top: runner.webhooks imports this module
+    def from_env(cls, **overrides: Any) -> Settings:
+        """Settings from the environment, ``overrides`` (e.g. flags; None: not given) over it; a bad value raises
+        :class:`ConfigError` naming the variable.
 
-        redis_url, redis_name = _named("CCX_REDIS_URL", "REDIS_URL")
-        if redis_url is None:
-            from runner.stack import running_stack_redis_url
-
-            redis_url = running_stack_redis_url() or DEFAULT_REDIS_URL
-        handler_url, handler_name = _named("CCX_HANDLER_URL")
-        output_limit = _env("CCX_OUTPUT_LIMIT")
-        log_maxlen = _env("CCX_LOG_MAXLEN")
-        log_ttl = _env("CCX_LOG_TTL")
-        lock_ttl = _env("CCX_WORKER_LOCK_TTL")
-        retries = _env("CCX_INTERRUPTED_RETRIES")
-        idem_ttl = _env("CCX_IDEMPOTENCY_TTL")
-        handler_wait = _env("CCX_HANDLER_WAIT")
-        timing = {
-            name: parse_seconds(value, variable)
-            for name, variable in (
-                ("pause_margin", "CCX_PAUSE_MARGIN"),
-                ("limit_backoff", "CCX_LIMIT_BACKOFF"),
-                ("limit_backoff_max", "CCX_LIMIT_BACKOFF_MAX"),
-                ("retry_backoff", "CCX_RETRY_BACKOFF"),
-                ("webhook_retry_for", "CCX_WEBHOOK_RETRY_FOR"),
-                ("webhook_backoff", "CCX_WEBHOOK_BACKOFF"),
-                ("webhook_backoff_max", "CCX_WEBHOOK_BACKOFF_MAX"),
-                ("webhook_timeout", "CCX_WEBHOOK_TIMEOUT"),
-            )
-            if (value := _env(variable)) is not None
-        }
-        insecure = _env("CCX_ALLOW_INSECURE")
-        dashboard_url = _env("CCX_DASHBOARD_URL")
-        return cls(
-            redis_url=check_redis_url(redis_url, redis_name),
-            queue=_env("CCX_QUEUE", default=DEFAULT_QUEUE) or DEFAULT_QUEUE,
-            handler_url=check_handler_url(handler_url, handler_name) if handler_url else DEFAULT_HANDLER_URL,
-            handler_token=_env("CCX_HANDLER_TOKEN"),
-            handler_ca=_env("CCX_HANDLER_CA"),
-            allow_insecure=parse_flag(insecure, "CCX_ALLOW_INSECURE") if insecure else False,
-            output_limit=parse_int(output_limit, "CCX_OUTPUT_LIMIT", 1) if output_limit else 1_000_000,
-            log_maxlen=parse_int(log_maxlen, "CCX_LOG_MAXLEN", 1) if log_maxlen else events.DEFAULT_LOG_MAXLEN,
-            log_ttl=parse_int(log_ttl, "CCX_LOG_TTL", 1) if log_ttl else events.DEFAULT_LOG_TTL,
-            lock_ttl=parse_seconds(lock_ttl, "CCX_WORKER_LOCK_TTL", positive=True) if lock_ttl else 30.0,
-            interrupted_retries=parse_int(retries, "CCX_INTERRUPTED_RETRIES", 0) if retries else 1,
-            idempotency_ttl=parse_int(idem_ttl, "CCX_IDEMPOTENCY_TTL", 1) if idem_ttl else 3600,
-            handler_wait=parse_seconds(handler_wait, "CCX_HANDLER_WAIT") if handler_wait else 30.0,
-            dashboard_url=check_http_url(dashboard_url, "CCX_DASHBOARD_URL") if dashboard_url else None,
-            webhook_allow_networks=parse_networks(_env("CCX_WEBHOOK_ALLOW_NETWORKS") or ""),
-            **timing,  # type: ignore[arg-type]
-        )
+        The Redis URL: ``overrides['redis_url']``, else CCX_REDIS_URL or REDIS_URL, else a running ``ccx up``'s,
+        else none (""). A URL that is overridden is not read, so a flag wins over a variable it replaces."""
+        given = {name: value for name, value in overrides.items() if value is not None}
+        if "redis_url" not in given:
+            given["redis_url"] = _redis_url_from_env()
+        return cls(**{**_values_from_env(), **given})
 
     def with_local_token(self) -> Settings:
         """With the token file of this machine's handler when no token was given (the worker's case)."""
@@ -205,6 +200,67 @@ class Settings:
     def replace(self, **changes: object) -> Settings:
         """These settings with the given fields changed (None values are ignored: "not given")."""
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _redis_url_from_env() -> str:
+    """CCX_REDIS_URL or REDIS_URL, else the running ``ccx up`` stack's URL, else "" (none: see :class:`Settings`)."""
+    redis_url, redis_name = _named("CCX_REDIS_URL", "REDIS_URL")
+    if redis_url is not None:
+        return check_redis_url(redis_url, redis_name)
+    from runner.stack import running_stack_redis_url
+
+    return running_stack_redis_url() or ""
+
+
+def _values_from_env() -> dict[str, Any]:
+    """The fields of :class:`Settings` the CCX_* variables set (all but the Redis URL), checked."""
+    from runner.webhooks import parse_networks  # not at the top: runner.webhooks imports this module
+
+    handler_url, handler_name = _named("CCX_HANDLER_URL")
+    output_limit = _env("CCX_OUTPUT_LIMIT")
+    log_maxlen = _env("CCX_LOG_MAXLEN")
+    log_ttl = _env("CCX_LOG_TTL")
+    lock_ttl = _env("CCX_WORKER_LOCK_TTL")
+    retries = _env("CCX_INTERRUPTED_RETRIES")
+    idem_ttl = _env("CCX_IDEMPOTENCY_TTL")
+    handler_wait = _env("CCX_HANDLER_WAIT")
+    timing = {
+        name: parse_seconds(value, variable)
+        for name, variable in (
+            ("pause_margin", "CCX_PAUSE_MARGIN"),
+            ("limit_backoff", "CCX_LIMIT_BACKOFF"),
+            ("limit_backoff_max", "CCX_LIMIT_BACKOFF_MAX"),
+            ("retry_backoff", "CCX_RETRY_BACKOFF"),
+            ("webhook_retry_for", "CCX_WEBHOOK_RETRY_FOR"),
+            ("webhook_backoff", "CCX_WEBHOOK_BACKOFF"),
+            ("webhook_backoff_max", "CCX_WEBHOOK_BACKOFF_MAX"),
+            ("webhook_timeout", "CCX_WEBHOOK_TIMEOUT"),
+        )
+        if (value := _env(variable)) is not None
+    }
+    flags = {
+        name: parse_flag(value, variable)
+        for name, variable in (("allow_insecure", "CCX_ALLOW_INSECURE"), ("insecure_redis", "CCX_INSECURE_REDIS"))
+        if (value := _env(variable))
+    }
+    dashboard_url = _env("CCX_DASHBOARD_URL")
+    return {
+        "queue": _env("CCX_QUEUE", default=DEFAULT_QUEUE) or DEFAULT_QUEUE,
+        "handler_url": check_handler_url(handler_url, handler_name) if handler_url else DEFAULT_HANDLER_URL,
+        "handler_token": _env("CCX_HANDLER_TOKEN"),
+        "handler_ca": _env("CCX_HANDLER_CA"),
+        "output_limit": parse_int(output_limit, "CCX_OUTPUT_LIMIT", 1) if output_limit else 1_000_000,
+        "log_maxlen": parse_int(log_maxlen, "CCX_LOG_MAXLEN", 1) if log_maxlen else events.DEFAULT_LOG_MAXLEN,
+        "log_ttl": parse_int(log_ttl, "CCX_LOG_TTL", 1) if log_ttl else events.DEFAULT_LOG_TTL,
+        "lock_ttl": parse_seconds(lock_ttl, "CCX_WORKER_LOCK_TTL", positive=True) if lock_ttl else 30.0,
+        "interrupted_retries": parse_int(retries, "CCX_INTERRUPTED_RETRIES", 0) if retries else 1,
+        "idempotency_ttl": parse_int(idem_ttl, "CCX_IDEMPOTENCY_TTL", 1) if idem_ttl else 3600,
+        "handler_wait": parse_seconds(handler_wait, "CCX_HANDLER_WAIT") if handler_wait else 30.0,
+        "dashboard_url": check_http_url(dashboard_url, "CCX_DASHBOARD_URL") if dashboard_url else None,
+        "webhook_allow_networks": parse_networks(_env("CCX_WEBHOOK_ALLOW_NETWORKS") or ""),
+        **timing,
+        **flags,
+    }
 
 
 PATIENT_RETRIES = 1800
@@ -216,16 +272,24 @@ QUICK_RETRIES = 2
 """Retries for orchestrator calls: a Redis that is down is reported at once, not after a long wait."""
 
 
+def configured(url: str) -> str:
+    """``url``, where one is configured; else raise :class:`ConfigError` with :data:`NO_REDIS`."""
+    if not url:
+        raise ConfigError(NO_REDIS)
+    return url
+
+
 def redis_client(url: str, retries: int = QUICK_RETRIES) -> redis.Redis:
-    """A bytes-returning client that retries through short outages."""
+    """A bytes-returning client that retries through short outages (no URL: :data:`NO_REDIS`)."""
     return redis.Redis.from_url(
-        url,
+        configured(url),
         retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=retries),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         socket_connect_timeout=5,
         socket_timeout=SOCKET_TIMEOUT,
         health_check_interval=30,
         driver_info=None,  # skip CLIENT SETINFO: two round trips per new connection
+        **redis_guard(url),  # the password goes only to a loopback listener of this user's (runner/listener.py)
     )
 
 
@@ -233,12 +297,13 @@ def async_redis_client(url: str) -> redis.asyncio.Redis:
     from redis.asyncio.retry import Retry as AsyncRetry
 
     return redis.asyncio.Redis.from_url(
-        url,
+        configured(url),
         retry=AsyncRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=PATIENT_RETRIES),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         socket_connect_timeout=5,
         socket_timeout=SOCKET_TIMEOUT,
         driver_info=None,
+        **redis_guard(url, asynchronous=True),
     )
 
 

@@ -28,6 +28,7 @@ from prometheus_client.utils import floatToGoString
 
 from runner import events, queue_state
 from runner.errors import UsageError
+from runner.listener import redis_guard
 from runner.spec import TaskResult
 
 log = logging.getLogger("ccx.metrics")
@@ -269,7 +270,12 @@ scrape timeout, so a Redis that is cut off shows as ``ccx_redis_up 0`` rather th
 def scrape_client(url: str) -> redis.Redis:
     """The client scrapes read with: short timeouts and no retries (see :data:`SCRAPE_TIMEOUT`)."""
     return redis.Redis.from_url(
-        url, socket_connect_timeout=SCRAPE_TIMEOUT, socket_timeout=SCRAPE_TIMEOUT, retry=None, driver_info=None
+        url,
+        socket_connect_timeout=SCRAPE_TIMEOUT,
+        socket_timeout=SCRAPE_TIMEOUT,
+        retry=None,
+        driver_info=None,
+        **redis_guard(url),
     )
 
 

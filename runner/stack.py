@@ -1,7 +1,8 @@
 """The local stack: an embedded Redis server, the handler and one worker, as child processes.
 
 ``ccx up`` runs it in the foreground; ``ccx run`` brings it up for one task when
-no Redis is reachable. Everything it starts dies with it: children get a
+no Redis is configured. Its Redis always has a password of its own (see
+:class:`RedisServer`). Everything it starts dies with it: children get a
 parent-death signal, and :meth:`LocalStack.stop` terminates them in order.
 """
 
@@ -200,7 +201,7 @@ def _python_module(module: str, *args: str) -> list[str]:
 
 @dataclass
 class LocalStack:
-    """Redis (embedded unless ``redis_url`` is given), the handler and one worker."""
+    """Redis (embedded, with a random password, unless ``redis_url`` is given), the handler and one worker."""
 
     data_dir: Path | None = None
     redis_url: str | None = None

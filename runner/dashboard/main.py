@@ -9,7 +9,7 @@ import sys
 
 from handler.config import ConfigError, parse_port
 from handler.secretfile import DASHBOARD_TOKEN_FILE, config_dir, load_or_create
-from runner.config import Settings, check_redis_url
+from runner.config import NO_REDIS, Settings, check_redis_url
 from runner.dashboard.server import DEFAULT_HOST, DEFAULT_PORT, DashboardConfig, run
 
 
@@ -23,7 +23,12 @@ def build_parser(prog: str = "python -m runner.dashboard") -> argparse.ArgumentP
         help="address to bind (CCX_DASHBOARD_HOST; default 127.0.0.1; any other needs a token)",
     )
     parser.add_argument("--port", help="port, 0 for any free one (CCX_DASHBOARD_PORT; default 8766)")
-    parser.add_argument("--redis-url", help="Redis URL (CCX_REDIS_URL / REDIS_URL; default redis://127.0.0.1:6379/0)")
+    parser.add_argument("--redis-url", help="Redis URL (CCX_REDIS_URL / REDIS_URL; default: a running `ccx up`'s)")
+    parser.add_argument(
+        "--insecure-redis",
+        action="store_true",
+        help="use a Redis whose URL has no password (CCX_INSECURE_REDIS)",
+    )
     parser.add_argument("--queue", help="queue to show and submit to (CCX_QUEUE; default ccx)")
     parser.add_argument(
         "--token",
@@ -55,7 +60,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m runner.dashboard"
     # websockets logs every handshake and request path; an old-style login link (?token=…) carries the token.
     logging.getLogger("websockets").setLevel(logging.ERROR)
     try:
-        settings = Settings.from_env()
+        redis_url = check_redis_url(args.redis_url, "--redis-url") if args.redis_url else None
+        if args.insecure_redis:
+            os.environ["CCX_INSECURE_REDIS"] = "1"  # as `ccx --insecure-redis` does: the environment owns it
+        settings = Settings.from_env(redis_url=redis_url)
         token, source = args.token, "token from --token or CCX_DASHBOARD_TOKEN"
         if not token:
             path = config_dir() / DASHBOARD_TOKEN_FILE
@@ -63,7 +71,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m runner.dashboard"
         config = DashboardConfig(
             host=args.host,
             port=parse_port(args.port, "--port" if args.port_given else "CCX_DASHBOARD_PORT"),
-            redis_url=check_redis_url(args.redis_url, "--redis-url") if args.redis_url else settings.redis_url,
+            redis_url=settings.redis_url,
             queue=args.queue or settings.queue,
             token=token,
             token_source=source,
@@ -71,6 +79,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m runner.dashboard"
             tls_key=args.tls_key,
             allow_insecure=settings.allow_insecure,
         )
+        if not settings.redis_url:  # after the flags' own checks, so a bad one is named first
+            raise ConfigError(NO_REDIS)
     except ConfigError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2

@@ -63,6 +63,7 @@ from runner.dashboard.auth import (
 from runner.dashboard.data import TASK_ID, Reader
 from runner.dashboard.live import Hub, Session, encode
 from runner.errors import UsageError
+from runner.listener import redis_guard
 
 log = logging.getLogger("ccx.dashboard")
 
@@ -94,7 +95,8 @@ class DashboardError(UsageError):
 class DashboardConfig:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = ""
+    """Required: there is no default Redis (runner/config.py, ``NO_REDIS``)."""
     queue: str = "ccx"
     token: str | None = None
 
@@ -294,6 +296,7 @@ def redis_async_client(redis_url: str) -> redis.asyncio.Redis:
         socket_connect_timeout=5,
         health_check_interval=30,
         driver_info=None,
+        **redis_guard(redis_url, asynchronous=True),
     )
 
 

@@ -22,6 +22,7 @@ import redis
 
 from runner import events
 from runner.client import RedisUnavailable, Runner
+from runner.config import Settings
 from runner.stack import LocalStack, RedisServer, find_redis_server, free_port, pings, terminate
 from tests.handler.helpers import ROOT
 from tests.runner import test_dashboard
@@ -89,7 +90,9 @@ def test_the_embedded_redis_refuses_a_client_without_its_password(tmp_path: Path
         with pytest.raises(redis.AuthenticationError):
             stranger.ping()
         with pytest.raises(RedisUnavailable, match="refused this client's password"):
-            Runner(redis_url=f"redis://127.0.0.1:{server.port}/0").submit(agent="command", argv=["true"])
+            # A client that knows no password, told to try anyway (CCX_INSECURE_REDIS): Redis itself refuses it.
+            loose = Settings(redis_url=f"redis://127.0.0.1:{server.port}/0", insecure_redis=True)
+            Runner(settings=loose).submit(agent="command", argv=["true"])
         with pytest.raises(redis.AuthenticationError):
             redis.Redis(port=server.port, password="guess", socket_timeout=5).ping()
         assert redis.Redis.from_url(server.url).ping()
@@ -342,3 +345,23 @@ def test_a_squatter_on_the_handlers_port_gets_no_token_and_the_task_waits_for_th
         stack.handler_port = port
         stack.start_handler(20)
         assert handle.result(timeout=30).success and ran.read_text() == "ran"
+
+
+def test_a_squatter_on_a_local_redis_port_is_never_sent_the_password() -> None:
+    """Redis is down (a restart) and another local user holds its port: no client connects there, so the
+    password is never sent; the error names who holds the port and what to do."""
+    port = free_port()
+    squatter = squat(port)
+    try:
+        client = Runner(redis_url=f"redis://:secret-pw@127.0.0.1:{port}/0", queue="q")
+        with pytest.raises(RedisUnavailable) as raised:
+            client.ping()
+        assert (
+            f"The Redis address 127.0.0.1:{port} is held by a process of another user, nobody (uid {NOBODY}), "
+            "not by the Redis: the password was not sent." in str(raised.value)
+        )
+    finally:
+        terminate(squatter)  # type: ignore[arg-type]
+    assert squatter.stdout is not None
+    heard = squatter.stdout.read()
+    assert heard == "", f"the squatter was sent: {heard[:300]!r}"

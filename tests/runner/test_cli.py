@@ -19,10 +19,14 @@ from pathlib import Path
 
 import orjson
 import pytest
+import redis
 
 from runner import schedules
+from runner.cli import needs_embedded_stack
 from runner.client import Runner
+from runner.config import NO_REDIS, Settings
 from runner.stack import LocalStack, free_port
+from tests.conftest import no_password, passwordless_redis
 from tests.support.processes import wait_until
 
 CCX = [sys.executable, "-m", "runner.cli"]
@@ -47,12 +51,6 @@ def marked_processes(marker: str) -> list[int]:
     return found
 
 
-def default_redis_reachable() -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(1)
-        return sock.connect_ex(("127.0.0.1", 6379)) == 0
-
-
 def ccx(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*CCX, *args], capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL
@@ -66,8 +64,8 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def test_run_on_a_machine_with_no_redis_uses_an_embedded_stack_and_leaves_nothing(tmp_path: Path) -> None:
-    """`ccx run --agent command -- echo hello` with nothing running: prints hello, exits 0, leaves no process."""
-    assert not default_redis_reachable(), "this test needs nothing listening on 127.0.0.1:6379"
+    """`ccx run --agent command -- echo hello` with nothing configured: prints hello, exits 0, leaves no process.
+    Whatever listens on 127.0.0.1:6379 is never asked (it could be any local user's Redis)."""
     marker = uuid.uuid4().hex
     env = clean_env(CCX_TEST_MARKER=marker, HOME=str(tmp_path))
     proc = ccx("run", "--agent", "command", "--", "echo", "hello", env=env)
@@ -79,7 +77,6 @@ def test_run_on_a_machine_with_no_redis_uses_an_embedded_stack_and_leaves_nothin
 
 def test_run_exit_status_follows_the_task(tmp_path: Path) -> None:
     """A failing task makes `ccx run` exit 1 and say why."""
-    assert not default_redis_reachable(), "this test needs nothing listening on 127.0.0.1:6379"
     env = clean_env(HOME=str(tmp_path))
     proc = ccx("run", "--agent", "command", "--", sys.executable, "-c", "import sys; sys.exit(4)", env=env)
     assert proc.returncode == 1
@@ -88,13 +85,57 @@ def test_run_exit_status_follows_the_task(tmp_path: Path) -> None:
 
 def test_errors_are_one_sentence_with_a_non_zero_status(redis_url: str) -> None:
     """Unreachable Redis, unknown task id, bad options: one line on stderr, no traceback."""
-    down = ccx("status", "abc", "--redis-url", f"redis://127.0.0.1:{free_port()}/0", env=clean_env())
+    down = ccx("status", "abc", "--redis-url", f"redis://:pw@127.0.0.1:{free_port()}/0", env=clean_env())
     assert down.returncode == 3 and "Redis is unreachable" in down.stderr and "Traceback" not in down.stderr
     unknown = ccx("status", "no-such-id", "--redis-url", redis_url, env=clean_env())
     assert unknown.returncode == 2 and "No task with id no-such-id" in unknown.stderr
     bad = ccx("submit", "--agent", "command", "--redis-url", redis_url, env=clean_env())
     assert bad.returncode == 2 and "argv" in bad.stderr and "Traceback" not in bad.stderr
     assert len(down.stderr.strip().splitlines()) == 1
+
+
+def unconfigured_env(home: Path) -> dict[str, str]:
+    """No Redis URL, no opt-in, and a home of its own (so no `ccx up` stack file is found)."""
+    env = clean_env(HOME=str(home))
+    env.pop("XDG_CONFIG_HOME", None)
+    return env
+
+
+def test_with_nothing_configured_submit_mcp_and_list_say_so_in_one_sentence(tmp_path: Path) -> None:
+    """No --redis-url, CCX_REDIS_URL or REDIS_URL and no `ccx up` running: the worker's sentence and exit 2, from
+    every command that needs Redis; no default address is tried."""
+    env = unconfigured_env(tmp_path)
+    for args in (["submit", "--agent", "command", "--", "true"], ["mcp"], ["list"], ["status"]):
+        done = ccx(*args, env=env)
+        assert (done.returncode, done.stdout, done.stderr) == (2, "", f"ccx: {NO_REDIS}\n"), args
+
+
+def test_run_brings_its_own_stack_only_when_nothing_is_configured_and_never_uses_a_redis_without_a_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ccx run` decides on the settings alone: an embedded stack exactly when no Redis is configured. A configured
+    URL without a password (flag or environment) is refused in one sentence, exit 2, and that Redis gets nothing;
+    `ccx submit --insecure-redis` is the explicit way to use it."""
+    for name in ("CCX_REDIS_URL", "REDIS_URL", "CCX_INSECURE_REDIS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CCX_CONFIG_DIR", str(tmp_path / "config"))
+    assert needs_embedded_stack(Settings.from_env())
+    assert not needs_embedded_stack(Settings.from_env(redis_url="redis://:pw@127.0.0.1:1/0"))
+    env = unconfigured_env(tmp_path)
+    with passwordless_redis() as port:
+        url = f"redis://127.0.0.1:{port}/0"
+        refusal = f"ccx: {no_password(url, f'127.0.0.1:{port}')}\n"
+        task = ["--agent", "command", "--", "echo", "hi"]
+        by_flag = ccx("run", "--redis-url", url, *task, env=env)
+        by_env = ccx("run", *task, env={**env, "REDIS_URL": url})
+        for done in (by_flag, by_env):
+            assert (done.returncode, done.stdout, done.stderr) == (2, "", refusal)
+        observer = redis.Redis(port=port)
+        assert observer.dbsize() == 0, "nothing was written to that Redis"
+        opted_in = ccx("submit", "--redis-url", url, "--insecure-redis", "--queue", "open", *task, env=env)
+        assert opted_in.returncode == 0, opted_in.stderr
+        assert observer.lrange("rq:queue:open", 0, -1) == [opted_in.stdout.strip().encode()]
+        observer.close()
 
 
 @pytest.fixture
@@ -214,8 +255,8 @@ def test_up_secrets_are_private_and_a_client_without_them_is_refused(ccx_up: tup
     secrets_dir = Path(env["HOME"]) / ".config" / "cc-execute"
     for name in ("redis.password", "handler.token", "dashboard.token", "stack.json"):
         assert (secrets_dir / name).stat().st_mode & 0o077 == 0, name
-    no_password = url.split("@", 1)[1]
-    refused = ccx("list", "--redis-url", f"redis://{no_password}", env=env)
+    without = "redis://" + url.split("@", 1)[1]
+    refused = ccx("list", "--redis-url", without, "--insecure-redis", env=env)  # past our own refusal: Redis's
     assert refused.returncode == 3 and "refused this client's password" in refused.stderr, refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
 

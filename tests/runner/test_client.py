@@ -9,14 +9,18 @@ import subprocess
 import sys
 import threading
 import uuid
+from pathlib import Path
 
 import orjson
 import pytest
 import redis
 
+from handler.config import ConfigError
 from runner import events
 from runner.client import RedisUnavailable, Runner
+from runner.config import NO_REDIS
 from runner.spec import SpecError
+from tests.conftest import no_password, passwordless_redis
 from tests.support.processes import pids_with_marker, wait_until
 
 PY = sys.executable
@@ -222,10 +226,44 @@ def test_bad_spec_is_rejected_at_submit_time(runner: Runner) -> None:
 
 
 def test_redis_down_is_one_clear_error() -> None:
-    """Submitting to a Redis that is not there fails at once with the URL and what to do."""
-    client = Runner(redis_url="redis://127.0.0.1:1/0", queue="nowhere")
-    with pytest.raises(RedisUnavailable, match=r"redis://127.0.0.1:1/0.*start it"):
+    """Submitting to a Redis that is not there fails at once with the URL (its password hidden) and what to do."""
+    client = Runner(redis_url="redis://:secret@127.0.0.1:1/0", queue="nowhere")
+    with pytest.raises(RedisUnavailable, match=r"redis://:\*\*\*@127.0.0.1:1/0.*start it"):
         client.submit(agent="command", argv=["true"])
+
+
+def test_a_runner_refuses_a_redis_without_a_password_and_sends_it_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`Runner(redis_url="redis://127.0.0.1:PORT")` to a real Redis that lets anyone in: ConfigError with the
+    sentence, and that Redis never sees a connection from it; with CCX_INSECURE_REDIS=1 the same Runner works."""
+    monkeypatch.delenv("CCX_INSECURE_REDIS", raising=False)
+    with passwordless_redis() as port:
+        url = f"redis://127.0.0.1:{port}/0"
+        observer = redis.Redis(port=port)  # one connection, counted once
+        before = observer.info("stats")["total_connections_received"]
+        with pytest.raises(ConfigError) as caught:
+            Runner(redis_url=url, queue="anyone")
+        assert str(caught.value) == no_password(url, f"127.0.0.1:{port}")
+        assert observer.info("stats")["total_connections_received"] == before, "nothing connected"
+        monkeypatch.setenv("CCX_INSECURE_REDIS", "1")
+        opted_in = Runner(redis_url=url, queue="anyone")
+        opted_in.ping()
+        assert observer.info("stats")["total_connections_received"] == before + 1
+        opted_in.redis.close()
+        observer.close()
+
+
+def test_runner_from_env_with_nothing_configured_says_what_to_do(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """No CCX_REDIS_URL or REDIS_URL and no running `ccx up` (a config dir of its own): one sentence, no default."""
+    for name in ("CCX_REDIS_URL", "REDIS_URL", "CCX_INSECURE_REDIS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CCX_CONFIG_DIR", str(tmp_path))
+    with pytest.raises(ConfigError) as caught:
+        Runner.from_env()
+    assert str(caught.value) == NO_REDIS
 
 
 def test_list_and_get_show_status(runner: Runner) -> None:

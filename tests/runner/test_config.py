@@ -1,4 +1,5 @@
-"""The Redis URL's transport: a password goes in clear only to this machine, unless the user says otherwise."""
+"""The Redis URL: there is one only if configured, it has a password (TCP), and that password goes in clear only
+to this machine, unless the user says otherwise."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from handler.config import ConfigError
-from runner.config import Settings
+from runner.config import NO_REDIS, Settings, redis_client
+from tests.conftest import no_password
 from tests.support.netns import Network
 
 PY = sys.executable
@@ -27,7 +29,7 @@ def refusal(host: str) -> str:
 
 def test_a_redis_password_in_clear_to_another_machine_is_refused_and_only_that() -> None:
     """Settings (every way a URL comes in makes one) refuse a password over redis:// off loopback, wherever the
-    URL puts it; loopback, unix sockets, rediss://, no password, or CCX_ALLOW_INSECURE are fine. Nothing connects."""
+    URL puts it; loopback, unix sockets, rediss://, or CCX_ALLOW_INSECURE are fine. Nothing connects."""
     refused = {
         "redis://:pw@192.0.2.1:6379/0": "192.0.2.1",
         "redis://user:pw@redis.example.com/0": "redis.example.com",
@@ -46,9 +48,88 @@ def test_a_redis_password_in_clear_to_another_machine_is_refused_and_only_that()
         "redis://:pw@localhost/0",
         "unix:///tmp/redis.sock?password=pw",
         "rediss://:pw@192.0.2.1:6380/0",
-        "redis://192.0.2.1:6379/0",
     ]
     assert [Settings(redis_url=url).redis_url for url in fine] == fine
+
+
+def test_a_tcp_redis_url_without_a_password_is_refused_unless_opted_in() -> None:
+    """Whoever listens at a Redis URL without a password gets the tasks: Settings refuse it, however the URL comes in
+    (constructed, replaced), with one sentence; CCX_INSECURE_REDIS accepts it. A password anywhere in the URL, or a
+    unix:// socket (its file's permissions guard it), is fine; the default (no URL) connects nowhere, so it is fine."""
+    refused = {
+        "redis://127.0.0.1:6379/0": ("127.0.0.1:6379", "redis"),
+        "redis://localhost": ("localhost:6379", "redis"),
+        "redis://user@127.0.0.1:7000/0": ("127.0.0.1:7000", "redis"),
+        "redis://[::1]:7001/0": ("[::1]:7001", "redis"),
+        "rediss://redis.example.com:6380/0": ("redis.example.com:6380", "rediss"),
+    }
+    for url, (where, scheme) in refused.items():
+        with pytest.raises(ConfigError) as caught:
+            Settings(redis_url=url)
+        assert str(caught.value) == no_password(url, where, scheme), url
+        with pytest.raises(ConfigError):
+            Settings(insecure_redis=True).replace(redis_url=url, insecure_redis=False)
+        assert Settings(redis_url=url, insecure_redis=True).redis_url == url
+        assert Settings(insecure_redis=True).replace(redis_url=url).redis_url == url
+    fine = [
+        "redis://:pw@127.0.0.1:6379/0",
+        "redis://user:pw@127.0.0.1:6379/0",
+        "redis://127.0.0.1:6379/0?password=pw",
+        "rediss://:pw@redis.example.com:6380/0",
+        "unix:///run/redis/redis.sock",
+        "",
+    ]
+    assert [Settings(redis_url=url).redis_url for url in fine] == fine
+    assert Settings().redis_url == "" and Settings().insecure_redis is False
+
+
+def clean_environment(monkeypatch: pytest.MonkeyPatch, config_dir: Path) -> None:
+    """No Redis URL, no opt-in, and a config dir of the test's own (no `ccx up` stack file in it)."""
+    for name in ("CCX_REDIS_URL", "REDIS_URL", "CCX_INSECURE_REDIS", "CCX_ALLOW_INSECURE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CCX_CONFIG_DIR", str(config_dir))
+
+
+def test_every_way_a_url_comes_in_from_the_environment_is_checked(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """CCX_REDIS_URL or REDIS_URL without a password: from_env refuses it, CCX_INSECURE_REDIS=1 accepts it; a URL
+    given over it (a flag) replaces it unread; a bad opt-in value is one sentence naming the variable."""
+    clean_environment(monkeypatch, tmp_path)
+    for name in ("CCX_REDIS_URL", "REDIS_URL"):
+        monkeypatch.setenv(name, "redis://127.0.0.1:6390/0")
+        with pytest.raises(ConfigError) as caught:
+            Settings.from_env()
+        assert str(caught.value) == no_password("redis://127.0.0.1:6390/0", "127.0.0.1:6390"), name
+        assert Settings.from_env(redis_url="redis://:pw@127.0.0.1:6391/0").redis_url == "redis://:pw@127.0.0.1:6391/0"
+        monkeypatch.setenv("CCX_INSECURE_REDIS", "1")
+        assert Settings.from_env().redis_url == "redis://127.0.0.1:6390/0"
+        monkeypatch.delenv("CCX_INSECURE_REDIS")
+        monkeypatch.delenv(name)
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(redis_url="redis://127.0.0.1:6392/0")
+    assert str(caught.value) == no_password("redis://127.0.0.1:6392/0", "127.0.0.1:6392")
+    assert Settings.from_env(redis_url="redis://127.0.0.1:6392/0", insecure_redis=True).insecure_redis is True
+    monkeypatch.setenv("CCX_INSECURE_REDIS", "perhaps")
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env()
+    assert str(caught.value) == "CCX_INSECURE_REDIS must be 1 or 0 (true or false), not 'perhaps'."
+
+
+def test_nothing_configured_is_no_redis_and_connecting_says_what_to_do(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """No URL in the environment and no `ccx up` running: the settings have no Redis (never a default address), and
+    a client for it is refused with the one sentence, before any connection."""
+    clean_environment(monkeypatch, tmp_path)
+    settings = Settings.from_env()
+    assert settings.redis_url == ""
+    with pytest.raises(ConfigError) as caught:
+        redis_client(settings.redis_url)
+    assert str(caught.value) == NO_REDIS
+    assert NO_REDIS == (
+        "No Redis configured: pass --redis-url or set CCX_REDIS_URL, or start a local stack with `ccx up`."
+    )
 
 
 LISTENER = """

@@ -813,7 +813,7 @@ def test_valid_spec_is_normalised_and_round_trips() -> None:
 
 
 def test_submit_rejects_a_bad_spec_before_contacting_redis() -> None:
-    runner = Runner(redis_url="redis://127.0.0.1:9/0", queue="never-used")  # nothing listens there
+    runner = Runner(redis_url="redis://:unused@127.0.0.1:9/0", queue="never-used")  # nothing listens there
     try:
         with pytest.raises(SpecError, match="Unknown agent 'nope'"):
             runner.submit("x", agent="nope")

@@ -31,6 +31,7 @@ from typing import Any
 import redis
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
+from rq.queue import Queue
 from rq.registry import CanceledJobRegistry
 from rq.serializers import JSONSerializer
 
@@ -113,6 +114,15 @@ def settle_dependents(store: TaskStore, job: Job, result: TaskResult) -> None:
         )
         with contextlib.suppress(UnknownTask):
             cancel(store, dependent_id, reason)
+
+
+def settle_lost_end(store: TaskStore, job: Job, result: TaskResult) -> None:
+    """An end was recorded but the process that recorded it died before it settled the dependents, or before
+    RQ's own bookkeeping in it could enqueue them (a worker SIGKILLed at the task's end: chaos seed 102, whose
+    chains then waited deferred for good). Settle them now; every step is idempotent, so an end that had got
+    further is settled no differently."""
+    settle_dependents(store, job, result)
+    Queue(job.origin, connection=store.client, serializer=JSONSerializer).enqueue_dependents(job)
 
 
 def settle_new_dependent(store: TaskStore, task_id: str, after: str, after_any: bool) -> None:

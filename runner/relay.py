@@ -38,6 +38,10 @@ from runner.spec import TaskResult, TaskSpec
 log = logging.getLogger("ccx.runner")
 
 STALE_RUN = "This worker lost its queue to a newer one, which runs the task instead."
+CANCELLED_UNANSWERED = (
+    "The task was cancelled while running, and the connection to the handler was lost before its answer came: "
+    "the handler stops the run if it still goes on, but it may have finished first; check its log."
+)
 NOTHING_KEPT_RUN = "The handler kept no outcome of the task's unread runs; nothing was run."
 
 
@@ -90,7 +94,7 @@ async def relay(
 
     execute_result: ExecuteResult | None = None
     error: str | None = None
-    interrupted = False
+    interrupted = cancelled = False
     try:
         execute_result = await _execute_waiting_for_handler(settings, params, on_output, cancel, on_started)
     except HandlerError as exc:
@@ -111,8 +115,12 @@ async def relay(
         waited = f"at {url} for {settings.handler_wait:g} s (CCX_HANDLER_WAIT; "
         raise HandlerUnreachable(str(exc).replace(f"at {url} (", waited, 1)) from None
     except HandlerUnavailable as exc:
-        # The handler went away mid-run: the infrastructure, not the task.
-        error, interrupted = str(exc), not cancel.is_set()
+        # The handler went away mid-run: the infrastructure, not the task. The run may have ended all the same
+        # (its outcome kept on the handler for the next attempt to collect), unless someone asked to cancel it:
+        # then it ends cancelled, saying its end is unknown (chaos seed 101: a cancel sent into a partition,
+        # the run finished, and the task was failed for "the handler closed the connection").
+        cancelled = cancel.is_set() and not quiet.fired
+        error, interrupted = (CANCELLED_UNANSWERED if cancelled else str(exc)), not cancelled
     except ConfigError as exc:
         error = str(exc)
     except redis.RedisError as exc:
@@ -136,7 +144,9 @@ async def relay(
             await asyncio.wait_for(client.aclose(), 2)
 
     if execute_result is None:
-        return TaskResult(id=task_id, error=error, agent={"name": agent.name}, interrupted=interrupted)
+        return TaskResult(
+            id=task_id, error=error, agent={"name": agent.name}, interrupted=interrupted, cancelled=cancelled
+        )
     outcome = parser.finish(execute_result)
     if execute_result.collected:
         log.warning(

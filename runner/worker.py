@@ -204,8 +204,15 @@ class CcxWorker(Worker):
         end its run, and only its run, so a run another worker started meanwhile is never touched."""
         super().handle_work_horse_killed(job, retpid, ret_val, rusage)
         result = TaskResult.failed(job.id, HORSE_DIED)
-        if self.store is not None and self._run and lifecycle.end(self.store, result, job.origin, job, self._run):
+        if self.store is None or not self._run:
+            return
+        if lifecycle.end(self.store, result, job.origin, job, self._run):
             log.warning("task %s: its work-horse died (waitpid %s); marked failed", job.id, ret_val)
+            return
+        record = self.store.get(job.id)
+        ours = self.connection.hget(events.info_key(job.id), "run") == self._run.encode()  # an end keeps its run
+        if record is not None and record.result is not None and ours:
+            lifecycle.settle_lost_end(self.store, job, record.result)  # it died right at its end
 
     def handle_job_failure(
         self,
@@ -339,7 +346,9 @@ def recover_abandoned(client: redis.Redis, queue_name: str, store: TaskStore, se
         except NoSuchJobError:
             job = None
         record = store.get(job_id)
-        if job is not None and record is not None and record.result is None:
+        if job is not None and record is not None and record.result is not None:
+            lifecycle.settle_lost_end(store, job, record.result)  # its worker may have died right at its end
+        elif job is not None and record is not None and record.result is None:
             attempts = store.attempts(job_id)
             run = client.hget(events.info_key(job_id), "run")  # the handler may keep its outcome: see job.py
             attempts.append(

@@ -6,11 +6,15 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import orjson
 import pytest
+import redis.asyncio
+from websockets.asyncio.server import ServerConnection, serve
 
+from runner import events
 from runner.config import Settings
 from runner.handler_client import HandlerUnreachable
-from runner.relay import NOTHING_KEPT_RUN, relay
+from runner.relay import CANCELLED_UNANSWERED, NOTHING_KEPT_RUN, relay
 from runner.spec import TaskSpec
 from runner.stack import free_port
 from tests.handler.helpers import PY, TOKEN, eventually, serving
@@ -64,3 +68,40 @@ def test_an_unreachable_handler_is_raised_saying_where_and_how_long_it_was_waite
             asyncio.run(asyncio.wait_for(relay("t-1", spec, settings, run_id="R2", collect=collect), 30))
         assert str(raised.value).startswith(f"Could not reach the handler at {url} for 0.3 s (CCX_HANDLER_WAIT; ")
         assert str(raised.value).endswith("start it with `ccx handler` (or `ccx up`), or set CCX_HANDLER_URL.")
+
+
+def test_a_cancel_whose_answer_is_lost_with_the_connection_ends_the_task_cancelled_saying_so(
+    redis_url: str,
+) -> None:
+    """Someone cancels a running task, and the connection to the handler dies before the answer comes (a
+    partition, say): the task ends cancelled, saying its end is unknown, not failed for a closed connection
+    (chaos seed 101), and it is not run again (not interrupted)."""
+    asked: list[str] = []
+
+    async def handler(connection: ServerConnection) -> None:
+        async for message in connection:
+            method = orjson.loads(message)["method"]
+            asked.append(method)
+            if method == "execute":
+                await connection.send(orjson.dumps({"jsonrpc": "2.0", "method": "process.started",
+                                                    "params": {"pid": 4242}}).decode())  # fmt: skip
+            elif method == "cancel":
+                connection.transport.abort()  # the answer never comes
+
+    async def scenario() -> None:
+        async with serve(handler, "127.0.0.1", 0) as server:
+            port = server.sockets[0].getsockname()[1]
+            settings = Settings(redis_url=redis_url, handler_url=f"ws://127.0.0.1:{port}/ws", handler_wait=1)
+            client = redis.asyncio.Redis.from_url(redis_url)
+            try:
+                running = asyncio.create_task(relay("t-cancelled", TaskSpec(agent="command", argv=["true"]), settings))
+                await eventually(lambda: asked == ["execute"], 10, what="the run to start")
+                await client.set(events.cancel_key("t-cancelled"), "cancelled by the test")
+                result = await asyncio.wait_for(running, 30)
+            finally:
+                await client.aclose()
+        assert asked == ["execute", "cancel"]
+        assert (result.cancelled, result.interrupted, result.success) == (True, False, False)
+        assert result.error == CANCELLED_UNANSWERED
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))

@@ -15,10 +15,14 @@ import pytest
 from rq import Queue
 from rq.serializers import JSONSerializer
 
+from handler.secretfile import new_secret
 from runner import events
 from runner.client import Runner
+from runner.config import NO_REDIS, Settings
 from runner.stack import LocalStack, free_port
 from runner.worker import WORKER_DIED
+from tests.conftest import no_password, passwordless_redis
+from tests.support.other_user import as_other_user
 from tests.support.processes import pid_alive, pids_with_marker, wait_until
 
 PY = sys.executable
@@ -53,6 +57,60 @@ def test_a_second_worker_on_the_same_queue_is_refused(stack: LocalStack) -> None
         stop(second)
     assert second.returncode == 3
     assert b"already serves queue" in err and b"--standby" in err
+
+
+def unconfigured_env(**extra: str) -> dict[str, str]:
+    """This environment without any Redis URL, opt-in or other CCX_ setting (``extra`` added)."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("CCX_") and k not in ("REDIS_URL", "XDG_CONFIG_HOME")
+    }
+    return {**env, **extra}
+
+
+@pytest.mark.timeout(180)
+def test_a_worker_refuses_another_users_redis_without_a_password_and_serves_it_only_when_opted_in(
+    queue_name: str, tmp_path: Path
+) -> None:
+    """Another local user (nobody) runs a Redis that lets anyone in, with a task planted in it. `ccx worker
+    --redis-url redis://127.0.0.1:PORT` exits 2 with the sentence and runs nothing: the task stays queued, its
+    marker unwritten. With --insecure-redis the same worker serves that Redis: the planted task runs, as this user."""
+    with passwordless_redis(**as_other_user()) as port:
+        url = f"redis://127.0.0.1:{port}/0"
+        marker = tmp_path / "planted-ran"
+        planter = Runner(redis_url=url, queue=queue_name, settings=Settings(insecure_redis=True))
+        planted = planter.submit(agent="command", argv=["sh", "-c", f"id -u > {marker}"])
+        env = unconfigured_env(CCX_CONFIG_DIR=str(tmp_path / "config"), CCX_QUEUE=queue_name)
+        worker = [PY, "-m", "runner.cli", "worker", "--burst", "--redis-url", url]
+        refused = subprocess.run(worker, env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        assert (refused.returncode, refused.stdout) == (2, "")
+        assert refused.stderr == f"ccx: {no_password(url, f'127.0.0.1:{port}')}\n"
+        assert (planted.status(), len(planter.queue), marker.exists()) == ("queued", 1, False)
+
+        handler = LocalStack(redis_url=url, queue=queue_name, handler_token=new_secret(), env=env)
+        handler.start_handler(20)
+        try:
+            served = subprocess.run(
+                [*worker, "--insecure-redis", "--handler-url", handler.handler_url],
+                env={**env, "CCX_HANDLER_TOKEN": handler.handler_token or ""},
+                capture_output=True, text=True, timeout=90, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        finally:
+            handler.stop()
+        assert served.returncode == 0, served.stderr
+        assert f"ccx worker serving queue '{queue_name}' on {url}" in served.stdout
+        assert planted.result(timeout=10).success
+        assert marker.read_text() == f"{os.geteuid()}\n"
+        planter.redis.close()
+
+
+def test_a_worker_with_nothing_configured_says_so_and_serves_nothing(tmp_path: Path) -> None:
+    """No --redis-url, CCX_REDIS_URL or REDIS_URL, and no `ccx up` running (a home of its own): one sentence, exit
+    2, nothing served (no default address is tried)."""
+    done = subprocess.run(
+        [PY, "-m", "runner.cli", "worker"],
+        env=unconfigured_env(HOME=str(tmp_path)), capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert (done.returncode, done.stdout, done.stderr) == (2, "", f"ccx: {NO_REDIS}\n")
 
 
 ONCE = """
@@ -305,3 +363,39 @@ def test_the_real_rq_dashboard_shows_right_counts_and_every_task_page(
         assert orjson.loads(get(f"/data/job/{bad.id}.json")[1])["exc_info"] == "The command exited with code 1."
     finally:
         stop(dashboard)
+
+
+@pytest.mark.parametrize("succeeded", [True, False], ids=["finished", "failed"])
+def test_a_task_whose_worker_died_right_after_its_end_was_recorded_still_settles_its_dependents(
+    redis_url: str, queue_name: str, succeeded: bool
+) -> None:
+    """The end is recorded, then the worker is SIGKILLed before the end settles the chain (chaos seed 102: the
+    chain waited deferred for good). The next worker's recovery settles it: after a success the dependent is
+    queued, in RQ's queue too; after a failure it is cancelled, and an after_any one is queued."""
+    from rq.job import JobStatus
+    from rq.registry import StartedJobRegistry
+
+    from runner import lifecycle
+    from runner.spec import TaskResult
+    from runner.worker import recover_abandoned
+
+    runner = Runner(redis_url=redis_url, queue=queue_name)
+    first = runner.submit(agent="command", argv=["true"]).id
+    plain = runner.submit(agent="command", argv=["true"], after=first).id
+    anyway = runner.submit(agent="command", argv=["true"], after=first, after_any=True).id
+    queue = Queue(queue_name, connection=runner.redis, serializer=JSONSerializer)
+    assert queue.pop_job_id() == first  # taken by a worker...
+    assert lifecycle.start(runner.store, first, queue_name, "1:a", None, 5000).code == 1
+    runner.redis.zadd(StartedJobRegistry(queue=queue).key, {f"{first}:exec": 9e9})
+    end = TaskResult(id=first, success=True) if succeeded else TaskResult(id=first, error="exit 1")
+    assert runner.store.finalize(end, queue_name, "1:a")  # ...which recorded the end, and died
+    runner.redis.delete(events.lease_key(first))
+    assert [runner.get(t).status for t in (plain, anyway)] == ["deferred", "deferred"]  # type: ignore[union-attr]
+
+    recover_abandoned(runner.redis, queue_name, runner.store, Settings(redis_url=redis_url, queue=queue_name))
+
+    expected = ["queued", "queued"] if succeeded else ["cancelled", "queued"]
+    assert [runner.get(t).status for t in (plain, anyway)] == expected  # type: ignore[union-attr]
+    assert sorted(queue.get_job_ids()) == sorted([plain, anyway] if succeeded else [anyway])  # RQ's order: a set's
+    if not succeeded:
+        assert lifecycle.fetch_job(runner.redis, plain).get_status() == JobStatus.CANCELED  # type: ignore[union-attr]

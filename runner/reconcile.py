@@ -7,6 +7,9 @@ their actions becomes (docs/reliability.md, "RQ's tools"):
   job is gone, so the task can never run. A waiting task whose job is gone ends
   ``cancelled`` with a sentence saying how, at the worker's next look
   (:class:`Reconciler`, every :data:`LOOK_EVERY` seconds while it is idle).
+* **A chain left waiting**: a deferred task whose predecessor has ended is settled
+  at the same look, as that end would have settled it (an end recorded by a process
+  that died at once, or by a Redis that lost its last second, may never have).
 * **Requeue a failed task** (rq-dashboard, ``rq requeue``): refused. The task has
   ended and its dependents were settled; running it again would make its record
   lie. The worker files it back as failed and logs :data:`REQUEUE_REFUSED`.
@@ -89,8 +92,9 @@ class Reconciler:
         return time.monotonic() - self._last >= self.every
 
     def run(self) -> list[str]:
-        """End the jobless waiting tasks cancelled; then settle the tasks deferred after them (RQ's empty deleted
-        the predecessors' lists of dependents too, so their ends could not reach them)."""
+        """End the jobless waiting tasks cancelled; then settle the deferred tasks whose predecessor has ended: RQ's
+        empty deleted the predecessors' lists of dependents too, so their ends could not reach them; and an end
+        whose process died, or whose Redis lost its last second, may have been recorded without settling them."""
         self._last = time.monotonic()
         found = scan(self.store.client, self.queue)
         ended = []
@@ -99,8 +103,20 @@ class Reconciler:
                 if lifecycle.cancel(self.store, task_id, JOB_DELETED) == lifecycle.CANCELLED:
                     log.warning("task %s: %s", task_id, JOB_DELETED)
                     ended.append(task_id)
-        for task_id in found.deferred if ended else ():
+        for task_id in found.deferred:
             job = lifecycle.fetch_job(self.store.client, task_id)
             for after in job.dependency_ids if job is not None else ():
-                lifecycle.settle_new_dependent(self.store, task_id, after, job.allow_dependency_failures)
+                self._settle(task_id, after, job.allow_dependency_failures)
         return ended
+
+    def _settle(self, task_id: str, after: str, after_any: bool) -> None:
+        predecessor = self.store.get(after)
+        if predecessor is None or predecessor.result is None:
+            return  # still to come: its end settles this task
+        job = lifecycle.fetch_job(self.store.client, after)
+        if job is None:  # deleted with RQ's tools: its list of dependents went with it
+            lifecycle.settle_new_dependent(self.store, task_id, after, after_any)
+            return
+        log.warning("task %s: its predecessor %s had ended (%s) without settling it; settled now", task_id, after,
+                    predecessor.result.status)  # fmt: skip
+        lifecycle.settle_lost_end(self.store, job, predecessor.result)

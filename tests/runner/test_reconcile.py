@@ -61,3 +61,32 @@ def test_rq_requeue_of_a_failed_task_is_refused_and_its_record_stays_true(runner
     again = runner.get(handle.id)
     assert again is not None and again.result == failed
     assert marker.read_text() == "ran\n"
+
+
+@pytest.mark.parametrize("succeeded", [True, False], ids=["finished", "failed"])
+def test_an_idle_look_settles_a_chain_an_end_left_waiting(redis_url: str, queue_name: str, succeeded: bool) -> None:
+    """An end recorded without settling its chain (its process died right after, or Redis lost its last second):
+    the idle worker's next look settles it as the end would have, in the task records and in RQ's queue."""
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+
+    from runner import lifecycle
+    from runner.reconcile import Reconciler
+    from runner.spec import TaskResult
+
+    runner = Runner(redis_url=redis_url, queue=queue_name)
+    first = runner.submit(agent="command", argv=["true"]).id
+    plain = runner.submit(agent="command", argv=["true"], after=first).id
+    anyway = runner.submit(agent="command", argv=["true"], after=first, after_any=True).id
+    queue = Queue(queue_name, connection=runner.redis, serializer=JSONSerializer)
+    assert queue.pop_job_id() == first
+    assert lifecycle.start(runner.store, first, queue_name, "1:a", None, 5000).code == 1
+    end = TaskResult(id=first, success=True) if succeeded else TaskResult(id=first, error="exit 1")
+    assert runner.store.finalize(end, queue_name, "1:a")  # the end, and nothing after it
+    assert [runner.get(t).status for t in (plain, anyway)] == ["deferred", "deferred"]  # type: ignore[union-attr]
+
+    Reconciler(runner.store, queue_name).run()
+
+    expected = ["queued", "queued"] if succeeded else ["cancelled", "queued"]
+    assert [runner.get(t).status for t in (plain, anyway)] == expected  # type: ignore[union-attr]
+    assert sorted(queue.get_job_ids()) == sorted([plain, anyway] if succeeded else [anyway])

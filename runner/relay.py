@@ -331,7 +331,7 @@ def handler_answers(settings: Settings) -> bool:
     except HandlerUnreachable:
         return False
     except (HandlerUnavailable, ConfigError):
-        return True
+        pass  # it answered, refusing this worker: the next attempt says why
     return True
 
 

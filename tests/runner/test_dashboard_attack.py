@@ -39,11 +39,10 @@ from websockets.sync.client import connect
 
 from runner.client import Runner
 from runner.dashboard.server import login_url
-from runner.stack import LocalStack
-from tests.runner.test_dashboard import Dashboard, browser_page, start_dashboard, task_url
+from tests.runner.test_dashboard import Dashboard, browser_page, dashboard, task_url
 from tests.support.processes import wait_until
 
-__all__ = ["browser_page"]  # the dashboard tests' headless Chromium fixture, used here
+__all__ = ["browser_page", "dashboard"]  # the dashboard tests' Chromium and dashboard fixtures, used here
 
 PY = sys.executable
 
@@ -122,14 +121,6 @@ def attacker() -> Iterator[AttackerServer]:
     thread.join(10)
 
 
-@pytest.fixture
-def board(stack: LocalStack, tmp_path: Path) -> Iterator[Dashboard]:
-    assert stack.redis_url is not None
-    dashboard = start_dashboard(stack.redis_url, stack.queue, tmp_path / "dashboard.log")
-    yield dashboard
-    dashboard.stop()
-
-
 def replay(board: Dashboard, cookie: str, task_id: str) -> tuple[int, str]:
     """What the attacker's server does with a cookie it got: GET the API with it, and drive ``/live`` with it
     as a script does (no Origin). Returns the API's status and how ``/live`` ended."""
@@ -181,11 +172,11 @@ def the_users_tab_goes_on_working(page: Any, board: Dashboard, blocker_id: str) 
 
 @pytest.mark.timeout(180)
 def test_a_program_on_another_loopback_port_gets_no_credential_and_can_do_nothing(
-    runner: Runner, board: Dashboard, attacker: AttackerServer, browser_page: Any, tmp_path: Path
+    runner: Runner, dashboard: Dashboard, attacker: AttackerServer, browser_page: Any, tmp_path: Path
 ) -> None:
     from playwright.sync_api import expect
 
-    page = browser_page
+    page, board = browser_page, dashboard
     marker = tmp_path / "pwned"
     blocker = runner.submit(agent="command", argv=[PY, "-c", "import time; time.sleep(600)", uuid.uuid4().hex])
     wait_until(lambda: runner.get(blocker.id).status == "running", 30, what="the blocker to run")

@@ -21,7 +21,7 @@ from rq.serializers import JSONSerializer
 
 from runner import events, lifecycle, queue_state, schedules
 from runner.config import Settings, check_redis_url, redact_url, redis_client
-from runner.errors import Unavailable
+from runner.errors import Unavailable, UnknownTask
 from runner.lifecycle import fetch_job
 from runner.spec import SpecError, TaskResult, TaskSpec
 from runner.store import TaskRecord, TaskStore
@@ -141,7 +141,7 @@ class Runner:
         depends_on = None
         if after:
             if self.store.get(after) is None:
-                raise ValueError(f"Cannot run after task {after}: no such task in this Redis.")
+                raise UnknownTask(after, f"Cannot run after task {after}: no such task in this Redis; check the id.")
             depends_on = Dependency(jobs=[after], allow_failure=after_any)
         new_id = str(uuid.uuid4())
         task_id = self._enqueue(new_id, spec, after, key, due, depends_on)

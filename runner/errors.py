@@ -26,6 +26,10 @@ class UsageError(CcxError, ValueError):
     exit_status = EXIT_USAGE
 
 
+class ConfigError(UsageError):
+    """A setting (a flag or a CCX_* variable) the runner cannot use; the message names it and the fix."""
+
+
 class Unavailable(CcxError, ConnectionError):
     exit_status = EXIT_UNAVAILABLE
 
@@ -37,8 +41,9 @@ class Conflict(CcxError):
 class UnknownTask(UsageError, LookupError):
     """No task with this id in this Redis (never submitted here, or expired)."""
 
-    def __init__(self, task_id: str) -> None:
+    def __init__(self, task_id: str, message: str | None = None) -> None:
         super().__init__(
-            f"No task with id {task_id} is known to this Redis (it may have expired); check the id and --redis-url."
+            message
+            or f"No task with id {task_id} is known to this Redis (it may have expired); check the id and --redis-url."
         )
         self.task_id = task_id

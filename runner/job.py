@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -23,12 +24,12 @@ from rq.job import Job
 from handler.memory import pin_malloc_thresholds
 from runner import events, lifecycle, queue_state
 from runner.config import Settings
-from runner.handler_client import HandlerUnreachable
+from runner.errors import HandlerUnreachable, SpecError
 from runner.lock import process_identity
 from runner.policy import CONTINUE_PROMPT
 from runner.reconcile import REQUEUE_REFUSED
 from runner.relay import NOTHING_KEPT_RUN, STALE_RUN, relay
-from runner.spec import SpecError, TaskResult, TaskSpec
+from runner.spec import TaskResult, TaskSpec
 from runner.store import TaskStore
 
 log = logging.getLogger("ccx.runner")
@@ -36,39 +37,38 @@ log = logging.getLogger("ccx.runner")
 _PR_SET_PDEATHSIG = 1
 
 
-_settings: Settings | None = None
-"""The worker's settings, set before it forks: every work-horse inherits them (one path, not the environment)."""
-_fence: int | None = None
-"""The fencing token of the worker's queue lock (see runner/lock.py); None under a plain ``rq worker``."""
-
 REQUEUE_META = "ccx_requeue"
 """Job meta set by a work-horse whose task must go back to the front of the queue (why, in a word)."""
+HORSE = "ccx_horse"
+"""The attribute of the in-memory job (never saved) by which a worker hands its work-horse a :class:`Horse`."""
 
 
-_run: str = ""
-"""The run id the worker made for the job it is about to fork a horse for (see :func:`new_run`)."""
+@dataclass(frozen=True)
+class Horse:
+    """What a worker hands the work-horse it forks for one job (runner/worker.py, ``perform_job``)."""
+
+    settings: Settings
+    """The worker's settings, built once from flags over environment over defaults."""
+    fence: int | None
+    """The fencing token of the worker's queue lock (see runner/lock.py); None under a plain ``rq worker``."""
+    run: str
+    """The run id, made in the worker before it forks: the horse starts its run under it, and the worker can end
+    exactly that run should the horse die."""
 
 
-def new_run(fence: int | None) -> str:
-    """A run id for the next job, made in the worker before it forks: the horse starts its run under it, and
-    the worker can end exactly that run should the horse die (runner/worker.py)."""
-    global _run
-    # The worker's process identity (host, boot, PID namespace, pid): a successor on this host can tell at once
-    # that the run died with its worker (runner/worker.py), instead of waiting out the lease.
-    _run = f"{fence if fence is not None else '-'}:{process_identity()}"
-    return _run
+def run_id(fence: int | None) -> str:
+    """A new run id under ``fence``, carrying the worker's process identity (host, boot, PID namespace, pid): a
+    successor on this host can tell at once that the run died with its worker, instead of waiting out the lease."""
+    return f"{fence if fence is not None else '-'}:{process_identity()}"
 
 
-def configure(settings: Settings, fence: int | None = None) -> None:
-    """Called by the worker once its settings are final (flags over environment over token file)."""
-    global _settings, _fence
-    _settings = settings
-    _fence = fence
-
-
-def current_settings() -> Settings:
-    """The worker's settings; a plain ``rq worker`` running our jobs reads them from the environment."""
-    return _settings if _settings is not None else Settings.from_env().with_local_token()
+def horse_of(job: Job) -> Horse:
+    """The horse its worker handed this job. A plain ``rq worker`` running our jobs hands none: that is an entry
+    point of its own, so the settings come from the environment, as for any entry point."""
+    horse = getattr(job, HORSE, None)
+    if isinstance(horse, Horse):
+        return horse
+    return Horse(Settings.from_env().with_local_token(), None, run_id(None))
 
 
 class TaskFailed(Exception):
@@ -98,10 +98,11 @@ def run_task(spec_data: dict) -> dict:
     if job.connection is None:
         raise RuntimeError("the job has no Redis connection")
     die_with_parent()
-    settings = current_settings()
+    horse = horse_of(job)
+    settings = horse.settings
     store = TaskStore(job.connection, settings.log_maxlen, settings.log_ttl, settings.idempotency_ttl)
     try:
-        result = run_job(job, spec_data, settings, store)
+        result = run_job(job, spec_data, horse, store)
     except TaskRequeued:
         raise
     except Exception as exc:
@@ -112,7 +113,7 @@ def run_task(spec_data: dict) -> dict:
         )
         # Its own run, or, if it failed before starting one, the task as long as no run holds it: never a run
         # another worker started meanwhile.
-        if not lifecycle.end(store, result, job.origin, job, _run) and not store.client.hexists(
+        if not lifecycle.end(store, result, job.origin, job, horse.run) and not store.client.hexists(
             events.info_key(job.id), "run"
         ):
             lifecycle.end(store, result, job.origin, job)
@@ -131,17 +132,19 @@ STALE = "stale"
 STALE_BACKOFF_CAP = 30.0
 
 
-def _stale(job: Job, store: TaskStore, result: TaskResult, attempts: list[dict[str, Any]], run_id: str) -> TaskRequeued:
+def _stale(
+    job: Job, store: TaskStore, result: TaskResult, attempts: list[dict[str, Any]], horse: Horse
+) -> TaskRequeued:
     """The handler refused this run as stale: give the run back (the task is queued again, the refusal counted
     among its attempts) and hand the job back after a backoff that doubles with each refusal, saying why."""
     refusals = 1 + sum(1 for attempt in attempts if attempt.get("kind") == STALE)
     this = {"started_at": result.started_at, "ended_at": result.ended_at, "error": result.error, "kind": STALE}
-    lifecycle.interrupt(store, job.id, job.origin, run_id, [*attempts, this])
+    lifecycle.interrupt(store, job.id, job.origin, horse.run, [*attempts, this])
     wait = min(0.5 * 2 ** (refusals - 1), STALE_BACKOFF_CAP)
     log.warning(
         "task %s: the handler refused this worker's run as stale (fencing token %s, refusal %d): a newer worker "
         "serves queue %s, or Redis lost its data and its clock went back; handing it back in %.1f s",
-        job.id, _fence, refusals, job.origin, wait,
+        job.id, horse.fence, refusals, job.origin, wait,
     )  # fmt: skip
     time.sleep(wait)
     return _requeue(job, STALE)
@@ -161,8 +164,8 @@ def _unread_runs(attempts: list[dict[str, Any]]) -> list[str]:
     return unread
 
 
-def run_job(job: Job, spec_data: dict, settings: Settings, store: TaskStore) -> TaskResult:
-    task_id, queue = job.id, job.origin
+def run_job(job: Job, spec_data: dict, horse: Horse, store: TaskStore) -> TaskResult:
+    task_id, queue, settings = job.id, job.origin, horse.settings
     client: redis.Redis = job.connection
     reason = client.get(events.cancel_key(task_id))
     if reason is not None:
@@ -177,9 +180,8 @@ def run_job(job: Job, spec_data: dict, settings: Settings, store: TaskStore) -> 
         result = TaskResult.failed(task_id, f"Invalid task spec: {exc}", started_at=started_at)
         lifecycle.end(store, result, queue, job)
         return result
-    run_id = _run or new_run(_fence)  # a plain ``rq worker`` makes none before forking
     lease_ms = int(settings.lock_ttl * 1000)
-    started = lifecycle.start(store, task_id, queue, run_id, _fence, lease_ms)
+    started = lifecycle.start(store, task_id, queue, horse.run, horse.fence, lease_ms)
     if started.code == -1:
         log.warning(
             "task %s: another worker serves queue %s now (this one lost its lock); handing it back", task_id, queue
@@ -200,35 +202,35 @@ def run_job(job: Job, spec_data: dict, settings: Settings, store: TaskStore) -> 
     final = attempts[-1].get(lifecycle.LAST_LOOK) if attempts else None  # only collect: see lifecycle.last_look
     try:
         result = asyncio.run(
-            relay(task_id, spec, settings, job_key, queue=queue, run_id=run_id, fence_token=_fence, collect=unread,
+            relay(task_id, spec, settings, job_key, queue=queue, run_id=horse.run, fence_token=horse.fence, collect=unread,
                   collect_only=final is not None)
         )  # fmt: skip
     except HandlerUnreachable as exc:
-        lifecycle.hold_for_handler(store, task_id, queue, run_id, attempts, str(exc), started_at)
+        lifecycle.hold_for_handler(store, task_id, queue, horse.run, attempts, str(exc), started_at)
         raise _requeue(job, queue_state.HANDLER) from None
     result.started_at = started_at
     result.ended_at = events.now_iso()
     if result.duration_ms is None:
         result.duration_ms = round((time.monotonic() - began) * 1000, 3)
     result.metadata = spec.metadata
-    return _what_it_means(job, store, spec, result, attempts, settings, run_id, final)
+    return _what_it_means(job, store, spec, result, attempts, horse, final)
 
 
 def _what_it_means(
     job: Job, store: TaskStore, spec: TaskSpec, result: TaskResult, attempts: list[dict[str, Any]],
-    settings: Settings, run_id: str, final: str | None,
+    horse: Horse, final: str | None,
 ) -> TaskResult:  # fmt: skip
     """Hand the attempt's outcome to :func:`runner.lifecycle.conclude`, after the two cases only the horse can
     tell: a run refused as stale, and a collect-only attempt that found nothing kept."""
     task_id = job.id
     if result.interrupted and result.error == STALE_RUN:
-        raise _stale(job, store, result, attempts, run_id)
+        raise _stale(job, store, result, attempts, horse)
     if final is not None and result.error == NOTHING_KEPT_RUN:
         result = TaskResult.failed(task_id, final, interrupted=True, attempts=attempts, started_at=result.started_at)
-        lifecycle.end(store, result, job.origin, job, run_id)
+        lifecycle.end(store, result, job.origin, job, horse.run)
         log.warning("task %s: none of its runs had ended unread; it failed: %s", task_id, final)
         return result
-    again = lifecycle.conclude(store, job, spec, result, attempts, settings, run_id)
+    again = lifecycle.conclude(store, job, spec, result, attempts, horse.settings, horse.run)
     if again is not None:
         raise _requeue(job, again)
     log.info(

@@ -208,6 +208,17 @@ def last_look(attempts: list[dict[str, Any]], final: str) -> bool:
     return True
 
 
+def interruptions(attempts: list[dict[str, Any]]) -> int:
+    """How many of ``attempts`` the infrastructure interrupted (the oldest records carry no kind: interrupted)."""
+    return sum(1 for attempt in attempts if attempt.get("kind", events.INTERRUPTED) == events.INTERRUPTED)
+
+
+def runs_again(attempts: list[dict[str, Any]], final: str, settings: Settings) -> bool:
+    """Whether a task whose last attempt was interrupted runs again: up to ``interrupted_retries`` times, then
+    once more only to collect a kept outcome (:func:`last_look`), else it ends with ``final``."""
+    return interruptions(attempts) <= settings.interrupted_retries or last_look(attempts, final)
+
+
 def hold_for_handler(
     store: TaskStore, task_id: str, queue: str, run: str, attempts: list[dict[str, Any]], error: str, started_at: str
 ) -> bool:
@@ -244,10 +255,8 @@ def conclude(
     this = {"started_at": result.started_at, "ended_at": result.ended_at, "error": result.error}
     if result.interrupted:
         attempts.append({**this, "kind": events.INTERRUPTED, "run": run})
-        interruptions = sum(1 for attempt in attempts if attempt.get("kind", events.INTERRUPTED) == events.INTERRUPTED)
-        final = f"{result.error} It was tried {interruptions} time(s); resubmit it to try again."
-        again = interruptions <= settings.interrupted_retries or last_look(attempts, final)
-        if again and interrupt(store, task_id, queue, run, attempts):
+        final = f"{result.error} It was tried {interruptions(attempts)} time(s); resubmit it to try again."
+        if runs_again(attempts, final, settings) and interrupt(store, task_id, queue, run, attempts):
             log.warning(
                 "task %s interrupted (%s); it %s (attempt %d)", task_id, result.error,
                 "runs again" if LAST_LOOK not in attempts[-1] else "only collects a kept outcome",

@@ -4,9 +4,10 @@ Tasks run strictly one after another because exactly one worker consumes a
 queue and it runs one job at a time. The lock (a key with a TTL, renewed by a
 thread) keeps a second worker, from any machine, from starting; when a worker
 dies its lock expires and a new one can take over. A task that was running
-when its worker died goes back to the front of its queue at the next start (up
-to ``interrupted_retries`` times, then it fails with a clear error), never left
-"started".
+when its worker died is settled by the next worker before it serves anything
+(:func:`recover_abandoned`): it runs again from the front of its queue, as any
+interrupted attempt does (:func:`runner.lifecycle.runs_again`), or its end, if
+it had reached one, is kept; it is never left "started".
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from runner import events, lifecycle, lineup, metrics, queue_state, schedules, w
 from runner.client import JOB_FUNCTION, Runner
 from runner.config import PATIENT_RETRIES, Settings, redact_url, redis_client
 from runner.handler_client import check_transport, tls_context
-from runner.job import REQUEUE_META, TaskFailed, TaskRequeued, configure, new_run
+from runner.job import HORSE, REQUEUE_META, Horse, TaskFailed, TaskRequeued, run_id
 from runner.lineup import LockNotHeld, Reclaimer, fenced_queue_class
 from runner.lock import QueueLock, WorkerLocked, holder_is_dead_here
 from runner.reconcile import Reconciler
@@ -100,6 +101,23 @@ class CcxWorker(Worker):
     _dequeuing = False
     _next_probe = 0.0
 
+    def __init__(
+        self,
+        queues: Any,
+        *,
+        settings: Settings | None = None,
+        lock: QueueLock | None = None,
+        store: TaskStore | None = None,
+        looks: tuple[Reclaimer | Reconciler, ...] = (),
+        **rq_options: Any,
+    ) -> None:
+        # RQ builds workers of this class too (Worker.all, rq info): hence no required argument of ours.
+        super().__init__(queues, **rq_options)
+        self.settings = settings if settings is not None else Settings()
+        self.lock = lock
+        self.store = store
+        self.looks = looks
+
     @property
     def dequeue_timeout(self) -> int:
         # Under a third of the lock's TTL: a frozen holder's pending dequeue is over before a standby serves.
@@ -145,8 +163,13 @@ class CcxWorker(Worker):
             lineup.hand_back(self.connection, job.id, queue)
             self.wait_while_paused(queue.name)
             return
-        self._run = new_run(self.lock.fence if self.lock is not None else None)
+        self._run = run_id(self.lock.fence if self.lock is not None else None)
         super().execute_job(job, queue)
+
+    def perform_job(self, job: Job, queue: Queue, execution: Any) -> bool:
+        # In the work-horse: hand it this worker's settings, fence and run on the job itself (never saved).
+        setattr(job, HORSE, Horse(self.settings, self.lock.fence if self.lock is not None else None, self._run))
+        return super().perform_job(job, queue, execution)
 
     def refuse(self, job: Job, queue: Queue, foreign: str) -> None:
         """File a job that is not a task as failed, with one sentence saying why, in RQ's registry and the log."""
@@ -326,7 +349,7 @@ def recover_abandoned(client: redis.Redis, queue_name: str, store: TaskStore, se
 
     A task whose run lease is still renewed is still running (its worker only paused or was cut off):
     wait for it to end, and keep its result. A task whose lease expired was abandoned: it is interrupted
-    and goes back to the front of the queue (up to ``interrupted_retries`` times), else it fails.
+    and runs again from the front of the queue (see :func:`runner.lifecycle.runs_again`), else it fails.
     Called while holding the queue's lock.
     """
     queue = Queue(queue_name, connection=client, serializer=JSONSerializer)
@@ -360,9 +383,9 @@ def recover_abandoned(client: redis.Redis, queue_name: str, store: TaskStore, se
                     **({"run": run.decode()} if run else {}),
                 }
             )
-            interruptions = sum(1 for a in attempts if a.get("kind", "interrupted") == "interrupted")
-            again = interruptions <= settings.interrupted_retries or lifecycle.last_look(attempts, WORKER_DIED)
-            if again and lifecycle.interrupt(store, job_id, queue_name, "", attempts):
+            if lifecycle.runs_again(attempts, WORKER_DIED, settings) and lifecycle.interrupt(
+                store, job_id, queue_name, "", attempts
+            ):
                 client.zrem(registry.key, entry)
                 queue.enqueue_job(job, at_front=True)
                 metrics.record_retry(client, queue_name, events.INTERRUPTED)
@@ -400,9 +423,6 @@ def run_worker(
     With ``metrics_port``, the queue's Prometheus metrics are served from a thread of this process (never the
     work-horses) from before the lock is taken, so a busy port fails at once and a standby worker reports too.
     """
-    import runner.job
-    import runner.relay  # noqa: F401
-
     # Until RQ installs its own handlers in work(), SIGTERM must still unwind through the
     # `finally` below, or the lock would outlive this process by its whole TTL.
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -426,7 +446,6 @@ def run_worker(
         if holder:
             print(f"ccx worker: standing by; queue '{settings.queue}' is served by {holder}.", flush=True)
     lock.acquire(wait=standby)
-    configure(settings, lock.fence)
     try:
         recover_abandoned(client, settings.queue, store, settings)
         queue_class = fenced_queue_class(lock.key, lock.owner)
@@ -440,14 +459,16 @@ def run_worker(
             disable_default_exception_handler=True,
             log_job_description=False,  # descriptions hold prompts and argv, which may carry secrets
             job_monitoring_interval=max(1, int(settings.lock_ttl / 3)),
+            settings=settings,
+            lock=lock,
+            store=store,
+            looks=(Reclaimer(client, queue), Reconciler(store, settings.queue)),
         )
-        worker.lock = lock
-        worker.settings = settings
-        worker.store = store
-        worker.looks = (Reclaimer(client, queue), Reconciler(store, settings.queue))
         problem = warm_up(settings)
         if problem:
-            log.warning("%s Tasks fail until the handler is up (start it with `ccx handler`).", problem)
+            log.warning(
+                "%s The queue holds its tasks until the handler answers (start it with `ccx handler`).", problem
+            )
         print(
             f"ccx worker serving queue '{settings.queue}' on {redact_url(settings.redis_url)} via {settings.handler_url}"
             + (f"; metrics on {metrics_url}" if metrics_url else ""),

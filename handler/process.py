@@ -44,7 +44,6 @@ READ_SIZE = 512 * 1024
 PIPE_SIZE = 1 << 20
 RECENT_RUN = 5.0
 """Runs shorter than this (seconds) look for leftovers among recently allocated pids only."""
-_F_SETPIPE_SZ = 1031  # fcntl constant; absent from the stdlib module before 3.10 on some builds
 
 
 @dataclass(frozen=True)
@@ -164,7 +163,7 @@ class _PipeReader:
         self._reading = False
         os.set_blocking(fd, False)
         with contextlib.suppress(OSError):  # a larger pipe means fewer wake-ups per MB
-            fcntl.fcntl(fd, _F_SETPIPE_SZ, PIPE_SIZE)
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
 
     def resume(self) -> None:
         if not self._reading and not self.eof.done():

@@ -91,16 +91,6 @@ def count_end(pipe: Any, queue: str, result: TaskResult) -> None:
         pipe.hincrbyfloat(key, _SUM, seconds)
 
 
-def record_end(client: redis.Redis, queue: str, result: TaskResult) -> None:
-    """Count a task's end now, in one atomic round trip; a Redis error is logged, not raised."""
-    try:
-        with client.pipeline() as pipe:
-            count_end(pipe, queue, result)
-            pipe.execute()
-    except redis.RedisError as exc:
-        log.warning("task %s: could not count its end in the metrics (%s)", result.id, exc)
-
-
 def record_retry(client: redis.Redis, queue: str, reason: str) -> None:
     """Count a task going back to the front of its queue for another attempt (``reason``: why, in a word)."""
     try:

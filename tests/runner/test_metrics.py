@@ -76,16 +76,23 @@ def test_an_idle_queue_reports_every_metric_at_zero(redis_client: redis.Redis, q
     assert not any(name == "ccx_budget_per_day_usd" for name, _ in found)
 
 
+def _count_end(client: redis.Redis, queue: str, result: TaskResult) -> None:
+    """What runner.lifecycle.end does with the metrics, in the pipeline of its end."""
+    with client.pipeline() as pipe:
+        metrics.count_end(pipe, queue, result)
+        pipe.execute()
+
+
 def test_ends_fill_the_outcome_counters_and_the_duration_histogram(redis_client: redis.Redis, queue_name: str) -> None:
     q = queue_name
-    metrics.record_end(redis_client, q, TaskResult(id="a", success=True, duration_ms=2500))
-    metrics.record_end(redis_client, q, TaskResult(id="b", error="exit 1", duration_ms=300))
-    metrics.record_end(redis_client, q, TaskResult(id="c", error="hung", duration_ms=7200_000))
+    _count_end(redis_client, q, TaskResult(id="a", success=True, duration_ms=2500))
+    _count_end(redis_client, q, TaskResult(id="b", error="exit 1", duration_ms=300))
+    _count_end(redis_client, q, TaskResult(id="c", error="hung", duration_ms=7200_000))
     # Cancelled before it started: counted as an end, but it has no duration.
-    metrics.record_end(redis_client, q, TaskResult(id="d", cancelled=True, error="Cancelled."))
+    _count_end(redis_client, q, TaskResult(id="d", cancelled=True, error="Cancelled."))
     # No duration_ms (its work-horse died): the times say how long it ran.
     times = TaskResult(id="e", error="died", started_at="2025-01-01T00:00:00.000Z", ended_at="2025-01-01T00:00:40.000Z")
-    metrics.record_end(redis_client, q, times)
+    _count_end(redis_client, q, times)
     found = collect(redis_client, q)
     assert value(found, "ccx_tasks_ended_total", queue=q, status=events.FINISHED) == 1
     assert value(found, "ccx_tasks_ended_total", queue=q, status=events.FAILED) == 3

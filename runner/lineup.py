@@ -28,14 +28,14 @@ import redis
 from rq import Queue
 from rq.exceptions import DequeueTimeout
 from rq.intermediate_queue import IntermediateQueue
-from rq.job import Job
+from rq.job import Job, JobStatus
 
 from runner import events
 
 log = logging.getLogger("ccx.worker")
 
 # KEYS: the queue's list, its intermediate list, the task's record, RQ's job hash, the started registry.
-# ARGV: job id, started-registry member ('' = none).
+# ARGV: job id, started-registry member ('' = none), RQ's status queued.
 # Leaves the intermediate list and the started registry; then, unless the task ended, a run holds it, or it is
 # no task of ours (no record, or no job), goes first in line exactly once. Returns 1 when it was put back.
 _HAND_BACK = """
@@ -45,7 +45,7 @@ if redis.call('HEXISTS', KEYS[3], 'result') == 1 or redis.call('HEXISTS', KEYS[3
 if redis.call('EXISTS', KEYS[3]) == 0 or redis.call('EXISTS', KEYS[4]) == 0 then return 0 end
 redis.call('LREM', KEYS[1], 0, ARGV[1])
 redis.call('LPUSH', KEYS[1], ARGV[1])
-redis.call('HSET', KEYS[4], 'status', 'queued')
+redis.call('HSET', KEYS[4], 'status', ARGV[3])
 return 1
 """
 
@@ -105,8 +105,8 @@ def hand_back(client: redis.Redis | redis.client.Pipeline, job_id: str, queue: Q
     keys = [queue.key, queue.intermediate_queue.key, events.info_key(job_id), Job.key_for(job_id)]
     keys.append(queue.started_job_registry.key)
     if script is not None:
-        return script(keys=keys, args=[job_id, member])
-    return client.eval(_HAND_BACK, len(keys), *keys, job_id, member)
+        return script(keys=keys, args=[job_id, member, JobStatus.QUEUED])
+    return client.eval(_HAND_BACK, len(keys), *keys, job_id, member, JobStatus.QUEUED)
 
 
 @dataclass

@@ -23,6 +23,7 @@ from rq.results import Result
 
 from runner import events, queue_state
 from runner.spec import TaskResult, TaskSpec
+from runner.vocabulary import Status
 
 # Ends a task: sets status and fields, logs and publishes the result event, marks the task done (KEYS[5],
 # a one-entry stream result waiters block on),
@@ -65,7 +66,8 @@ return 1
 """
 
 # Starting a run. KEYS: info, log, channel, lifecycle, fence, lease.
-# ARGV: started_at, lifecycle event, log event, maxlen, fencing token ('' = unfenced), run id, lease ms.
+# ARGV: started_at, lifecycle event, log event, maxlen, fencing token ('' = unfenced), run id, lease ms,
+# the status running.
 # Returns {1, earlier attempts JSON, session to continue} when started (the session is taken: used once),
 # {0} when the task already ended, {-1} when the fencing token is stale (a newer worker serves the queue).
 # Stale means a newer token was issued: a fence that is gone or lower than ours means Redis lost its data and
@@ -73,7 +75,7 @@ return 1
 _START_SCRIPT = """
 if redis.call('HEXISTS', KEYS[1], 'result') == 1 then return {0} end
 if ARGV[5] ~= '' and tonumber(redis.call('GET', KEYS[5]) or '0') > tonumber(ARGV[5]) then return {-1} end
-redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1], 'run', ARGV[6])
+redis.call('HSET', KEYS[1], 'status', ARGV[8], 'started_at', ARGV[1], 'run', ARGV[6])
 redis.call('SET', KEYS[6], ARGV[6], 'PX', ARGV[7])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'e', ARGV[3])
 redis.call('PUBLISH', KEYS[3], ARGV[3])
@@ -85,11 +87,11 @@ return {1, attempts, session}
 """
 
 # An interrupted attempt: back to queued, the attempt recorded. KEYS: info, log, channel, lifecycle, lease.
-# ARGV: run id ('' = any), attempts JSON, lifecycle event, log event, maxlen.
+# ARGV: run id ('' = any), attempts JSON, lifecycle event, log event, maxlen, the status queued.
 _INTERRUPT_SCRIPT = """
 if redis.call('HEXISTS', KEYS[1], 'result') == 1 then return 0 end
 if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'run') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'status', 'queued', 'attempts', ARGV[2])
+redis.call('HSET', KEYS[1], 'status', ARGV[6], 'attempts', ARGV[2])
 redis.call('HDEL', KEYS[1], 'run')
 redis.call('DEL', KEYS[5])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'e', ARGV[4])
@@ -99,11 +101,12 @@ return 1
 """
 
 
-# A dependent released by its predecessor's end, or a task for later that came due: deferred/scheduled -> queued. KEYS: info, lifecycle. ARGV: lifecycle event.
+# A dependent released by its predecessor's end, or a task for later that came due: deferred/scheduled -> queued.
+# KEYS: info, lifecycle. ARGV: lifecycle event, the statuses queued, deferred and scheduled.
 _RELEASE_SCRIPT = """
 local status = redis.call('HGET', KEYS[1], 'status')
-if status ~= 'deferred' and status ~= 'scheduled' then return 0 end
-redis.call('HSET', KEYS[1], 'status', 'queued')
+if status ~= ARGV[3] and status ~= ARGV[4] then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[2])
 redis.call('PUBLISH', KEYS[2], ARGV[1])
 return 1
 """
@@ -252,6 +255,7 @@ class TaskStore:
                 "" if fence is None else str(fence),
                 run,
                 lease_ms,
+                Status.RUNNING,
             ],
         )
         code = int(reply[0])
@@ -277,6 +281,7 @@ class TaskStore:
                     lifecycle(events.QUEUED, task_id, queue, at=last.get("ended_at"), interrupted=last.get("error")),
                     orjson.dumps(event),
                     self.log_maxlen,
+                    Status.QUEUED,
                 ],
             )
         )
@@ -284,7 +289,8 @@ class TaskStore:
     def released(self, task_id: str, queue: str) -> bool:
         """A deferred task whose predecessor ended so that it will run: its status becomes ``queued``."""
         event = lifecycle(events.QUEUED, task_id, queue, at=events.now_iso())
-        return bool(self._release(keys=[events.info_key(task_id), events.LIFECYCLE_CHANNEL], args=[event]))
+        statuses = (Status.QUEUED, Status.DEFERRED, Status.SCHEDULED)
+        return bool(self._release(keys=[events.info_key(task_id), events.LIFECYCLE_CHANNEL], args=[event, *statuses]))
 
     def attempts(self, task_id: str) -> list[dict[str, Any]]:
         raw = self.client.hget(events.info_key(task_id), "attempts")

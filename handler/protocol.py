@@ -2,14 +2,17 @@
 
 Pure functions and dataclasses, no sockets: the server and the worker's client
 both build and parse their messages here, so every name on the wire is defined
-once. See docs/protocol.md for the prose version.
+once. The server reads requests with :func:`parse_request`; the client reads the
+server's messages with :func:`parse_server_message`, which turns each frame into
+one typed message (a :data:`ServerMessage`) or a :class:`ProtocolError`, so no
+caller indexes into raw JSON. See docs/protocol.md for the prose version.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import orjson
 
@@ -50,7 +53,8 @@ MAX_COLLECT = 16
 
 
 class ProtocolError(Exception):
-    """A message that must be answered with a JSON-RPC error object."""
+    """A message that breaks the protocol. The handler answers such a request with a JSON-RPC error object
+    carrying ``code``; the worker, reading such a message from the handler, gives up on the connection."""
 
     def __init__(self, code: int, message: str, request_id: Any = None) -> None:
         super().__init__(message)
@@ -145,6 +149,31 @@ def _invalid(message: str, request_id: Any) -> ProtocolError:
     return ProtocolError(INVALID_PARAMS, f"Invalid params: {message}", request_id)
 
 
+def _valid_env(env: Any) -> bool:
+    """Variable names (no ``=``, no NUL) mapped to strings without NUL, or to None (remove it)."""
+    return isinstance(env, dict) and all(
+        isinstance(k, str)
+        and k
+        and "=" not in k
+        and "\0" not in k
+        and (v is None or (isinstance(v, str) and "\0" not in v))
+        for k, v in env.items()
+    )
+
+
+def _valid_fence(fence: Any) -> bool:
+    """``{"key": a non-empty string, "token": a whole number}``, nothing else."""
+    return (
+        isinstance(fence, dict)
+        and set(fence) == {"key", "token"}
+        and isinstance(fence["key"], str)
+        and bool(fence["key"])
+        and isinstance(fence["token"], int)
+        and not isinstance(fence["token"], bool)
+        and fence["token"] >= 0
+    )
+
+
 def parse_execute_params(params: dict[str, Any], request_id: Any = None) -> ExecuteParams:
     """Validate ``execute`` params; every rejection names the offending field."""
     unknown = set(params) - set(ExecuteParams.__dataclass_fields__)
@@ -161,17 +190,7 @@ def parse_execute_params(params: dict[str, Any], request_id: Any = None) -> Exec
     if cwd is not None and (not isinstance(cwd, str) or "\0" in cwd):
         raise _invalid("'cwd' must be a string without NUL characters.", request_id)
     env = params.get("env")
-    if env is not None and (
-        not isinstance(env, dict)
-        or not all(
-            isinstance(k, str)
-            and k
-            and "=" not in k
-            and "\0" not in k
-            and (v is None or (isinstance(v, str) and "\0" not in v))
-            for k, v in env.items()
-        )
-    ):
+    if env is not None and not _valid_env(env):
         raise _invalid("'env' must map variable names to strings without NUL (or null to remove one).", request_id)
     timeout = params.get("timeout")
     if timeout is not None:
@@ -183,15 +202,7 @@ def parse_execute_params(params: dict[str, Any], request_id: Any = None) -> Exec
     if stdin is not None and not isinstance(stdin, str):
         raise _invalid("'stdin' must be a string.", request_id)
     fence = params.get("fence")
-    if fence is not None and not (
-        isinstance(fence, dict)
-        and set(fence) == {"key", "token"}
-        and isinstance(fence["key"], str)
-        and fence["key"]
-        and isinstance(fence["token"], int)
-        and not isinstance(fence["token"], bool)
-        and fence["token"] >= 0
-    ):
+    if fence is not None and not _valid_fence(fence):
         raise _invalid('\'fence\' must be {"key": a non-empty string, "token": a whole number}.', request_id)
     run = params.get("run")
     if run is not None and not (isinstance(run, str) and 0 < len(run) <= MAX_RUN_NAME):
@@ -245,3 +256,133 @@ def response(request_id: Any, result: dict[str, Any]) -> bytes:
 
 def error_response(request_id: Any, code: int, message: str) -> bytes:
     return orjson.dumps({"jsonrpc": JSONRPC_VERSION, "id": request_id, "error": {"code": code, "message": message}})
+
+
+# ----------------------------------------------------------------------------- what the server sends
+# One dataclass per kind of message, as websockets' ``events_received`` hands out typed events: the client
+# matches on the type, and a frame that fits none of them is a ProtocolError here, not a KeyError there.
+
+RequestId: TypeAlias = str | int | None
+
+
+@dataclass(frozen=True)
+class Queued:
+    """``process.queued``: the run waits for a free slot, ``position`` runs ahead of it in line."""
+
+    id: RequestId
+    position: int
+
+
+@dataclass(frozen=True)
+class Started:
+    """``process.started``: the process was spawned (``pid`` 0 for a kept outcome given back, see ``collect``)."""
+
+    id: RequestId
+    pid: int
+
+
+@dataclass(frozen=True)
+class Output:
+    """``process.output``: one coalesced chunk of one stream; ``seq`` counts frames from 0 across both."""
+
+    id: RequestId
+    stream: str
+    seq: int
+    data: str
+
+
+@dataclass(frozen=True)
+class OtherNotification:
+    """A notification this side does not know (a newer handler's): kept, so the caller may skip it."""
+
+    method: str
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Result:
+    """A successful response: for ``execute`` an :class:`ExecuteResult` in wire form, for ``cancel``
+    ``{"cancelling": true}``; which one, only the request's ``id`` tells."""
+
+    id: RequestId
+    result: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Error:
+    """An error response; ``id`` is None when the request could not be read at all."""
+
+    id: RequestId
+    code: int
+    message: str
+
+
+ServerMessage: TypeAlias = Queued | Started | Output | OtherNotification | Result | Error
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _bad_message(message: str) -> ProtocolError:
+    return ProtocolError(INVALID_REQUEST, f"Invalid message: {message}")
+
+
+def parse_server_message(raw: str | bytes) -> ServerMessage:
+    """One frame from the handler as a typed message, or raise :class:`ProtocolError` saying what is wrong."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(PARSE_ERROR, f"Parse error: the message is not valid JSON ({exc}).") from None
+    if not isinstance(data, dict):
+        raise _bad_message("a JSON-RPC message must be a JSON object.")
+    if data.get("jsonrpc") != JSONRPC_VERSION:
+        raise _bad_message("'jsonrpc' must be \"2.0\".")
+    if "method" in data:
+        return _notification(data)
+    return _response(data)
+
+
+def _notification(data: dict[str, Any]) -> ServerMessage:
+    method, params = data["method"], data.get("params", {})
+    if not isinstance(method, str):
+        raise _bad_message("'method' must be a string.")
+    if not isinstance(params, dict):
+        raise ProtocolError(INVALID_PARAMS, f"Invalid params: the params of {method} must be an object.")
+    run = params.get("id")  # notifications name their run; absent is tolerated, as the client never needed it
+    if method == PROCESS_OUTPUT:
+        stream, seq, text = params.get("stream"), params.get("seq"), params.get("data")
+        if stream not in (STDOUT, STDERR) or not _whole(seq) or not isinstance(text, str):
+            raise ProtocolError(
+                INVALID_PARAMS,
+                f"Invalid params: {PROCESS_OUTPUT} needs 'stream' (stdout or stderr), 'seq' (a whole number) "
+                "and 'data' (a string).",
+            )
+        return Output(id=run, stream=stream, seq=seq, data=text)
+    if method == PROCESS_STARTED:
+        if not _whole(params.get("pid")):
+            raise ProtocolError(INVALID_PARAMS, f"Invalid params: {PROCESS_STARTED} needs 'pid', a whole number.")
+        return Started(id=run, pid=params["pid"])
+    if method == PROCESS_QUEUED:
+        if not _whole(params.get("position")):
+            raise ProtocolError(INVALID_PARAMS, f"Invalid params: {PROCESS_QUEUED} needs 'position', a whole number.")
+        return Queued(id=run, position=params["position"])
+    return OtherNotification(method=method, params=params)
+
+
+def _response(data: dict[str, Any]) -> Result | Error:
+    if "id" not in data:
+        raise _bad_message("a message needs a 'method' (a notification) or an 'id' (a response).")
+    request_id = data["id"]
+    if request_id is not None and not (_whole(request_id) or isinstance(request_id, str)):
+        raise _bad_message("'id' must be a string, an integer or null.")
+    if ("result" in data) == ("error" in data):
+        raise _bad_message("a response carries exactly one of 'result' and 'error'.")
+    if "result" in data:
+        if not isinstance(data["result"], dict):
+            raise _bad_message("'result' must be an object.")
+        return Result(id=request_id, result=data["result"])
+    error = data["error"]
+    if not (isinstance(error, dict) and _whole(error.get("code")) and isinstance(error.get("message"), str)):
+        raise _bad_message("'error' must be an object with an integer 'code' and a string 'message'.")
+    return Error(id=request_id, code=error["code"], message=error["message"])

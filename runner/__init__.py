@@ -5,8 +5,9 @@ The public API: :class:`Runner`, :class:`TaskHandle`, :class:`TaskSpec`,
 """
 
 from handler import __version__
-from runner.client import RedisUnavailable, Runner, TaskHandle, execute_task_via_websocket
-from runner.spec import SpecError, TaskResult, TaskSpec
+from runner.client import Runner, TaskHandle, execute_task_via_websocket
+from runner.errors import RedisUnavailable, SpecError
+from runner.spec import TaskResult, TaskSpec
 
 __all__ = [
     "RedisUnavailable",

@@ -1,12 +1,31 @@
 """Every error a user of cc-execute can meet, in one tree; each class carries the CLI's exit status.
 
-* :class:`UsageError` (exit 2): bad input or a bad setting; the message says what to change.
-* :class:`Unavailable` (exit 3): Redis or the handler cannot be reached, or the stack cannot start.
-* :class:`Conflict` (exit 3): another worker serves the queue.
+Catch a branch to catch everything under it (``except Unavailable`` is "Redis or the handler cannot be
+reached"), as with httpx's ``HTTPError``. The tree, with where the classes not yet here live::
 
-Messages are one sentence saying what happened and what to do. The handler package
-keeps its own :class:`handler.config.ConfigError` (it does not depend on the runner);
-it is a ``ValueError``, and the CLI treats it as a usage error.
+    CcxError                      exit 1: the task (or the request) failed
+    ├── UsageError                exit 2: bad input or a bad setting (also a ValueError)
+    │   ├── ConfigError           a flag or a CCX_* variable the runner cannot use
+    │   ├── SpecError             a task spec that cannot run
+    │   ├── UnknownTask           no such task in this Redis (also a LookupError)
+    │   └── DashboardError        runner/dashboard/server.py, to move here
+    ├── Unavailable               exit 3: something the runner needs cannot be reached (also a ConnectionError)
+    │   ├── RedisUnavailable      Redis cannot be reached or refuses this client
+    │   ├── HandlerUnavailable    the handler cannot be reached, refused us, or went away mid-run
+    │   │   └── HandlerUnreachable    no connection opened: nothing ran, trying again later is safe
+    │   │       └── HandlerImpostor   another user's process holds the handler's loopback port
+    │   └── StackError            runner/stack.py, to move here
+    ├── Conflict                  exit 3: another worker serves the queue
+    │   └── WorkerLocked          runner/lock.py
+    └── HandlerError              the handler answered ``execute`` with a JSON-RPC error (it has a ``code``)
+
+``TaskFailed`` and ``TaskRequeued`` (runner/job.py) are signals to RQ, not errors a user meets; they move
+here under :class:`CcxError` (exit 1) when they do.
+
+Messages are one sentence saying what happened and what to do. The handler package keeps its own
+:class:`handler.config.ConfigError` (it does not depend on the runner); the runner turns it into its own
+:class:`ConfigError` where it calls the handler's parsing helpers (runner/config.py), and the CLI treats any
+left over as a usage error.
 """
 
 from __future__ import annotations
@@ -30,12 +49,8 @@ class ConfigError(UsageError):
     """A setting (a flag or a CCX_* variable) the runner cannot use; the message names it and the fix."""
 
 
-class Unavailable(CcxError, ConnectionError):
-    exit_status = EXIT_UNAVAILABLE
-
-
-class Conflict(CcxError):
-    exit_status = EXIT_UNAVAILABLE
+class SpecError(UsageError):
+    """A task spec that cannot run; the message names the field and what it must be."""
 
 
 class UnknownTask(UsageError, LookupError):
@@ -47,3 +62,38 @@ class UnknownTask(UsageError, LookupError):
             or f"No task with id {task_id} is known to this Redis (it may have expired); check the id and --redis-url."
         )
         self.task_id = task_id
+
+
+class Unavailable(CcxError, ConnectionError):
+    exit_status = EXIT_UNAVAILABLE
+
+
+class RedisUnavailable(Unavailable):
+    """Redis cannot be reached; the message names the URL and what to do."""
+
+
+class HandlerUnavailable(Unavailable):
+    """The handler could not be reached, refused us, or went away mid-run."""
+
+
+class HandlerUnreachable(HandlerUnavailable):
+    """No connection could be opened: nothing ran, so trying again later is safe."""
+
+
+class HandlerImpostor(HandlerUnreachable):
+    """Another user's process holds the handler's loopback port: the token was not sent. The handler is not
+    there, so, as for a handler that cannot be reached, the queue waits for it."""
+
+
+class Conflict(CcxError):
+    exit_status = EXIT_UNAVAILABLE
+
+
+class HandlerError(CcxError):
+    """The handler answered ``execute`` with a JSON-RPC error: it was reached, so this is no
+    :class:`Unavailable`; the task could not run (exit 1). ``code`` is the error's, from handler/protocol.py."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message

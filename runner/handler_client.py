@@ -1,7 +1,9 @@
 """The worker's side of the handler protocol: run one command remotely, relay its frames.
 
-Every way this can fail ends in a :class:`HandlerUnavailable` or
-:class:`HandlerError` carrying one sentence that says what happened and what to do.
+Every way this can fail ends in a :class:`~runner.errors.HandlerUnavailable`,
+a :class:`~runner.errors.HandlerError` or a :class:`~runner.errors.ConfigError`
+carrying one sentence that says what happened and what to do. Frames are read
+with :func:`handler.protocol.parse_server_message`, never indexed raw here.
 """
 
 from __future__ import annotations
@@ -13,22 +15,25 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-import orjson
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-from handler.config import ConfigError, is_loopback
+from handler.config import is_loopback
 from handler.protocol import (
     CANCEL,
     EXECUTE,
-    PROCESS_OUTPUT,
-    PROCESS_QUEUED,
-    PROCESS_STARTED,
+    Error,
     ExecuteParams,
     ExecuteResult,
+    Output,
+    ProtocolError,
+    Result,
+    ServerMessage,
+    Started,
+    parse_server_message,
     request,
 )
-from runner.errors import Unavailable
+from runner.errors import ConfigError, HandlerError, HandlerImpostor, HandlerUnavailable, HandlerUnreachable
 from runner.listener import foreign_owner, impostor_sentence
 
 OnOutput = Callable[[str, int, str], Awaitable[None]]
@@ -36,28 +41,6 @@ OnStarted = Callable[[int], Awaitable[None]]
 
 EXECUTE_ID = 1
 CANCEL_ID = 2
-
-
-class HandlerUnavailable(Unavailable):
-    """The handler could not be reached, refused us, or went away mid-run."""
-
-
-class HandlerUnreachable(HandlerUnavailable):
-    """No connection could be opened: nothing ran, so trying again later is safe."""
-
-
-class HandlerImpostor(HandlerUnreachable):
-    """Another user's process holds the handler's loopback port: the token was not sent. The handler is not
-    there, so, as for a handler that cannot be reached, the queue waits for it."""
-
-
-class HandlerError(Exception):
-    """The handler answered ``execute`` with a JSON-RPC error."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 def check_transport(url: str, token: str | None, allow_insecure: bool = False) -> None:
@@ -131,9 +114,22 @@ async def execute_remote(
     Setting ``cancel`` asks the handler to stop the run; the result then says ``cancelled``.
     Leaving (e.g. this task being cancelled) closes the connection, and the handler kills the run.
     """
-    options = _connect_options(url, token, ca, allow_insecure)
+    connection = await _connect(url, _connect_options(url, token, ca, allow_insecure), open_timeout)
+    async with connection:
+        await connection.send(request(EXECUTE, params.to_params(), EXECUTE_ID), text=True)
+        watcher = asyncio.create_task(_forward_cancel(connection, cancel)) if cancel is not None else None
+        try:
+            return await _answer(connection, url, on_output, on_started)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await watcher
+
+
+async def _connect(url: str, options: dict[str, Any], open_timeout: float) -> ClientConnection:
     try:
-        connection = await connect(
+        return await connect(
             url,
             **options,
             compression=None,
@@ -148,38 +144,47 @@ async def execute_remote(
     except (OSError, TimeoutError, InvalidURI, InvalidHandshake) as exc:
         raise _unreachable(url, exc) from None
 
-    async with connection:
-        await connection.send(request(EXECUTE, params.to_params(), EXECUTE_ID), text=True)
-        watcher = asyncio.create_task(_forward_cancel(connection, cancel)) if cancel is not None else None
-        try:
-            while True:
-                try:
-                    message = await connection.recv(decode=False)
-                except ConnectionClosed:
-                    raise HandlerUnavailable(
-                        f"The handler at {url} closed the connection before the task finished "
-                        "(it crashed, restarted or was stopped); the handler stops the task's processes, "
-                        "at the latest when it starts again."
-                    ) from None
-                data = orjson.loads(message)
-                method = data.get("method")
-                if method == PROCESS_OUTPUT:
-                    params_ = data["params"]
-                    await on_output(params_["stream"], params_["seq"], params_["data"])
-                elif method == PROCESS_STARTED:
-                    if on_started is not None:
-                        await on_started(data["params"]["pid"])
-                elif method == PROCESS_QUEUED:
-                    continue
-                elif data.get("id") == EXECUTE_ID:
-                    if "error" in data:
-                        raise HandlerError(data["error"].get("code", 0), data["error"].get("message", "unknown error"))
-                    return ExecuteResult.from_dict(data["result"])
-        finally:
-            if watcher is not None:
-                watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await watcher
+
+async def _answer(
+    connection: ClientConnection, url: str, on_output: OnOutput, on_started: OnStarted | None
+) -> ExecuteResult:
+    """Relay the run's notifications until the answer to ``execute`` comes; return it, or raise its error."""
+    while True:
+        match await _receive(connection, url):
+            case Output(stream=stream, seq=seq, data=data):
+                await on_output(stream, seq, data)
+            case Started(pid=pid) if on_started is not None:
+                await on_started(pid)
+            case Error(id=request_id, code=code, message=message) if request_id == EXECUTE_ID:
+                raise HandlerError(code, message)
+            case Result(id=request_id, result=result) if request_id == EXECUTE_ID:
+                return ExecuteResult.from_dict(result)
+            case _:
+                pass  # a place in line, the cancel's answer, a notification of a newer handler: nothing to do
+
+
+async def _receive(connection: ClientConnection, url: str) -> ServerMessage:
+    """The handler's next message; a connection that closes or a frame that breaks the protocol ends the run."""
+    try:
+        raw = await connection.recv(decode=False)
+    except ConnectionClosed:
+        raise HandlerUnavailable(
+            f"The handler at {url} closed the connection before the task finished "
+            "(it crashed, restarted or was stopped); the handler stops the task's processes, "
+            "at the latest when it starts again."
+        ) from None
+    try:
+        return parse_server_message(raw)
+    except ProtocolError as exc:
+        raise _unreadable(url, exc) from None
+
+
+def _unreadable(url: str, exc: ProtocolError) -> HandlerUnavailable:
+    # Raised out of the connection's block: closing it makes the handler stop any run this worker cannot follow.
+    return HandlerUnavailable(
+        f"The handler at {url} sent a message this worker cannot read ({exc.message.rstrip('.')}): "
+        "check that CCX_HANDLER_URL names a cc-execute handler of this version."
+    )
 
 
 def _refused(url: str, status: int) -> HandlerUnavailable:
@@ -203,14 +208,16 @@ async def probe_handler(
     try:
         async with connect(url, **options, compression=None, open_timeout=open_timeout) as connection:
             await connection.send(request(CANCEL, {"id": "probe"}, CANCEL_ID), text=True)
-            orjson.loads(await asyncio.wait_for(connection.recv(decode=False), open_timeout))
+            parse_server_message(await asyncio.wait_for(connection.recv(decode=False), open_timeout))
+    except ProtocolError as exc:
+        raise _unreadable(url, exc) from None
     except InvalidStatus as exc:
         raise _refused(url, exc.response.status_code) from None
     except (OSError, TimeoutError, InvalidURI, InvalidHandshake, ConnectionClosed) as exc:
         raise _unreachable(url, exc) from None
 
 
-async def _forward_cancel(connection: object, cancel: asyncio.Event) -> None:
+async def _forward_cancel(connection: ClientConnection, cancel: asyncio.Event) -> None:
     await cancel.wait()
     with contextlib.suppress(ConnectionClosed):
-        await connection.send(request(CANCEL, {"id": EXECUTE_ID}, CANCEL_ID), text=True)  # type: ignore[attr-defined]
+        await connection.send(request(CANCEL, {"id": EXECUTE_ID}, CANCEL_ID), text=True)

@@ -11,11 +11,11 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import redis
 
-from handler.config import ConfigError
 from handler.protocol import (
     CONFIG_NOT_ALLOWED,
     EXECUTABLE_NOT_ALLOWED,
@@ -29,9 +29,11 @@ from handler.protocol import (
 )
 from runner import events
 from runner.agents import get_agent
+from runner.agents.base import Agent, OutputParser
 from runner.config import Settings, async_redis_client
+from runner.errors import ConfigError, HandlerError, HandlerUnavailable, HandlerUnreachable
 from runner.events import EventWriter
-from runner.handler_client import HandlerError, HandlerUnavailable, HandlerUnreachable, execute_remote, probe_handler
+from runner.handler_client import OnOutput, OnStarted, execute_remote, probe_handler
 from runner.lock import RENEW_LEASE
 from runner.spec import TaskResult, TaskSpec
 
@@ -43,6 +45,39 @@ CANCELLED_UNANSWERED = (
     "the handler stops the run if it still goes on, but it may have finished first; check its log."
 )
 NOTHING_KEPT_RUN = "The handler kept no outcome of the task's unread runs; nothing was run."
+
+REFUSALS: dict[int, tuple[str | None, bool]] = {
+    EXECUTABLE_NOT_ALLOWED: (None, False),
+    CONFIG_NOT_ALLOWED: (None, False),
+    SHUTTING_DOWN: (None, True),
+    STALE_FENCE: (STALE_RUN, True),
+    NOTHING_KEPT: (NOTHING_KEPT_RUN, False),
+}
+"""What the handler's JSON-RPC errors answering ``execute`` mean for the task, by code: the sentence its result
+says (None: the handler's own message, which already says what to do) and whether the run was interrupted (the
+infrastructure's doing, so the task runs again) rather than failed. A missing executable and any other code are
+:func:`refusal`'s."""
+
+
+def refusal(exc: HandlerError, agent: Agent, executable: str) -> tuple[str, bool]:
+    """The sentence for the handler's error ``exc`` answering ``execute``, and whether the run was interrupted."""
+    if exc.code == EXECUTABLE_NOT_FOUND:
+        return agent.not_found_message(executable), False  # names the agent's CLI and how to install it
+    if exc.code not in REFUSALS:
+        return f"The handler could not run the task: {exc.message}", False
+    sentence, interrupted = REFUSALS[exc.code]
+    return sentence or exc.message, interrupted
+
+
+@dataclass
+class _RunEnd:
+    """How a run ended, before the agent's parser makes a result of it: ``execute_result`` when the handler
+    answered, else the ``error`` that says why not."""
+
+    execute_result: ExecuteResult | None = None
+    error: str | None = None
+    interrupted: bool = False
+    cancelled: bool = False
 
 
 async def relay(
@@ -69,47 +104,92 @@ async def relay(
     agent = get_agent(spec.agent)
     parser = agent.parser(settings.output_limit)
     fence = {"key": queue, "token": fence_token} if queue is not None and fence_token is not None else None
-    params = execute_params(spec, fence, run_id, collect, collect_only)
-    client = async_redis_client(settings.redis_url)
-    writer = EventWriter(client, task_id, settings.log_maxlen, job_key=job_key)
-    writer.start()
+    params = execute_params(spec, fence, run_id, collect, collect_only, settings.agent_binary(spec.agent))
     cancel = asyncio.Event()
-    # Listening for a cancel is set up alongside the handler connection, not before it:
-    # subscribing costs round trips a trivial task should not wait for.
-    pubsub = client.pubsub()
-    relay_done = asyncio.Event()
-    watcher = asyncio.create_task(_watch_cancel(client, pubsub, task_id, cancel, relay_done))
-    lease = asyncio.create_task(_keep_lease(client, task_id, run_id, settings.lock_ttl)) if run_id else None
-
+    live = _Live.open(task_id, settings, job_key, run_id, cancel)
     idle = spec.idle_timeout if spec.idle_timeout is not None else agent.default_idle_timeout
     quiet = _QuietWatch(idle or None, cancel)
 
     async def on_output(stream: str, seq: int, data: str) -> None:
         quiet.heard()
         parser.feed(stream, data)
-        await writer.output(stream, seq, data)
+        await live.writer.output(stream, seq, data)
 
     async def on_started(pid: int) -> None:
         quiet.start()
 
-    execute_result: ExecuteResult | None = None
-    error: str | None = None
-    interrupted = cancelled = False
+    end = _RunEnd()
     try:
-        execute_result = await _execute_waiting_for_handler(settings, params, on_output, cancel, on_started)
+        end = await _execute(settings, params, agent, on_output, on_started, cancel, quiet)
+    finally:
+        quiet.stop()
+        lost = await live.close()
+        end.error = end.error or lost
+    return _task_result(task_id, spec, agent, parser, quiet, end)
+
+
+@dataclass
+class _Live:
+    """What a run holds open while it goes on: the Redis client, the task's event writer, the cancel
+    watcher and the lease keeper."""
+
+    client: redis.asyncio.Redis
+    writer: EventWriter
+    pubsub: redis.asyncio.client.PubSub
+    relay_done: asyncio.Event
+    watcher: asyncio.Task[None]
+    lease: asyncio.Task[None] | None
+
+    @classmethod
+    def open(cls, task_id: str, settings: Settings, job_key: str | None, run_id: str, cancel: asyncio.Event) -> _Live:
+        client = async_redis_client(settings.redis_url)
+        writer = EventWriter(client, task_id, settings.log_maxlen, job_key=job_key)
+        writer.start()
+        # Listening for a cancel is set up alongside the handler connection, not before it:
+        # subscribing costs round trips a trivial task should not wait for.
+        pubsub = client.pubsub()
+        relay_done = asyncio.Event()
+        watcher = asyncio.create_task(_watch_cancel(client, pubsub, task_id, cancel, relay_done))
+        lease = asyncio.create_task(_keep_lease(client, task_id, run_id, settings.lock_ttl)) if run_id else None
+        return cls(client, writer, pubsub, relay_done, watcher, lease)
+
+    async def close(self) -> str | None:
+        """Let go of it all within a few seconds; returns the sentence for Redis lost while the last events
+        were written, if it was."""
+        # redis-py can swallow a cancellation that lands mid-connect, so the watcher also
+        # stops on `relay_done`, and is not waited for beyond a short bound either way.
+        self.relay_done.set()
+        self.watcher.cancel()
+        if self.lease is not None:
+            self.lease.cancel()
+        await asyncio.wait({self.watcher, *([self.lease] if self.lease else [])}, timeout=2)
+        lost = None
+        try:
+            await self.writer.close()
+        except redis.RedisError as exc:
+            lost = f"{_redis_lost(exc)}."
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.pubsub.aclose(), 2)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.client.aclose(), 2)
+        return lost
+
+
+async def _execute(
+    settings: Settings,
+    params: ExecuteParams,
+    agent: Agent,
+    on_output: OnOutput,
+    on_started: OnStarted,
+    cancel: asyncio.Event,
+    quiet: _QuietWatch,
+) -> _RunEnd:
+    """The run on the handler, and how it ended; an unreachable handler is raised, as :func:`relay` says."""
+    try:
+        return _RunEnd(await _execute_waiting_for_handler(settings, params, on_output, cancel, on_started))
     except HandlerError as exc:
-        if exc.code == EXECUTABLE_NOT_FOUND:
-            error = agent.not_found_message(params.argv[0])
-        elif exc.code in (EXECUTABLE_NOT_ALLOWED, CONFIG_NOT_ALLOWED):
-            error = exc.message
-        elif exc.code == SHUTTING_DOWN:
-            error, interrupted = exc.message, True
-        elif exc.code == STALE_FENCE:
-            error, interrupted = STALE_RUN, True
-        elif exc.code == NOTHING_KEPT:
-            error = NOTHING_KEPT_RUN
-        else:
-            error = f"The handler could not run the task: {exc.message}"
+        error, interrupted = refusal(exc, agent, params.argv[0])
+        return _RunEnd(error=error, interrupted=interrupted)
     except HandlerUnreachable as exc:
         url = settings.handler_url
         waited = f"at {url} for {settings.handler_wait:g} s (CCX_HANDLER_WAIT; "
@@ -120,32 +200,30 @@ async def relay(
         # then it ends cancelled, saying its end is unknown (chaos seed 101: a cancel sent into a partition,
         # the run finished, and the task was failed for "the handler closed the connection").
         cancelled = cancel.is_set() and not quiet.fired
-        error, interrupted = (CANCELLED_UNANSWERED if cancelled else str(exc)), not cancelled
+        error = CANCELLED_UNANSWERED if cancelled else str(exc)
+        return _RunEnd(error=error, interrupted=not cancelled, cancelled=cancelled)
     except ConfigError as exc:
-        error = str(exc)
+        return _RunEnd(error=str(exc))
     except redis.RedisError as exc:
-        error = f"Lost the connection to Redis while streaming the task's output ({exc}); the task was stopped."
-    finally:
-        # redis-py can swallow a cancellation that lands mid-connect, so the watcher also
-        # stops on `relay_done`, and is not waited for beyond a short bound either way.
-        relay_done.set()
-        quiet.stop()
-        watcher.cancel()
-        if lease is not None:
-            lease.cancel()
-        await asyncio.wait({watcher, *([lease] if lease else [])}, timeout=2)
-        try:
-            await writer.close()
-        except redis.RedisError as exc:
-            error = error or f"Lost the connection to Redis while streaming the task's output ({exc})."
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(pubsub.aclose(), 2)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(client.aclose(), 2)
+        return _RunEnd(error=f"{_redis_lost(exc)}; the task was stopped.")
 
+
+def _redis_lost(exc: redis.RedisError) -> str:
+    return f"Lost the connection to Redis while streaming the task's output ({exc})"
+
+
+def _task_result(
+    task_id: str, spec: TaskSpec, agent: Agent, parser: OutputParser, quiet: _QuietWatch, end: _RunEnd
+) -> TaskResult:
+    """The task's result: what the agent's parser made of the run, and why it ended if not by itself."""
+    execute_result = end.execute_result
     if execute_result is None:
         return TaskResult(
-            id=task_id, error=error, agent={"name": agent.name}, interrupted=interrupted, cancelled=cancelled
+            id=task_id,
+            error=end.error,
+            agent={"name": agent.name},
+            interrupted=end.interrupted,
+            cancelled=end.cancelled,
         )
     outcome = parser.finish(execute_result)
     if execute_result.collected:
@@ -164,7 +242,7 @@ async def relay(
     elif execute_result.cancelled:
         error = "The task was cancelled while running; its process tree was stopped."
     else:
-        error = error or outcome.error
+        error = end.error or outcome.error
     return TaskResult(
         id=task_id,
         success=outcome.success and error is None,
@@ -189,11 +267,13 @@ def execute_params(
     run_id: str = "",
     collect: list[str] | None = None,
     collect_only: bool = False,
+    binary: str | None = None,
 ) -> ExecuteParams:
-    """The ``execute`` request for one run of ``spec``: what its agent runs, and how the handler fences it."""
+    """The ``execute`` request for one run of ``spec``: what its agent runs (``binary``: the worker's executable
+    for it, if set), and how the handler fences it."""
     agent = get_agent(spec.agent)
     return ExecuteParams(
-        argv=agent.argv(spec),
+        argv=agent.command(spec, binary),
         cwd=spec.cwd,
         env=agent.env(spec) or None,
         timeout=spec.timeout,
@@ -241,9 +321,9 @@ class _QuietWatch:
 async def _execute_waiting_for_handler(
     settings: Settings,
     params: ExecuteParams,
-    on_output: Any,
+    on_output: OnOutput,
     cancel: asyncio.Event,
-    on_started: Any = None,
+    on_started: OnStarted | None = None,
 ) -> ExecuteResult:
     """``execute_remote``, trying again for up to ``settings.handler_wait`` seconds while no connection
     can be opened (a handler restarting): nothing ran yet, so trying again is safe."""

@@ -15,7 +15,9 @@ import orjson
 
 from handler.config import HandlerConfig
 from runner import events
-from runner.errors import UsageError
+from runner.agents import AGENTS, DEFAULT_AGENT, get_agent
+from runner.config import check_http_url
+from runner.errors import ConfigError, SpecError
 
 DEFAULT_TIMEOUT = 3600.0
 """Seconds a task may run when the submitter gives no timeout: long enough for an agent, never forever."""
@@ -36,34 +38,6 @@ docs/protocol.md), so a longer task is refused at submit. 64 KiB are left for wh
 JSON-RPC envelope, the fencing token, earlier runs' ids)."""
 
 
-OPTIONAL_FIELDS = (
-    "tools",
-    "disallowed_tools",
-    "model",
-    "max_turns",
-    "permission_mode",
-    "append_system_prompt",
-    "mcp_config",
-    "resume",
-    "argv",
-    "json_schema",
-    "fallback_model",
-    "effort",
-    "add_dirs",
-    "settings",
-    "system_prompt",
-    "session_id",
-    "bare",
-    "max_budget_usd",
-    "extra_args",
-)
-"""Fields only some agents use (see each agent's ``options``)."""
-
-
-class SpecError(UsageError):
-    """A task spec that cannot run; the message names the field and what it must be."""
-
-
 EFFORTS = ("low", "medium", "high", "xhigh", "max")
 RESERVED_ARGS = ("-p", "--print", "--output-format", "--input-format", "--verbose", "--")
 """Flags the runner sets itself (its parser depends on them): never in ``extra_args``."""
@@ -80,8 +54,6 @@ def _check_str_list(name: str, value: Any) -> list[str] | None:
 
 
 def _check_webhook(value: Any) -> str:
-    from runner.config import ConfigError, check_http_url
-
     if not isinstance(value, str):
         raise SpecError("'webhook' must be an http:// or https:// URL such as https://example.com/hook.")
     try:
@@ -198,7 +170,7 @@ class TaskSpec:
     """What to run. ``task`` is the prompt; ``argv`` is for the ``command`` agent."""
 
     task: str = ""
-    agent: str = "claude"
+    agent: str = DEFAULT_AGENT
     tools: list[str] | None = None
     disallowed_tools: list[str] | None = None
     timeout: float = DEFAULT_TIMEOUT
@@ -306,8 +278,6 @@ class TaskSpec:
             raise SpecError("'retry_on_exit_codes' must be a list of exit codes from 1 to 255.")
 
     def validate(self) -> None:
-        from runner.agents import get_agent
-
         if not isinstance(self.task, str):
             raise SpecError("'task' must be a string (the prompt).")
         if not isinstance(self.agent, str) or not self.agent:
@@ -352,7 +322,7 @@ class TaskSpec:
         self._validate_agent_options()
         self._check_texts()
         agent = get_agent(self.agent)
-        agent.check(self)
+        agent.check(self, AGENTS.values())
         argv = agent.argv(self)
         _check_command_line(agent.name, argv, self)
         _check_request_size(agent.name, argv, agent.stdin(self), self)

@@ -17,13 +17,24 @@ import hmac
 import ipaddress
 import logging
 import socket
+import ssl
 import sys
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import anyio
+import orjson
+import uvicorn
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.transport_security import TransportSecuritySettings
+from mcp.types import ToolAnnotations
 from pydantic import Field
 
+from handler import __version__
+from runner.agents import DEFAULT_AGENT, agent_names
 from runner.client import Runner
+from runner.dashboard.auth import repeated_header
 from runner.errors import CcxError, UsageError
 from runner.mcp import tools as ops
 
@@ -41,14 +52,14 @@ task's whole transcript when the result alone is not enough."""
 
 
 def _call(func: Any, *args: Any) -> dict[str, Any]:
-    """A tool's body: our errors become tool errors carrying their one sentence."""
-    from mcp.server.mcpserver.exceptions import ToolError
+    """A tool's body: our errors become tool errors carrying their one sentence.
+
+    Every failure a tool means to report is a :class:`CcxError` (`after` naming no task is an UnknownTask, a
+    bad cursor a UsageError: runner/mcp/tools.py); anything else is a bug, and is not dressed up as a sentence."""
 
     try:
         return func(*args)
     except CcxError as exc:
-        raise ToolError(str(exc)) from None
-    except ValueError as exc:  # e.g. `after` naming no task
         raise ToolError(str(exc)) from None
 
 
@@ -58,13 +69,13 @@ SPEC_OPTIONS = (
     "env, idle_timeout, retries, max_budget_usd, metadata."
 )
 
+AGENT_DESCRIPTION = (
+    agent_names(quote="'", last=", or ").replace(f"'{DEFAULT_AGENT}'", f"'{DEFAULT_AGENT}' (default)") + "."
+)
+
 
 def build_server(runner: Runner) -> Any:
     """The MCP server with the seven tools, bound to ``runner``'s Redis and queue."""
-    from mcp.server.mcpserver import MCPServer
-    from mcp.types import ToolAnnotations
-
-    from handler import __version__
 
     server = MCPServer(SERVER_NAME, version=__version__, instructions=INSTRUCTIONS, log_level="WARNING")
 
@@ -80,7 +91,7 @@ def build_server(runner: Runner) -> Any:
         task: Annotated[
             str, Field(description="The prompt for the agent (for agent 'command': a title, may be empty).")
         ],
-        agent: Annotated[str, Field(description="'claude' (default), 'codex', 'gemini', or 'command'.")] = "claude",
+        agent: Annotated[str, Field(description=AGENT_DESCRIPTION)] = DEFAULT_AGENT,
         argv: Annotated[
             list[str] | None, Field(description="For agent 'command' only: the program and its arguments.")
         ] = None,
@@ -236,8 +247,6 @@ class HttpConfig:
         if bool(self.tls_cert) != bool(self.tls_key):
             raise UsageError("--tls-cert and --tls-key go together: give both.")
         if self.tls_cert and self.tls_key:
-            import ssl
-
             try:
                 ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(self.tls_cert, self.tls_key)
             except (OSError, ssl.SSLError) as exc:
@@ -252,7 +261,7 @@ def _is_loopback(host: str) -> bool:
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
-    except ValueError:
+    except ValueError:  # the stdlib's: `host` is a name, not an address (only "localhost" is loopback by name)
         return False
 
 
@@ -271,8 +280,6 @@ class BearerGuard:
             return
         if scope["type"] != "http":
             return  # e.g. a WebSocket: nothing here speaks it
-        from runner.dashboard.auth import repeated_header  # (here: stdio never needs the dashboard's modules)
-
         pairs = scope.get("headers") or []
         # dict() keeps the last of a repeated header: an Origin sent twice, the second empty, would pass.
         repeated = repeated_header(name.decode("latin-1") for name, _ in pairs)
@@ -291,7 +298,6 @@ class BearerGuard:
 
 
 async def _refuse(send: Any, status: int, message: str) -> None:
-    import orjson
 
     body = orjson.dumps({"error": message})
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
@@ -303,12 +309,9 @@ async def _refuse(send: Any, status: int, message: str) -> None:
 
 def run_http(runner: Runner, config: HttpConfig) -> int:
     """Serve streamable HTTP at ``http(s)://host:port/mcp`` until stopped."""
-    import anyio
-    import uvicorn
 
     config.check()
     server = build_server(runner)
-    from mcp.server.transport_security import TransportSecuritySettings
 
     inner = server.streamable_http_app(
         streamable_http_path=HTTP_PATH,

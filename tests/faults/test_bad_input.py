@@ -157,7 +157,8 @@ def test_any_number_for_a_timeout_is_accepted_within_bounds_or_refused_in_a_sent
     timeout: float, idle_timeout: float
 ) -> None:
     """No number gets past submit that the work-horse cannot hold (1e18 s killed it with a traceback)."""
-    from runner.spec import MAX_TIMEOUT, SpecError, TaskSpec
+    from runner.errors import SpecError
+    from runner.spec import MAX_TIMEOUT, TaskSpec
 
     try:
         spec = TaskSpec.from_dict(
@@ -175,8 +176,8 @@ def test_any_time_for_later_is_due_within_the_horizon_or_refused_in_a_sentence(
     at: float | str | None, in_: float | None
 ) -> None:
     """`--in 1e20` was an OverflowError traceback at enqueue: nothing past the horizon gets through."""
+    from runner.errors import SpecError
     from runner.schedules import MAX_AHEAD_SECONDS, due_time
-    from runner.spec import SpecError
 
     now = 1_790_000_000.0
     try:
@@ -200,7 +201,7 @@ def test_any_cron_expression_is_accepted_and_fires_or_refused_in_a_sentence(fiel
     import time
 
     from runner import schedules
-    from runner.spec import SpecError
+    from runner.errors import SpecError
 
     try:
         expression = schedules.check_cron(" ".join(fields))

@@ -21,8 +21,9 @@ import pytest
 import redis
 
 from runner import events
-from runner.client import RedisUnavailable, Runner
+from runner.client import Runner
 from runner.config import Settings
+from runner.errors import RedisUnavailable
 from runner.stack import LocalStack, RedisServer, find_redis_server, free_port, pings, terminate
 from tests.handler.helpers import ROOT
 from tests.runner import test_dashboard
@@ -168,7 +169,8 @@ def test_rediss_works_end_to_end_against_a_tls_redis_server(tmp_path: Path, queu
 
 SUBMIT = """
 import sys, orjson
-from runner.client import RedisUnavailable, Runner
+from runner.client import Runner
+from runner.errors import RedisUnavailable
 runner = Runner(redis_url=sys.argv[1], queue=sys.argv[2])
 result = runner.submit(agent="command", argv=["sh", "-c", "echo ran on the handler machine"]).result(timeout=60)
 print(orjson.dumps(result.to_dict()).decode())

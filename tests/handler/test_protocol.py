@@ -12,13 +12,21 @@ from handler import protocol
 from handler.protocol import (
     INVALID_PARAMS,
     INVALID_REQUEST,
+    NOTHING_KEPT,
     PARSE_ERROR,
+    Error,
     ExecuteParams,
     ExecuteResult,
+    OtherNotification,
+    Output,
     ProtocolError,
+    Queued,
+    Result,
+    Started,
     parse_cancel_params,
     parse_execute_params,
     parse_request,
+    parse_server_message,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -196,3 +204,132 @@ def test_an_execute_result_survives_a_round_trip_and_tolerates_missing_fields() 
     assert ExecuteResult.from_dict(orjson.loads(orjson.dumps(asdict(result)))) == result
     partial = ExecuteResult.from_dict({"exit_code": 0, "extra": "ignored"})
     assert partial.exit_code == 0 and partial.signal is None
+
+
+# ---- what the server sends, read by the worker ---------------------------------------------------------------
+
+
+def test_every_frame_the_server_builds_parses_back_to_its_typed_message() -> None:
+    """The builders the handler uses and parse_server_message agree on every name on the wire."""
+    result = ExecuteResult(0, None, False, False, 12.5, 6, 0, collected="R1")
+    assert parse_server_message(protocol.notification(protocol.PROCESS_QUEUED, {"id": 1, "position": 2})) == Queued(
+        id=1, position=2
+    )
+    assert parse_server_message(protocol.notification(protocol.PROCESS_STARTED, {"id": "r", "pid": 0})) == Started(
+        id="r", pid=0
+    )
+    assert parse_server_message(protocol.output_notification(1, "stderr", 7, "oops\n")) == Output(
+        id=1, stream="stderr", seq=7, data="oops\n"
+    )
+    assert parse_server_message(protocol.response(1, result.to_dict())) == Result(id=1, result=result.to_dict())
+    assert ExecuteResult.from_dict(parse_server_message(protocol.response(1, result.to_dict())).result) == result
+    assert parse_server_message(protocol.response(2, {"cancelling": True})) == Result(id=2, result={"cancelling": True})
+    assert parse_server_message(protocol.error_response(1, NOTHING_KEPT, "Nothing kept.")) == Error(
+        id=1, code=NOTHING_KEPT, message="Nothing kept."
+    )
+    assert parse_server_message(protocol.error_response(None, PARSE_ERROR, "bad")) == Error(
+        id=None, code=PARSE_ERROR, message="bad"
+    )
+
+
+def test_a_notification_without_a_run_id_or_of_an_unknown_method_is_still_a_message() -> None:
+    """A notification's id is optional (the client never needed it); one this side does not know is kept whole,
+    for the caller to skip, so a newer handler's notifications do not break an older worker."""
+    assert parse_server_message('{"jsonrpc": "2.0", "method": "process.started", "params": {"pid": 4242}}') == (
+        Started(id=None, pid=4242)
+    )
+    assert parse_server_message(b'{"jsonrpc": "2.0", "method": "process.paused", "params": {"id": 1}}') == (
+        OtherNotification(method="process.paused", params={"id": 1})
+    )
+    assert parse_server_message(b'{"jsonrpc": "2.0", "method": "hello"}') == OtherNotification("hello", {})
+
+
+@pytest.mark.parametrize(
+    ("raw", "code", "message"),
+    [
+        (
+            "{",
+            PARSE_ERROR,
+            "Parse error: the message is not valid JSON (unexpected end of data: line 1 column 2 (char 1)).",
+        ),
+        ("[]", INVALID_REQUEST, "Invalid message: a JSON-RPC message must be a JSON object."),
+        ("null", INVALID_REQUEST, "Invalid message: a JSON-RPC message must be a JSON object."),
+        ('{"id": 1, "result": {}}', INVALID_REQUEST, "Invalid message: 'jsonrpc' must be \"2.0\"."),
+        ('{"jsonrpc": "1.0", "id": 1, "result": {}}', INVALID_REQUEST, "Invalid message: 'jsonrpc' must be \"2.0\"."),
+        ('{"jsonrpc": "2.0", "method": 7}', INVALID_REQUEST, "Invalid message: 'method' must be a string."),
+        (
+            '{"jsonrpc": "2.0", "method": "process.output", "params": []}',
+            INVALID_PARAMS,
+            "Invalid params: the params of process.output must be an object.",
+        ),
+        (
+            '{"jsonrpc": "2.0", "result": {}}',
+            INVALID_REQUEST,
+            "Invalid message: a message needs a 'method' (a notification) or an 'id' (a response).",
+        ),
+        (
+            '{"jsonrpc": "2.0", "id": 1.5, "result": {}}',
+            INVALID_REQUEST,
+            "Invalid message: 'id' must be a string, an integer or null.",
+        ),
+        (
+            '{"jsonrpc": "2.0", "id": true, "result": {}}',
+            INVALID_REQUEST,
+            "Invalid message: 'id' must be a string, an integer or null.",
+        ),
+        (
+            '{"jsonrpc": "2.0", "id": 1}',
+            INVALID_REQUEST,
+            "Invalid message: a response carries exactly one of 'result' and 'error'.",
+        ),
+        (
+            '{"jsonrpc": "2.0", "id": 1, "result": {}, "error": {"code": 1, "message": "x"}}',
+            INVALID_REQUEST,
+            "Invalid message: a response carries exactly one of 'result' and 'error'.",
+        ),
+        ('{"jsonrpc": "2.0", "id": 1, "result": [0]}', INVALID_REQUEST, "Invalid message: 'result' must be an object."),
+        (
+            '{"jsonrpc": "2.0", "id": 1, "error": {"code": "-32002", "message": "x"}}',
+            INVALID_REQUEST,
+            "Invalid message: 'error' must be an object with an integer 'code' and a string 'message'.",
+        ),
+        (
+            '{"jsonrpc": "2.0", "id": 1, "error": {"code": -32002}}',
+            INVALID_REQUEST,
+            "Invalid message: 'error' must be an object with an integer 'code' and a string 'message'.",
+        ),
+    ],
+)
+def test_a_malformed_server_message_is_a_protocol_error_saying_what_is_wrong(raw: str, code: int, message: str) -> None:
+    """Anything that is not one of the messages the handler sends is refused in one sentence, never a KeyError."""
+    error = _error(parse_server_message, raw)
+    assert (error.code, error.message, error.request_id) == (code, message, None)
+
+
+OUTPUT_NEEDS = (
+    "Invalid params: process.output needs 'stream' (stdout or stderr), 'seq' (a whole number) and 'data' (a string)."
+)
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "message"),
+    [
+        ("process.output", {"id": 1, "seq": 0, "data": "x"}, OUTPUT_NEEDS),
+        ("process.output", {"id": 1, "stream": "stdin", "seq": 0, "data": "x"}, OUTPUT_NEEDS),
+        ("process.output", {"id": 1, "stream": "stdout", "seq": True, "data": "x"}, OUTPUT_NEEDS),
+        ("process.output", {"id": 1, "stream": "stdout", "seq": 0, "data": 5}, OUTPUT_NEEDS),
+        ("process.started", {"id": 1}, "Invalid params: process.started needs 'pid', a whole number."),
+        ("process.started", {"id": 1, "pid": "42"}, "Invalid params: process.started needs 'pid', a whole number."),
+        (
+            "process.queued",
+            {"id": 1, "position": 1.0},
+            "Invalid params: process.queued needs 'position', a whole number.",
+        ),
+    ],
+)
+def test_a_known_notification_with_wrong_params_is_invalid_params(
+    method: str, params: dict[str, Any], message: str
+) -> None:
+    """The three notifications the worker acts on are checked field by field: -32602 and one sentence."""
+    error = _error(parse_server_message, protocol.notification(method, params))
+    assert (error.code, error.message) == (INVALID_PARAMS, message)

@@ -11,10 +11,21 @@ import pytest
 import redis.asyncio
 from websockets.asyncio.server import ServerConnection, serve
 
+from handler.protocol import (
+    CONFIG_NOT_ALLOWED,
+    ENV_NOT_ALLOWED,
+    EXECUTABLE_NOT_ALLOWED,
+    EXECUTABLE_NOT_FOUND,
+    INTERNAL_ERROR,
+    NOTHING_KEPT,
+    SHUTTING_DOWN,
+    STALE_FENCE,
+)
 from runner import events
+from runner.agents import get_agent
 from runner.config import Settings
-from runner.handler_client import HandlerUnreachable
-from runner.relay import CANCELLED_UNANSWERED, NOTHING_KEPT_RUN, relay
+from runner.errors import HandlerError, HandlerUnreachable
+from runner.relay import CANCELLED_UNANSWERED, NOTHING_KEPT_RUN, STALE_RUN, refusal, relay
 from runner.spec import TaskSpec
 from runner.stack import free_port
 from tests.handler.helpers import PY, TOKEN, eventually, serving
@@ -103,5 +114,53 @@ def test_a_cancel_whose_answer_is_lost_with_the_connection_ends_the_task_cancell
         assert asked == ["execute", "cancel"]
         assert (result.cancelled, result.interrupted, result.success) == (True, False, False)
         assert result.error == CANCELLED_UNANSWERED
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_each_error_the_handler_answers_execute_with_is_one_sentence_and_says_if_the_run_was_interrupted() -> None:
+    """The code -> sentence table: refusals that already say what to do are passed on, a stale fence and a handler
+    shutting down interrupt the run (the task runs again), anything else fails the task naming the handler."""
+    claude, command = get_agent("claude"), get_agent("command")
+    own = "The handler's own sentence."
+    assert refusal(HandlerError(EXECUTABLE_NOT_FOUND, own), claude, "claude") == (
+        "Claude Code CLI not found ('claude') on the handler's machine: install it with "
+        "`npm install -g @anthropic-ai/claude-code` or set CCX_CLAUDE_BIN to its path.",
+        False,
+    )
+    assert refusal(HandlerError(EXECUTABLE_NOT_FOUND, own), command, "nope") == (
+        "Command not found: 'nope' is not on the handler's PATH; install it on the handler's machine or give its "
+        "full path.",
+        False,
+    )
+    assert refusal(HandlerError(EXECUTABLE_NOT_ALLOWED, own), command, "x") == (own, False)
+    assert refusal(HandlerError(CONFIG_NOT_ALLOWED, own), command, "x") == (own, False)
+    assert refusal(HandlerError(SHUTTING_DOWN, own), command, "x") == (own, True)
+    assert refusal(HandlerError(STALE_FENCE, own), command, "x") == (STALE_RUN, True)
+    assert refusal(HandlerError(NOTHING_KEPT, own), command, "x") == (NOTHING_KEPT_RUN, False)
+    for code in (ENV_NOT_ALLOWED, INTERNAL_ERROR, 12345):
+        assert refusal(HandlerError(code, own), command, "x") == (f"The handler could not run the task: {own}", False)
+
+
+def test_a_frame_that_breaks_the_protocol_ends_the_run_as_interrupted_saying_what_was_wrong(redis_url: str) -> None:
+    """A handler that sends what the worker cannot read (not a cc-execute handler, or another version): the run
+    is given up in one sentence naming the handler and what was wrong, as for a handler gone away, not a
+    traceback out of the work-horse."""
+
+    async def handler(connection: ServerConnection) -> None:
+        async for _ in connection:
+            await connection.send('{"jsonrpc": "2.0", "method": "process.output", "params": {"seq": 0}}')
+
+    async def scenario() -> None:
+        async with serve(handler, "127.0.0.1", 0) as server:
+            url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws"
+            settings = Settings(redis_url=redis_url, handler_url=url, handler_wait=1)
+            result = await relay("t-garbled", TaskSpec(agent="command", argv=["true"]), settings)
+        assert (result.success, result.interrupted, result.cancelled) == (False, True, False)
+        assert result.error == (
+            f"The handler at {url} sent a message this worker cannot read (Invalid params: process.output needs "
+            "'stream' (stdout or stderr), 'seq' (a whole number) and 'data' (a string)): check that "
+            "CCX_HANDLER_URL names a cc-execute handler of this version."
+        )
 
     asyncio.run(asyncio.wait_for(scenario(), 60))

@@ -10,6 +10,7 @@ import pytest
 from handler import protocol
 from handler.config import HandlerConfig
 from handler.protocol import MAX_COLLECT
+from runner.errors import SpecError
 from runner.handler_client import EXECUTE_ID
 from runner.relay import execute_params
 from runner.spec import (
@@ -17,7 +18,6 @@ from runner.spec import (
     MAX_ARG_BYTES,
     MAX_REQUEST_BYTES,
     MAX_TIMEOUT,
-    SpecError,
     TaskResult,
     TaskSpec,
 )

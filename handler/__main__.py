@@ -22,15 +22,8 @@ from handler.config import (
     parse_seconds,
     scrub_stack_secrets,
 )
-from handler.secretfile import HANDLER_TOKEN_FILE, KEPT_DIR, config_dir, load_or_create, read_secret
-
-TOKEN_FILE_VAR = "CCX_HANDLER_TOKEN_FILE"
-
-
-def default_token_file() -> Path:
-    """Where the handler keeps the token it made, and where workers and the CLI look for it."""
-    explicit = env_value(TOKEN_FILE_VAR)
-    return Path(explicit) if explicit else config_dir() / HANDLER_TOKEN_FILE
+from handler.secretfile import KEPT_DIR, TOKEN_FILE_VAR, config_dir, default_token_file, load_or_create, read_secret
+from handler.server import run_forever
 
 
 def build_parser(prog: str = "ccx handler") -> argparse.ArgumentParser:
@@ -147,8 +140,6 @@ def main(argv: list[str] | None = None, prog: str = "python -m handler") -> int:
     # The runs inherit this environment: they must not learn the token that lets one start more runs, nor any
     # other secret of the stack (the Redis URL with its password, the dashboard's token).
     scrub_stack_secrets(os.environ)
-    from handler.server import run_forever
-
     try:
         asyncio.run(run_forever(config))
     except ConfigError as exc:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import signal
 import time
@@ -19,6 +20,16 @@ import uuid
 
 MARKER_VAR = "CCX_RUN_ID"
 _PROC = "/proc"
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: signal.Signals) -> bool:
+    """Have the kernel send ``sig`` to this process when its parent dies (even by SIGKILL): what a worker's
+    work-horse and a stack's parts use so that nothing they run outlives them. False if the parent was already
+    gone (this process now belongs to init)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+    return os.getppid() != 1
 
 
 def new_run_token() -> str:

@@ -19,15 +19,22 @@ import stat
 from collections.abc import Mapping
 from pathlib import Path
 
-from handler.config import ConfigError
+from handler.config import ConfigError, env_value
 
 CONFIG_DIR_VAR = "CCX_CONFIG_DIR"
 HANDLER_TOKEN_FILE = "handler.token"
 DASHBOARD_TOKEN_FILE = "dashboard.token"
 REDIS_PASSWORD_FILE = "redis.password"
 MCP_TOKEN_FILE = "mcp.token"
+TOKEN_FILE_VAR = "CCX_HANDLER_TOKEN_FILE"
 KEPT_DIR = "kept"
 """The handler's outcomes left unread by their worker (handler/kept.py): task output, so private too."""
+
+
+def default_token_file() -> Path:
+    """Where the handler keeps the token it made, and where workers and the CLI look for it."""
+    explicit = env_value(TOKEN_FILE_VAR)
+    return Path(explicit) if explicit else config_dir() / HANDLER_TOKEN_FILE
 
 
 def config_dir(environ: Mapping[str, str] = os.environ) -> Path:

@@ -8,8 +8,6 @@ what the attempt means: the task's end, or another attempt.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -22,6 +20,7 @@ from rq import get_current_job
 from rq.job import Job
 
 from handler.memory import pin_malloc_thresholds
+from handler.proctree import die_with_parent
 from runner import events, lifecycle, queue_state
 from runner.config import Settings
 from runner.errors import HandlerUnreachable, SpecError
@@ -33,8 +32,6 @@ from runner.spec import TaskResult, TaskSpec
 from runner.store import TaskStore
 
 log = logging.getLogger("ccx.runner")
-
-_PR_SET_PDEATHSIG = 1
 
 
 REQUEUE_META = "ccx_requeue"
@@ -79,25 +76,16 @@ class TaskRequeued(Exception):
     """Raised when the task goes back to the front of its queue (interrupted, or this worker is stale)."""
 
 
-def die_with_parent() -> None:
-    """Make this work-horse die when its worker does (even by SIGKILL), closing the handler connection.
-
-    The handler then kills the task's process tree, so a killed worker leaves no agent running.
-    """
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() == 1:  # the worker died before prctl took effect
-        os._exit(1)
-
-
 def run_task(spec_data: dict) -> dict:
     """RQ entry point: run the task whose spec is ``spec_data``; return its result as a dict."""
     job = get_current_job()
     assert job is not None, "run_task runs inside an RQ work-horse"
     if job.connection is None:
         raise RuntimeError("the job has no Redis connection")
-    die_with_parent()
+    # A worker killed (even by SIGKILL) takes its horse along, closing the handler connection: the handler then
+    # kills the task's process tree, so a killed worker leaves no agent running.
+    if not die_with_parent(signal.SIGKILL):
+        os._exit(1)  # the worker died before this took effect
     horse = horse_of(job)
     settings = horse.settings
     store = TaskStore(job.connection, settings.log_maxlen, settings.log_ttl, settings.idempotency_ttl)

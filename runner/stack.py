@@ -1,7 +1,7 @@
 """The local stack: an embedded Redis server, the handler and one worker, as child processes.
 
-``ccx up`` runs it in the foreground; ``ccx run`` brings it up for one task when
-no Redis is configured. Its Redis always has a password of its own (see
+``ccx up`` runs it in the foreground (:func:`stack_for_up`, then :func:`supervise`); ``ccx run`` brings it up for
+one task when no Redis is configured. Its Redis always has a password of its own (see
 :class:`RedisServer`). Everything it starts dies with it: children get a
 parent-death signal, and :meth:`LocalStack.stop` terminates them in order.
 """
@@ -9,25 +9,35 @@ parent-death signal, and :meth:`LocalStack.stop` terminates them in order.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
+import selectors
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
 import redis
 
-from handler.secretfile import config_dir, new_secret, read_secret, write_private
+from handler.proctree import die_with_parent
+from handler.secretfile import (
+    DASHBOARD_TOKEN_FILE,
+    REDIS_PASSWORD_FILE,
+    config_dir,
+    default_token_file,
+    load_or_create,
+    new_secret,
+    write_private,
+)
+from runner.config import stack_file
 from runner.errors import Unavailable
-
-_PR_SET_PDEATHSIG = 1
 
 
 class StackError(Unavailable):
@@ -35,8 +45,7 @@ class StackError(Unavailable):
 
 
 def _die_with_parent() -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    die_with_parent(signal.SIGTERM)  # in the child, before exec: a stack's part stops when the stack dies
 
 
 def find_redis_server() -> str:
@@ -298,12 +307,6 @@ class LocalStack:
         # "ccx dashboard on http://127.0.0.1:PORT/ (...)"
         self.dashboard_url = line.split(" on ", 1)[1].split()[0]
 
-    @property
-    def dashboard_login_url(self) -> str:
-        from runner.dashboard.server import login_url
-
-        return login_url(self.dashboard_url, self.dashboard_token or "") if self.dashboard_url else ""
-
     def stop(self) -> None:
         """Stop the dashboard and the worker first (nothing new starts), then the handler, then Redis."""
         terminate(self.dashboard, 15)
@@ -317,6 +320,13 @@ class LocalStack:
             self._tmp.cleanup()
             self._tmp = None
 
+    def watch(self, stopping: threading.Event) -> None:
+        """Until ``stopping`` is set; a part of the stack that exits raises :class:`StackError` naming it."""
+        while not stopping.wait(0.5):
+            for name, proc in (("handler", self.handler), ("worker", self.worker), ("dashboard", self.dashboard)):
+                if proc is not None and proc.poll() is not None:
+                    raise StackError(f"The {name} exited unexpectedly (code {proc.returncode}); stopping the stack.")
+
     def __enter__(self) -> LocalStack:
         return self.start()
 
@@ -326,8 +336,6 @@ class LocalStack:
 
 def _read_line(proc: subprocess.Popen[bytes], timeout: float, what: str) -> str:
     """The first line a child prints, within ``timeout`` seconds."""
-    import selectors
-
     assert proc.stdout is not None
     with selectors.DefaultSelector() as selector:
         selector.register(proc.stdout, selectors.EVENT_READ)
@@ -338,14 +346,6 @@ def _read_line(proc: subprocess.Popen[bytes], timeout: float, what: str) -> str:
         proc.wait(5)
         raise StackError(f"{what} exited with code {proc.returncode} while starting.")
     return line
-
-
-STACK_FILE = "stack.json"
-"""While ``ccx up`` runs, where it says how to reach it (a private file: the Redis URL holds the password)."""
-
-
-def stack_file() -> Path:
-    return config_dir() / STACK_FILE
 
 
 def write_stack_file(stack: LocalStack) -> Path:
@@ -369,41 +369,58 @@ def remove_stack_file() -> None:
             path.unlink()
 
 
-def running_stack_redis_url() -> str | None:
-    """The Redis URL of the ``ccx up`` running on this machine for this user, if one is running."""
-    url = (running_stack() or {}).get("redis_url")
-    return url if isinstance(url, str) else None
+def stack_for_up(
+    *,
+    redis_url: str | None,
+    redis_port: int,
+    data_dir: Path,
+    handler_port: int,
+    handler_token: str | None,
+    allow: str,
+    queue: str,
+    dashboard_port: int | None,
+) -> LocalStack:
+    """The stack ``ccx up`` runs, not yet started. Unlike ``ccx run``'s, it outlives a command: its secrets (the
+    handler's token, the dashboard's, its Redis's password) are kept in private files under the config directory,
+    made on first use, where clients on this machine find them; its Redis (unless ``redis_url``) keeps its data in
+    ``data_dir`` and listens on ``redis_port``."""
+    secrets_dir = config_dir()
+    stack = LocalStack(
+        redis_url=redis_url,
+        handler_port=handler_port,
+        handler_token=handler_token or load_or_create(default_token_file()),
+        allow=allow,
+        queue=queue,
+        worker_output=None,  # in the foreground, the worker's log is the user's to read
+        dashboard_port=dashboard_port,
+        dashboard_token=load_or_create(secrets_dir / DASHBOARD_TOKEN_FILE) if dashboard_port is not None else None,
+    )
+    if redis_url is None:
+        password = load_or_create(secrets_dir / REDIS_PASSWORD_FILE, "Redis password")
+        stack.redis = RedisServer(data_dir / "redis", port=redis_port, password=password)
+    return stack
 
 
-def running_stack_dashboard_url() -> str | None:
-    """The dashboard URL of the ``ccx up`` running on this machine for this user, if it serves one."""
-    url = (running_stack() or {}).get("dashboard_url")
-    return url if isinstance(url, str) and url else None
-
-
-def running_stack() -> dict[str, object] | None:
-    """What the stack file of a running ``ccx up`` says (see :func:`write_stack_file`), if one is running."""
+def supervise(
+    stack: LocalStack,
+    stopping: threading.Event,
+    on_ready: Callable[[Path], None],
+    on_stopped: Callable[[], None],
+) -> None:
+    """Run ``stack`` until ``stopping`` is set or a part of it exits (:class:`StackError`): start its Redis (when it
+    has its own), then the rest; publish it in the stack file (``on_ready`` gets the file's path); watch it. Whatever
+    ends it, the stack file goes and everything stops in order; ``on_stopped`` is called if it had started."""
+    started = False
     try:
-        text = read_secret(stack_file(), "stack")
-        info = orjson.loads(text) if text else None
-    except (ValueError, OSError):  # unreadable or not ours: as if no stack ran
-        return None
-    if not isinstance(info, dict) or not isinstance(info.get("pid"), int):
-        return None
-    return info if _runs_as_this_user(info["pid"]) else None
-
-
-def _runs_as_this_user(pid: int) -> bool:
-    """True while ``pid`` lives and runs as this user. A stale stack file's pid may have been reused by another
-    user's process, which may also squat the old Redis port: trusting it would send that user our password."""
-    if pid <= 0:  # 0 and negatives name process groups, not a process
-        return False
-    try:
-        os.kill(pid, 0)
-    except (OSError, OverflowError):  # gone, or another user's (the signal is refused), or no pid at all
-        return False
-    try:
-        return os.stat(f"/proc/{pid}").st_uid == os.geteuid()  # root may signal anyone: ask who owns it
-    except FileNotFoundError:
-        # Gone since, or a system without /proc (macOS), where the signal's answer is all there is.
-        return not os.path.isdir("/proc/self")
+        if stack.redis is not None:
+            stack.redis.start()
+            stack.redis_url = stack.redis.url
+        stack.start()
+        started = True
+        on_ready(write_stack_file(stack))
+        stack.watch(stopping)
+    finally:
+        remove_stack_file()
+        stack.stop()
+        if started:
+            on_stopped()

@@ -22,7 +22,7 @@ import pytest
 import redis
 
 from runner import schedules
-from runner.cli import needs_embedded_stack
+from runner.cli.tasks import needs_embedded_stack
 from runner.client import Runner
 from runner.config import NO_REDIS, Settings
 from runner.stack import LocalStack, free_port

@@ -1,9 +1,13 @@
-"""The stack file of `ccx up`: trusted only while the process it names is alive and this user's."""
+"""The stack of `ccx up`: its stack file, trusted only while the process it names is alive and this user's; how
+it is watched; and the embedded Redis's password."""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import orjson
@@ -11,11 +15,17 @@ import pytest
 import redis
 from redis.connection import parse_url
 
-from handler.config import ConfigError
 from handler.secretfile import write_private
 from runner.client import Runner
-from runner.config import Settings
-from runner.stack import LocalStack, running_stack, stack_file
+from runner.config import Settings, running_stack, stack_file
+from runner.errors import ConfigError
+from runner.stack import (
+    LocalStack,
+    StackError,
+    stack_for_up,
+    supervise,
+    terminate,
+)
 from tests.conftest import no_password
 
 NOBODY = 65534
@@ -80,3 +90,53 @@ def test_the_embedded_stack_redis_has_a_password_of_its_own(tmp_path: Path, queu
         runner = Runner(redis_url=stack.redis_url, queue=queue_name)
         assert runner.submit(agent="command", argv=["echo", "own"]).result(timeout=60).output == "own\n"
         runner.redis.close()
+
+
+def test_watching_the_stack_names_the_part_that_exited_and_ends_when_asked() -> None:
+    """`ccx up` watches its children: the first that exits ends the watch, by name and exit code; asked to stop,
+    the watch returns."""
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    quitter = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    stack = LocalStack(handler=sleeper, worker=quitter)
+    try:
+        with pytest.raises(StackError, match=r"^The worker exited unexpectedly \(code 3\); stopping the stack\.$"):
+            stack.watch(threading.Event())
+        stopping = threading.Event()
+        stopping.set()
+        stack.worker = None
+        stack.watch(stopping)  # returns at once: nothing to wait for
+    finally:
+        terminate(sleeper)
+
+
+@pytest.mark.timeout(30)
+def test_a_stack_that_cannot_start_is_not_announced_and_leaves_no_stack_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ccx up` on a busy Redis port: supervise raises the one sentence, never says ready or stopped, and no client
+    finds a stack file pointing at it."""
+    monkeypatch.setenv("CCX_CONFIG_DIR", str(tmp_path / "config"))
+    said: list[str] = []
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        stack = stack_for_up(
+            redis_url=None,
+            redis_port=port,
+            data_dir=tmp_path / "data",
+            handler_port=0,
+            handler_token=None,
+            allow="*",
+            queue="ccx",
+            dashboard_port=None,
+        )
+        with pytest.raises(StackError, match=f"Port {port} for the embedded Redis is in use"):
+            supervise(
+                stack,
+                threading.Event(),
+                on_ready=lambda path: said.append(f"ready {path}"),
+                on_stopped=lambda: said.append("stopped"),
+            )
+    assert said == []
+    assert not stack_file().exists()

@@ -35,7 +35,7 @@ from rq.queue import Queue
 from rq.registry import CanceledJobRegistry
 from rq.serializers import JSONSerializer
 
-from runner import events, metrics, policy, queue_state, webhooks
+from runner import events, hooks, metrics, policy, queue_state
 from runner.agents import get_agent
 from runner.config import Settings
 from runner.errors import UnknownTask
@@ -77,19 +77,21 @@ def end(store: TaskStore, result: TaskResult, queue: str, job: Job | None = None
     (whoever ended it settled them) or ``run`` is no longer its current run."""
     if not store.finalize(result, queue, run):
         return False
-    # The end's bookkeeping, in one round trip: its metrics and its webhook (queued for the worker's
-    # deliverer, never sent here); its cost was counted by the finalize script itself. A plain pipeline, not MULTI: one refused command (a Redis
+    # The end's bookkeeping, in one round trip: its metrics, and what the listeners of runner/hooks.py add
+    # (the webhooks' outbox: the end's webhook, queued for the worker's deliverer, never sent here); its cost
+    # was counted by the finalize script itself. A plain pipeline, not MULTI: one refused command (a Redis
     # without scripting, say) must not discard the others. The end itself is recorded already, so a
     # failure here is logged, never raised, and the dependents are still settled.
     try:
         with store.client.pipeline(transaction=False) as pipe:
             metrics.count_end(pipe, queue, result)
-            webhooks.queue_end(pipe, queue, result, store.log_ttl)  # the last command
-            *counted, queued = pipe.execute(raise_on_error=False)
-        if any(isinstance(reply, Exception) for reply in counted):
+            counted = len(pipe)
+            hooks.task_ended(pipe, queue, result, store.log_ttl)
+            replies = pipe.execute(raise_on_error=False)
+        if any(isinstance(reply, Exception) for reply in replies[:counted]):
             log.warning("task %s: its metrics could not be recorded in Redis", result.id)
-        if isinstance(queued, Exception):
-            log.warning("task %s: its webhook could not be queued (%s)", result.id, queued)
+        for failed in (reply for reply in replies[counted:] if isinstance(reply, Exception)):
+            log.warning("task %s: a listener's bookkeeping of its end (its webhook) failed (%s)", result.id, failed)
     except redis.RedisError as exc:
         log.warning("task %s: its metrics and webhook could not be recorded (%s)", result.id, exc)
     job = job if job is not None else fetch_job(store.client, result.id)

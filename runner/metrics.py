@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
-from runner import events, queue_state
+from runner import events, keys, queue_state
 from runner.errors import UsageError
 from runner.listener import redis_guard
 from runner.spec import TaskResult
@@ -114,14 +114,11 @@ class Snapshot:
 
 def read_snapshot(client: redis.Redis, queue: str, now: float | None = None) -> Snapshot:
     """Read the queue's numbers: a few pipelined round trips, whatever the number of tasks."""
-    # Imported here: runner.dashboard imports the client, which imports runner.lifecycle, which imports this.
-    from runner.dashboard.data import rq_deferred_key, rq_queue_key, rq_started_key
-
     now = time.time() if now is None else now
     with client.pipeline(transaction=False) as pipe:
-        pipe.llen(rq_queue_key(queue))
-        pipe.zcard(rq_deferred_key(queue))
-        pipe.zrange(rq_started_key(queue), 0, -1)
+        pipe.llen(keys.rq_queue_key(queue))
+        pipe.zcard(keys.rq_deferred_key(queue))
+        pipe.zrange(keys.rq_started_key(queue), 0, -1)
         pipe.hgetall(events.metrics_key(queue))
         queued, deferred, started, raw = pipe.execute()
     task_ids = list(dict.fromkeys(entry.decode().split(":", 1)[0] for entry in started))

@@ -8,7 +8,8 @@ that cannot be reached (until it answers the worker again), or a person
 (``ccx pause``). Pauses compose: the strongest holds (:data:`STRENGTH`), so a
 failing task's retry pause never replaces a person's. The worker ends a timed pause
 itself when its time comes, and a handler pause once the handler answers; ``ccx resume`` ends any. Both are lifecycle events on
-``ccx:events`` and, for a queue whose webhook asks for pauses, webhook POSTs.
+``ccx:events``, and are told to the listeners of runner/hooks.py (the webhooks' outbox POSTs them to a queue
+whose webhook asks for pauses).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 import orjson
 import redis
 
-from runner import events, webhooks
+from runner import events, hooks
 from runner.errors import UsageError
 from runner.spec import as_real
 
@@ -153,7 +154,7 @@ def pause(client: redis.Redis, queue: str, kind: str, reason: str, until: float 
         ],
     )
     if took:
-        webhooks.on_pause(client, queue, kind, reason, until)  # a queue.paused POST, if the queue's webhook asks
+        hooks.queue_paused(client, queue, kind, reason, until)  # e.g. a queue.paused webhook, if the queue asks
     return get(client, queue)
 
 
@@ -165,8 +166,8 @@ def resume(
     only_if_due: bool = False,
     only_kind: str = "",
 ) -> bool:
-    """End ``queue``'s pause, if it has one; True if it had. Announced like a pause: a ``resumed`` event and,
-    if the queue's webhook asks for pauses, a ``queue.resumed`` POST.
+    """End ``queue``'s pause, if it has one; True if it had. Announced like a pause: a ``resumed`` event, and
+    told to the listeners of runner/hooks.py (a ``queue.resumed`` webhook, if the queue's webhook asks for pauses).
 
     ``only_if_due``: end it only if it is a timed pause whose time has come (the worker's case: a person's
     pause set after the worker looked must survive the worker's lifting of the timed one it saw); ``only_kind``:
@@ -184,7 +185,7 @@ def resume(
     )
     if not kind:
         return False
-    webhooks.on_resume(client, queue, kind.decode(), why)  # a queue.resumed POST, if the queue's webhook asks
+    hooks.queue_resumed(client, queue, kind.decode(), why)  # e.g. a queue.resumed webhook, if the queue asks
     return True
 
 
@@ -198,15 +199,6 @@ TOTAL = "total"
 def day_field(now: float | None = None) -> str:
     """The field of the costs hash (:func:`runner.events.costs_key`) that holds a UTC day's spend."""
     return f"day:{today(now)}"
-
-
-def add_cost(client: redis.Redis, queue: str, usd: float) -> None:
-    """Count a cost in the queue's totals (all time, and the UTC day). A task's own cost is counted by
-    the script that records its end (runner/store.py), so that its result is never seen before its cost."""
-    with client.pipeline(transaction=False) as pipe:
-        pipe.hincrbyfloat(events.costs_key(queue), TOTAL, usd)
-        pipe.hincrbyfloat(events.costs_key(queue), day_field(), usd)
-        pipe.execute()
 
 
 def costs(client: redis.Redis, queue: str) -> dict[str, float]:

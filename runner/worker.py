@@ -26,7 +26,7 @@ from rq.job_lifecycle import call_exception_handlers, format_exc_info, record_jo
 from rq.registry import CanceledJobRegistry, FailedJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 
-from runner import events, lifecycle, lineup, metrics, queue_state, schedules, webhooks
+from runner import events, hooks, lifecycle, lineup, metrics, queue_state, schedules
 from runner.client import JOB_FUNCTION, Runner
 from runner.config import PATIENT_RETRIES, Settings, redact_url, redis_client
 from runner.handler_client import check_transport, tls_context
@@ -37,6 +37,8 @@ from runner.reconcile import Reconciler
 from runner.relay import handler_answers, warm_up
 from runner.spec import TaskResult
 from runner.store import TaskStore
+from runner.webhooks import outbox
+from runner.webhooks.delivery import Deliverer
 
 log = logging.getLogger("ccx.worker")
 
@@ -409,6 +411,39 @@ def _stop_before_work(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
 
+def _holder(client: redis.Redis, store: TaskStore, lock: QueueLock, settings: Settings) -> CcxWorker:
+    """The RQ worker of the queue whose ``lock`` this process holds: it takes jobs only while the lock is its own."""
+    queue_class = fenced_queue_class(lock.key, lock.owner)
+    queue = queue_class(settings.queue, connection=client, serializer=JSONSerializer)
+    return CcxWorker(
+        [queue],
+        queue_class=queue_class,
+        connection=client,
+        serializer=JSONSerializer,
+        exception_handlers=[_log_failure],
+        disable_default_exception_handler=True,
+        log_job_description=False,  # descriptions hold prompts and argv, which may carry secrets
+        job_monitoring_interval=max(1, int(settings.lock_ttl / 3)),
+        settings=settings,
+        lock=lock,
+        store=store,
+        looks=(Reclaimer(client, queue), Reconciler(store, settings.queue)),
+    )
+
+
+def _work(worker: CcxWorker, lock: QueueLock, settings: Settings, burst: bool, logging_level: str) -> None:
+    """Serve jobs until stopped, with this process's webhook deliveries and schedule ticker (threads of the worker,
+    never of a work-horse)."""
+    deliveries = Deliverer(settings).start()
+    # A worker that lost its lock stops firing schedules at once: its successor's ticker fires them.
+    ticker = schedules.Ticker(Runner(settings=settings), serving=lambda: not lock.lost.is_set()).start()
+    try:
+        worker.work(burst=burst, logging_level=logging_level, with_scheduler=False)
+    finally:
+        ticker.close()
+        deliveries.stop()
+
+
 def run_worker(
     settings: Settings,
     *,
@@ -440,6 +475,7 @@ def run_worker(
     # From here on, outages are waited out (see PATIENT_RETRIES), never a reason to stop serving.
     client = redis_client(settings.redis_url, retries=PATIENT_RETRIES)
     store = TaskStore(client, settings.log_maxlen, settings.log_ttl, settings.idempotency_ttl)
+    hooks.register(outbox.LISTENER)  # before the first end (recovery below) and the fork of any work-horse
     lock = QueueLock(client, settings.queue, settings.lock_ttl)
     if standby:
         holder = lock.holder()
@@ -448,22 +484,7 @@ def run_worker(
     lock.acquire(wait=standby)
     try:
         recover_abandoned(client, settings.queue, store, settings)
-        queue_class = fenced_queue_class(lock.key, lock.owner)
-        queue = queue_class(settings.queue, connection=client, serializer=JSONSerializer)
-        worker = CcxWorker(
-            [queue],
-            queue_class=queue_class,
-            connection=client,
-            serializer=JSONSerializer,
-            exception_handlers=[_log_failure],
-            disable_default_exception_handler=True,
-            log_job_description=False,  # descriptions hold prompts and argv, which may carry secrets
-            job_monitoring_interval=max(1, int(settings.lock_ttl / 3)),
-            settings=settings,
-            lock=lock,
-            store=store,
-            looks=(Reclaimer(client, queue), Reconciler(store, settings.queue)),
-        )
+        worker = _holder(client, store, lock, settings)
         problem = warm_up(settings)
         if problem:
             log.warning(
@@ -474,14 +495,7 @@ def run_worker(
             + (f"; metrics on {metrics_url}" if metrics_url else ""),
             flush=True,
         )
-        deliveries = webhooks.Deliverer(settings).start()  # threads of this process: never in a work-horse
-        # A worker that lost its lock stops firing schedules at once: its successor's ticker fires them.
-        ticker = schedules.Ticker(Runner(settings=settings), serving=lambda: not lock.lost.is_set()).start()
-        try:
-            worker.work(burst=burst, logging_level=logging_level, with_scheduler=False)
-        finally:
-            ticker.close()
-            deliveries.stop()
+        _work(worker, lock, settings, burst, logging_level)
     finally:
         lock.release()
     if lock.lost.is_set():

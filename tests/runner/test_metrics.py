@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from runner import events, lifecycle, metrics, queue_state
 from runner.client import Runner
-from runner.dashboard.data import rq_deferred_key, rq_queue_key, rq_started_key
+from runner.keys import rq_deferred_key, rq_queue_key, rq_started_key
 from runner.spec import TaskResult
 from runner.stack import LocalStack, free_port
 from tests.support.processes import first_line, wait_until
@@ -124,7 +124,7 @@ def test_gauges_read_the_queue_the_pause_and_the_costs(redis_client: redis.Redis
     now = time.time()
     redis_client.hset(events.info_key("t0"), mapping={"status": events.RUNNING, "started_at": events.iso(now - 42)})
     queue_state.pause(redis_client, q, queue_state.MANUAL, "by hand")
-    queue_state.add_cost(redis_client, q, 1.25)
+    redis_client.hset(events.costs_key(q), mapping={queue_state.TOTAL: 1.25, queue_state.day_field(): 1.25})
     queue_state.set_budget(redis_client, q, 10)
     found = parse(
         generate_latest(_Families(metrics.read_snapshot(redis_client, q, now=now))).decode()  # a fixed "now"

@@ -9,8 +9,9 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from runner import events, queue_state, webhooks
+from runner import events, hooks, queue_state
 from runner.queue_state import BACKOFF, BUDGET, CREDENTIALS, MANUAL, RETRY, USAGE_LIMIT
+from runner.webhooks import outbox, queue_setting
 from tests.support.lifecycle import queue_events, subscribed
 
 HOUR = 3600.0
@@ -21,6 +22,12 @@ def lifecycle(redis_client: redis.Redis) -> Iterator[redis.client.PubSub]:
     """A subscription to the lifecycle channel, ready before the test acts."""
     with subscribed(redis_client) as pubsub:
         yield pubsub
+
+
+@pytest.fixture
+def webhooks_listen() -> None:
+    """The webhooks' outbox told of pauses and resumptions, as in every worker and Runner (runner/hooks.py)."""
+    hooks.register(outbox.LISTENER)
 
 
 def quiet(pubsub: redis.client.PubSub, queue: str) -> list[dict]:
@@ -98,10 +105,11 @@ def test_a_person_and_a_failing_task_pausing_at_once_never_lose_the_manual_pause
         assert queue_state.get(redis_client, queue).kind == MANUAL, f"round {round_}"
 
 
+@pytest.mark.usefixtures("webhooks_listen")
 def test_a_pause_that_does_not_take_hold_is_not_announced(
     redis_client: redis.Redis, queue_name: str, lifecycle: redis.client.PubSub
 ) -> None:
-    webhooks.set_queue_webhook(redis_client, queue_name, "http://queue.example/hook", on_pause=True)
+    queue_setting.set_queue_webhook(redis_client, queue_name, "http://queue.example/hook", on_pause=True)
     queue_state.pause(redis_client, queue_name, MANUAL, "deploy")
     assert [body["kind"] for body in queue_events(lifecycle, queue_name, 1)] == [MANUAL]
     queue_state.pause(redis_client, queue_name, RETRY, "retry 1/2 in 30 s", time.time() + 30)
@@ -130,14 +138,35 @@ def test_every_lifting_is_a_resumed_event_naming_the_pause_it_ended(
     assert quiet(lifecycle, queue_name) == []
 
 
+def test_the_listeners_are_told_of_each_pause_that_takes_hold_and_each_lifting(
+    redis_client: redis.Redis, queue_name: str
+) -> None:
+    told: list[tuple[object, ...]] = []
+    listener = hooks.Listener(
+        "test-recorder",
+        queue_paused=lambda _client, *args: told.append(("paused", *args)),
+        queue_resumed=lambda _client, *args: told.append(("resumed", *args)),
+    )
+    hooks.register(listener)
+    try:
+        queue_state.pause(redis_client, queue_name, MANUAL, "deploy")
+        queue_state.pause(redis_client, queue_name, RETRY, "retry 1/2", time.time() + 30)  # kept out: not told
+        assert queue_state.resume(redis_client, queue_name, "resumed by hand")
+        assert not queue_state.resume(redis_client, queue_name, "again")  # nothing to lift: not told
+    finally:
+        hooks.unregister(listener.name)
+    assert told == [("paused", queue_name, MANUAL, "deploy", None), ("resumed", queue_name, MANUAL, "resumed by hand")]
+
+
+@pytest.mark.usefixtures("webhooks_listen")
 def test_a_lifting_posts_queue_resumed_to_a_queue_that_asked_for_pauses(
     redis_client: redis.Redis, queue_name: str
 ) -> None:
-    webhooks.set_queue_webhook(redis_client, queue_name, "http://queue.example/hook", on_pause=True)
+    queue_setting.set_queue_webhook(redis_client, queue_name, "http://queue.example/hook", on_pause=True)
     queue_state.pause(redis_client, queue_name, RETRY, "retry 1/2 in 1 s", time.time() + 1)
     queue_state.resume(redis_client, queue_name, "the pause ended (retry 1/2 in 1 s)")
     deliveries = [
-        webhooks.Delivery.load(redis_client, item.decode())
+        outbox.Delivery.load(redis_client, item.decode())
         for item in redis_client.zrange(events.webhook_due_key(queue_name), 0, -1)
     ]
     resumed = [delivery for delivery in deliveries if delivery is not None and delivery.event == "queue.resumed"]

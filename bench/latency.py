@@ -21,6 +21,7 @@ from bench import children
 from bench.context import Context
 from bench.report import Figure
 from bench.stats import percentile
+from runner.follow.sync import follow
 
 SECTION = "latency"
 DELAY = 0.5
@@ -39,9 +40,7 @@ def _latencies_ms(text: str, received_ns: int) -> list[float]:
 def _events_reader(ctx: Context, task_id: str, into: list[float], timeout: float) -> None:
     client = redis.Redis.from_url(ctx.stack.redis_url or "")
     try:
-        from runner.events import read_events
-
-        for event in read_events(client, task_id, timeout=timeout):
+        for event in follow(client, task_id, timeout=timeout):
             received = time.time_ns()
             if event["type"] == "output":
                 into.extend(_latencies_ms(event["data"], received))

@@ -19,21 +19,19 @@ from rq import Queue
 from rq.job import Dependency
 from rq.serializers import JSONSerializer
 
-from runner import events, lifecycle, queue_state, schedules
+from runner import events, hooks, lifecycle, queue_state, schedules
 from runner.config import Settings, check_redis_url, redact_url, redis_client
-from runner.errors import Unavailable, UnknownTask
+from runner.errors import RedisUnavailable, SpecError, UnknownTask
+from runner.follow.sync import follow, wait_for_result
 from runner.lifecycle import fetch_job
-from runner.spec import SpecError, TaskResult, TaskSpec
+from runner.spec import TaskResult, TaskSpec
 from runner.store import TaskRecord, TaskStore
+from runner.webhooks import outbox
 
 JOB_FUNCTION = "runner.job.run_task"
 
 JOB_TIMEOUT_MARGIN = 120
 """Seconds RQ allows beyond the task's own timeout: the handler's kill grace and result writing fit in it."""
-
-
-class RedisUnavailable(Unavailable):
-    """Redis cannot be reached; the message names the URL and what to do."""
 
 
 class TaskHandle:
@@ -48,11 +46,11 @@ class TaskHandle:
 
     def events(self, timeout: float | None = None) -> Iterator[dict[str, Any]]:
         """Every event from the task's first byte (replay, then live), ending with the result event."""
-        return events.read_events(self.runner.redis, self.id, timeout=timeout)
+        return follow(self.runner.redis, self.id, timeout=timeout)
 
     def result(self, timeout: float | None = None) -> TaskResult:
         """Wait for the task to end (at most ``timeout`` seconds, else ``TimeoutError``)."""
-        return TaskResult.from_dict(events.wait_for_result(self.runner.redis, self.id, timeout=timeout))
+        return TaskResult.from_dict(wait_for_result(self.runner.redis, self.id, timeout=timeout))
 
     def cancel(self) -> str:
         """Cancel: a queued task never runs, a running one is stopped. Returns what happened."""
@@ -79,11 +77,12 @@ class Runner:
         self.store = TaskStore(
             self.redis, self.settings.log_maxlen, self.settings.log_ttl, self.settings.idempotency_ttl
         )
+        hooks.register(outbox.LISTENER)  # cancels, pauses and resumptions made through it queue their webhooks
 
     @classmethod
     def from_env(cls) -> Runner:
         """Settings from REDIS_URL / CCX_REDIS_URL (else a running ``ccx up``'s Redis), CCX_QUEUE and the other
-        CCX_* variables; with no Redis configured, a :class:`~handler.config.ConfigError` says what to do."""
+        CCX_* variables; with no Redis configured, a :class:`~runner.errors.ConfigError` says what to do."""
         return cls()
 
     def ping(self) -> None:
@@ -112,7 +111,7 @@ class Runner:
         in_: float | None = None,
         **options: Any,
     ) -> TaskHandle:
-        """Queue a task and return its handle; a bad spec raises :class:`~runner.spec.SpecError` at once.
+        """Queue a task and return its handle; a bad spec raises :class:`~runner.errors.SpecError` at once.
 
         ``after`` runs this task only once that task has ended: by default only if it
         succeeded (else this one is cancelled), with ``after_any=True`` also if it failed.

@@ -1,8 +1,9 @@
-"""Task events in Redis: their names, how they are written in batches, how they are read.
+"""Task events in Redis: their names and how they are written in batches.
 
 Every event is one JSON object. Each goes to the task's log, a Redis Stream
 (durable, replayable), and to its pub/sub channel (live); lifecycle changes of
-all tasks also go to :data:`LIFECYCLE_CHANNEL`. docs/events.md is the reference.
+all tasks also go to :data:`LIFECYCLE_CHANNEL`. docs/events.md is the reference;
+runner/follow/ reads the log.
 
 The writer batches: output frames that arrive while a write is in flight go
 out together in one Lua call, so a chatty task costs one round trip per batch,
@@ -14,15 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import redis
 import redis.asyncio
-
-from runner.errors import UnknownTask
 
 PREFIX = "ccx"
 LIFECYCLE_CHANNEL = f"{PREFIX}:events"
@@ -113,7 +111,7 @@ def idempotency_key(queue: str, key: str) -> str:
 
 
 def webhook_config_key(queue: str) -> str:
-    """The queue's webhook (hash: ``url``, ``on_pause``, ``secret``, ``last_delivery``; see runner/webhooks.py)."""
+    """The queue's webhook (hash: ``url``, ``on_pause``, ``secret``, ``last_delivery``; see runner/webhooks/)."""
     return f"{PREFIX}:queue:{queue}:webhook"
 
 
@@ -324,89 +322,3 @@ class EventWriter:
             raise self.error
         if self._progress_stale():
             await self._write_progress()
-
-
-def read_events(
-    client: redis.Redis,
-    task_id: str,
-    *,
-    timeout: float | None = None,
-    block_ms: int = 1000,
-    after: str = "0-0",
-) -> Iterator[dict[str, Any]]:
-    """Every event of a task from ``after`` on: the replay first, then live, until the result event.
-
-    One loop serves both: XREAD from the last id seen returns what is already in
-    the log at once and blocks for what comes next, so a reader that joins
-    before, during or after the run sees the same sequence. Raises
-    ``TimeoutError`` when ``timeout`` seconds pass without reaching the result.
-    """
-    key = log_key(task_id)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    last = after
-    # Output frames are numbered from 0 within each attempt: a jump means the log was trimmed past
-    # what this reader had (CCX_LOG_MAXLEN), and the reader is told how much is gone.
-    expected: int | None = 0 if after == "0-0" else None
-    while True:
-        wait = block_ms
-        if deadline is not None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"Task {task_id} did not finish within {timeout:g} s.")
-            wait = max(1, min(block_ms, int(left * 1000)))
-        # A modest count: entries may be up to a few MB each, and a reply holds them all at once.
-        response = client.xread({key: last}, count=200, block=wait)
-        if not response:
-            if not client.exists(key):
-                ended = _stored_result_event(client, task_id)
-                if ended is not None:  # the log expired or was never written: the record still has the result
-                    yield ended
-                    return
-                if not client.exists(info_key(task_id)):
-                    raise UnknownTask(task_id)
-            continue
-        for entry_id, fields in response[0][1]:
-            last = entry_id
-            event = orjson.loads(fields[b"e"])
-            kind = event.get("type")
-            if kind == OUTPUT:
-                seq = event.get("seq", 0)
-                if expected is not None and seq > expected:
-                    yield {"type": GAP, "task_id": task_id, "missing": seq - expected, "from_seq": expected}
-                expected = seq + 1
-            elif kind == STARTED:
-                expected = 0
-            yield event
-            if kind == RESULT:
-                return
-
-
-def _stored_result_event(client: redis.Redis, task_id: str) -> dict[str, Any] | None:
-    raw = client.hget(info_key(task_id), "result")
-    if raw is None:
-        return None
-    return {"type": RESULT, "task_id": task_id, "result": orjson.loads(raw)}
-
-
-def wait_for_result(
-    client: redis.Redis, task_id: str, timeout: float | None = None, block_ms: int = 1000
-) -> dict[str, Any]:
-    """The task's result dict, waiting for it if needed, without reading its output.
-
-    Blocks on the task's done-stream from its start, so an end that happens between
-    looking at the record and blocking is still seen at once.
-    """
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        raw = client.hget(info_key(task_id), "result")
-        if raw is not None:
-            return orjson.loads(raw)
-        if not client.exists(info_key(task_id)):
-            raise UnknownTask(task_id)
-        wait = block_ms
-        if deadline is not None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"Task {task_id} did not finish within {timeout:g} s.")
-            wait = max(1, min(block_ms, int(left * 1000)))
-        client.xread({done_key(task_id): "0-0"}, count=1, block=wait)

@@ -14,9 +14,8 @@ from typing import Any, TextIO
 
 from handler.protocol import STDERR
 from runner import events
-from runner.agents.base import LineSplitter, parse_json_line
-
-TOOL_KEYS = ("file_path", "path", "command", "pattern", "url", "query", "description", "prompt")
+from runner.agents import get_agent
+from runner.agents.base import Transcript
 
 _ASCII_CONTROLS = tuple(chr(code) for code in (*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F))
 """The C0 controls but tab and newline (ESC, BEL, CR…), and DEL: what a terminal acts on instead of showing."""
@@ -40,71 +39,6 @@ def escape_controls(text: str) -> str:
         if char in text:
             text = text.replace(char, _SHOWN[char])
     return text
-
-
-def _short(text: str, limit: int = 200) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def describe_claude_event(event: dict[str, Any]) -> list[str]:
-    """Readable lines for one Claude Code stream-json event (empty for the uninteresting ones)."""
-    kind = event.get("type")
-    if kind == "system" and event.get("subtype") == "init":
-        return [f"● session {event.get('session_id', '?')} · model {event.get('model', '?')}"]
-    if kind == "system" and event.get("subtype") == "api_retry":
-        status = event.get("error_status")
-        cause = f"after {status}" if status else "after a network error"
-        delay = event.get("retry_delay_ms")
-        wait = f", in {delay / 1000:.1f} s" if isinstance(delay, (int, float)) else ""
-        return [
-            f"↻ retrying {event.get('attempt', '?')}/{event.get('max_retries', '?')} {cause} ({event.get('error', '?')}{wait})"
-        ]
-    if kind == "system" and event.get("subtype") == "model_fallback":
-        return [f"↘ falling back to {event.get('fallback_model', '?')} ({event.get('trigger', '?')})"]
-    if kind == "rate_limit_event" and isinstance(event.get("rate_limit_info"), dict):
-        info = event["rate_limit_info"]
-        if info.get("status") == "rejected":
-            return [f"■ usage limit reached ({info.get('rateLimitType', '?')}); the queue pauses until it resets"]
-        if info.get("status") == "allowed_warning" and isinstance(info.get("utilization"), (int, float)):
-            return [f"⚠ {info['utilization']:.0%} of the {info.get('rateLimitType', 'usage')} limit used"]
-        return []
-    lines: list[str] = []
-    if kind in ("assistant", "user"):
-        message = event.get("message")
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, str):
-            content = [{"type": "text", "text": content}]
-        for item in content if isinstance(content, list) else []:
-            if not isinstance(item, dict):
-                continue
-            if item.get("type") == "text" and kind == "assistant":
-                lines.append(str(item.get("text", "")).rstrip())
-            elif item.get("type") == "tool_use":
-                args = item.get("input")
-                args = args if isinstance(args, dict) else {}
-                key = next((str(args[k]) for k in TOOL_KEYS if k in args), "")
-                lines.append(f"→ {item.get('name', 'tool')}({_short(key, 120)})")
-            elif item.get("type") == "tool_result":
-                body = item.get("content")
-                if isinstance(body, list):
-                    body = " ".join(str(part.get("text", "")) for part in body if isinstance(part, dict))
-                mark = "✗" if item.get("is_error") else "←"
-                lines.append(f"  {mark} {_short(str(body or ''), 160)}")
-    elif kind == "result":
-        cost = event.get("total_cost_usd")
-        tail = f" · ${cost:.4f}" if isinstance(cost, (int, float)) else ""
-        turns = event.get("num_turns")
-        tail += f" · {turns} turn{'s' if turns != 1 else ''}" if isinstance(turns, int) else ""
-        mark = "✗" if event.get("is_error") else "✓"
-        text = event.get("result")
-        if not isinstance(text, str) or not text:
-            text = str(event.get("subtype") or "")
-            errors = event.get("errors")
-            if isinstance(errors, list) and errors:
-                text += ": " + "; ".join(str(error) for error in errors)
-        lines.append(f"{mark} {_short(text, 500)}{tail}")
-    return lines
 
 
 class Progress:
@@ -177,8 +111,8 @@ class Renderer:
         self.err = err or sys.stderr
         self.escape_out = escape_out
         self.escape_err = escape_err
-        self.transcript = transcript and agent == "claude"
-        self._lines = LineSplitter()
+        # A terminal shows every line whole, as `cat` would: no limits (those keep a browser page small).
+        self.transcript = get_agent(agent).transcript(max_line_chars=None, max_plain_chars=None) if transcript else None
         self.progress = Progress(self.err) if progress else None
 
     def event(self, event: dict[str, Any]) -> None:
@@ -222,23 +156,17 @@ class Renderer:
             self.err.write(escape_controls(data) if self.escape_err else data)
             self.err.flush()
             return
-        if not self.transcript:
+        if self.transcript is None:
             self.out.write(escape_controls(data) if self.escape_out else data)
             self.out.flush()
             return
-        for line in self._lines.feed(data):
-            self._line(line)
+        self._show(self.transcript, self.transcript.feed(data))
 
-    def _line(self, line: str) -> None:
-        parsed = parse_json_line(line)
-        if parsed is None:
-            if line.strip():
-                self._put_line(line)
-        else:
-            for text in describe_claude_event(parsed):
-                self._put_line(text)
-                if self.progress is not None and text.startswith(("→", "●")):
-                    self.progress.step = escape_controls(text)  # (the spinner's line: escaped even with --raw)
+    def _show(self, transcript: Transcript, lines: list[str]) -> None:
+        for text in lines:
+            self._put_line(text)
+            if self.progress is not None and transcript.step(text):
+                self.progress.step = escape_controls(text)  # (the spinner's line: escaped even with --raw)
         self.out.flush()
 
     def _put_line(self, text: str) -> None:
@@ -248,8 +176,8 @@ class Renderer:
     def finish(self) -> None:
         if self.progress is not None:
             self.progress.stop()
-        for line in self._lines.flush():
-            self._line(line)
+        if self.transcript is not None:
+            self._show(self.transcript, self.transcript.flush())
 
 
 def ago(iso: str | None, now: float | None = None) -> str:

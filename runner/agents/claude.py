@@ -3,7 +3,9 @@
 Its stdout is one JSON object per line: ``system/init`` (session id, model,
 tools), ``assistant`` and ``user`` turns, and a final ``result`` with the
 answer, cost and usage. A line may be several MB and split across frames, so
-lines are reassembled before parsing; non-JSON lines are kept as output.
+lines are reassembled before parsing; non-JSON lines are kept as output. The
+same events read as a transcript (:class:`ClaudeTranscript`): the lines ``ccx run``
+prints, the dashboard shows and MCP pages hold.
 """
 
 from __future__ import annotations
@@ -13,13 +15,23 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from handler.protocol import ExecuteResult
-from runner.agents.base import Agent, JsonEventParser, Outcome, OutputParser, exit_error, parse_json_line
-from runner.spec import OPTIONAL_FIELDS
+from runner.agents.base import (
+    MAX_LINE_CHARS,
+    MAX_PLAIN_CHARS,
+    OPTIONAL_FIELDS,
+    Agent,
+    JsonEventParser,
+    Outcome,
+    OutputParser,
+    Transcript,
+    exit_error,
+    parse_json_line,
+)
 
 if TYPE_CHECKING:
     from runner.spec import TaskSpec
 
-__all__ = ["ClaudeAgent", "ClaudeParser", "parse_json_line"]
+__all__ = ["ClaudeAgent", "ClaudeParser", "ClaudeTranscript", "describe_claude_event"]
 
 RESULT_FIELDS = (
     "subtype",
@@ -107,6 +119,104 @@ class ClaudeParser(JsonEventParser):
         return detail
 
 
+TOOL_KEYS = ("file_path", "path", "command", "pattern", "url", "query", "description", "prompt")
+"""The tool input shown in a tool call's line: the first of these it has."""
+
+
+def _short(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _describe_system(event: dict[str, Any]) -> list[str] | None:
+    """Lines for the session, retry, fallback and rate-limit events; None for any other kind."""
+    kind, subtype = event.get("type"), event.get("subtype")
+    if kind == "system" and subtype == "init":
+        return [f"● session {event.get('session_id', '?')} · model {event.get('model', '?')}"]
+    if kind == "system" and subtype == "api_retry":
+        status = event.get("error_status")
+        cause = f"after {status}" if status else "after a network error"
+        delay = event.get("retry_delay_ms")
+        wait = f", in {delay / 1000:.1f} s" if isinstance(delay, (int, float)) else ""
+        return [
+            f"↻ retrying {event.get('attempt', '?')}/{event.get('max_retries', '?')} {cause} ({event.get('error', '?')}{wait})"
+        ]
+    if kind == "system" and subtype == "model_fallback":
+        return [f"↘ falling back to {event.get('fallback_model', '?')} ({event.get('trigger', '?')})"]
+    if kind == "rate_limit_event" and isinstance(event.get("rate_limit_info"), dict):
+        info = event["rate_limit_info"]
+        if info.get("status") == "rejected":
+            return [f"■ usage limit reached ({info.get('rateLimitType', '?')}); the queue pauses until it resets"]
+        if info.get("status") == "allowed_warning" and isinstance(info.get("utilization"), (int, float)):
+            return [f"⚠ {info['utilization']:.0%} of the {info.get('rateLimitType', 'usage')} limit used"]
+        return []
+    return None
+
+
+def _describe_turn(kind: str, message: Any) -> list[str]:
+    """Lines for an ``assistant`` or ``user`` turn: the assistant's text, tool calls and their results."""
+    lines: list[str] = []
+    content = message.get("content") if isinstance(message, dict) else None
+    if isinstance(content, str):
+        content = [{"type": "text", "text": content}]
+    for item in content if isinstance(content, list) else []:
+        if not isinstance(item, dict):
+            continue
+        if item.get("type") == "text" and kind == "assistant":
+            lines.append(str(item.get("text", "")).rstrip())
+        elif item.get("type") == "tool_use":
+            args = item.get("input")
+            args = args if isinstance(args, dict) else {}
+            key = next((str(args[k]) for k in TOOL_KEYS if k in args), "")
+            lines.append(f"→ {item.get('name', 'tool')}({_short(key, 120)})")
+        elif item.get("type") == "tool_result":
+            body = item.get("content")
+            if isinstance(body, list):
+                body = " ".join(str(part.get("text", "")) for part in body if isinstance(part, dict))
+            mark = "✗" if item.get("is_error") else "←"
+            lines.append(f"  {mark} {_short(str(body or ''), 160)}")
+    return lines
+
+
+def _describe_result(event: dict[str, Any]) -> str:
+    cost = event.get("total_cost_usd")
+    tail = f" · ${cost:.4f}" if isinstance(cost, (int, float)) else ""
+    turns = event.get("num_turns")
+    tail += f" · {turns} turn{'s' if turns != 1 else ''}" if isinstance(turns, int) else ""
+    mark = "✗" if event.get("is_error") else "✓"
+    text = event.get("result")
+    if not isinstance(text, str) or not text:
+        text = str(event.get("subtype") or "")
+        errors = event.get("errors")
+        if isinstance(errors, list) and errors:
+            text += ": " + "; ".join(str(error) for error in errors)
+    return f"{mark} {_short(text, 500)}{tail}"
+
+
+def describe_claude_event(event: dict[str, Any]) -> list[str]:
+    """Readable lines for one Claude Code stream-json event (empty for the uninteresting ones)."""
+    system = _describe_system(event)
+    if system is not None:
+        return system
+    kind = event.get("type")
+    if kind in ("assistant", "user"):
+        return _describe_turn(str(kind), event.get("message"))
+    if kind == "result":
+        return [_describe_result(event)]
+    return []
+
+
+class ClaudeTranscript(Transcript):
+    """Claude Code's stream-json as people read it: a line or two per event, nothing for the uninteresting."""
+
+    def render(self, line: str) -> list[str] | None:
+        event = parse_json_line(line)
+        return None if event is None else describe_claude_event(event)
+
+    def step(self, text: str) -> bool:
+        return text.startswith(("→", "●"))  # a tool call, or the session starting
+
+
 ARGV_PROMPT_LIMIT = 64 * 1024
 """Bytes of prompt passed on the command line; a longer prompt goes through stdin."""
 
@@ -120,7 +230,7 @@ class ClaudeAgent(Agent):
     options = frozenset(OPTIONAL_FIELDS) - {"argv"}
 
     def argv(self, spec: TaskSpec) -> list[str]:
-        argv = [self.executable(), "-p", "--output-format", "stream-json", "--verbose"]
+        argv = [self.binary, "-p", "--output-format", "stream-json", "--verbose"]
         if spec.tools:
             argv += ["--allowedTools", ",".join(spec.tools)]
         if spec.disallowed_tools:
@@ -166,3 +276,12 @@ class ClaudeAgent(Agent):
 
     def parser(self, output_limit: int) -> OutputParser:
         return ClaudeParser(output_limit)
+
+    def transcript(
+        self,
+        carry: str | None = "",
+        *,
+        max_line_chars: int | None = MAX_LINE_CHARS,
+        max_plain_chars: int | None = MAX_PLAIN_CHARS,
+    ) -> Transcript | None:
+        return ClaudeTranscript(carry, max_line_chars=max_line_chars, max_plain_chars=max_plain_chars)

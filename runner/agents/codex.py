@@ -56,7 +56,7 @@ class CodexAgent(Agent):
     options = frozenset({"model", "resume"})
 
     def argv(self, spec: TaskSpec) -> list[str]:
-        argv = [self.executable(), "exec", "--json", "--skip-git-repo-check"]
+        argv = [self.binary, "exec", "--json", "--skip-git-repo-check"]
         if spec.model:
             argv += ["--model", spec.model]
         if spec.resume:

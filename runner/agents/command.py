@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from runner.agents.base import Agent
+from runner.errors import SpecError
 
 if TYPE_CHECKING:
     from runner.spec import TaskSpec
@@ -20,8 +21,6 @@ class CommandAgent(Agent):
     default_retries = 0  # which exit codes are transient, only the submitter knows (retry_on_exit_codes)
 
     def check_required(self, spec: TaskSpec) -> None:
-        from runner.spec import SpecError
-
         if not spec.argv:
             raise SpecError("The command agent needs 'argv', a non-empty list of strings (e.g. ['echo', 'hello']).")
 

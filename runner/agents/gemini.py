@@ -71,7 +71,7 @@ class GeminiAgent(Agent):
     options = frozenset({"model", "tools", "resume"})
 
     def argv(self, spec: TaskSpec) -> list[str]:
-        argv = [self.executable(), "--output-format", "stream-json"]
+        argv = [self.binary, "--output-format", "stream-json"]
         if spec.model:
             argv += ["--model", spec.model]
         if spec.tools:

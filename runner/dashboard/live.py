@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import logging
 import shlex
-import time
 from typing import Any
 
 import orjson
@@ -31,24 +30,18 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from runner import events
-from runner.client import RedisUnavailable, Runner
+from runner.agents import get_agent
+from runner.agents.base import Transcript
+from runner.client import Runner
 from runner.dashboard import logview
 from runner.dashboard.data import TASK_ID, Reader
-from runner.errors import UnknownTask
+from runner.errors import RedisUnavailable, SpecError, UnknownTask
+from runner.follow.aio import Batch, Follower
 from runner.lifecycle import ALREADY_ENDED, CANCELLED, CANCELLING
-from runner.spec import SpecError
+from runner.spec import TaskSpec
 
 log = logging.getLogger("ccx.dashboard")
 
-LIVE_BLOCK_MS = 5000
-LIVE_READ_CHARS = 256 * 1024
-"""About how much output one live read fetches (the entry count adapts to the task's frame size)."""
-LIVE_READ_MAX = 64
-"""Most entries one live read fetches (for tasks writing small frames)."""
-LIVE_MAX_RATE = 2 * 1024 * 1024
-"""Characters per second at most sent to a page for one task; a faster task makes it lag, then skip."""
-LIVE_MAX_LAG = 2.0
-"""Seconds a follow may stay behind the log's newest entry before it skips to the newest page."""
 SNAPSHOT_GAP = 0.1
 """Least seconds between two queue views (a burst of submissions becomes one update)."""
 PROGRESS_INTERVAL = 1.0
@@ -70,9 +63,9 @@ def spec_from_form(form: dict[str, Any]) -> dict[str, Any]:
     """A task spec from the submit form's text fields (the same rules as ``ccx submit``)."""
     if not isinstance(form, dict):
         raise SpecError("The form must be a JSON object.")
-    agent = str(form.get("agent") or "claude").strip()
+    agent = str(form.get("agent") or TaskSpec.agent).strip()  # (the spec's default agent)
     spec: dict[str, Any] = {"agent": agent}
-    if agent == "command":
+    if agent and "argv" in get_agent(agent).options:  # an agent that runs a command line, not a prompt
         try:
             spec["argv"] = shlex.split(str(form.get("argv") or ""))
         except ValueError as exc:
@@ -345,8 +338,7 @@ class Session:
 
     async def _follow_log(self, task_id: str) -> None:
         """The record, then the log's newest page (reset), then new entries (append) until the result."""
-        client, reader = self.hub.client, self.hub.reader
-        record = await reader.record(task_id)
+        record = await self.hub.reader.record(task_id)
         if record is None:
             await self.send(
                 {
@@ -357,94 +349,32 @@ class Session:
             )
             return
         await self.send({"type": "task", "record": record})
-        claude = record["spec"].get("agent") == "claude"
-        last, last_seq, transcript, ended, _ = await self._reset(task_id, claude, None)
-        if ended:
-            return
-        key = events.log_key(task_id)
-        count = 4  # until the task's frame size is known: at most 2 MB
-        behind_since: float | None = None
-        while True:
-            try:
-                response = await client.xread({key: last}, count=count, block=LIVE_BLOCK_MS)
-            except redis.RedisError as exc:
-                await self.send({"type": "error", "task": task_id, "message": f"Lost Redis ({exc}); retrying."})
-                await asyncio.sleep(1.0)
-                continue
-            if not response:
-                if last == "0-0" and await client.hexists(events.info_key(task_id), "result"):
-                    await self._reset(task_id, claude, None)  # ended without a log (expired): show the result
-                    return
-                continue
-            entries = logview.decode_entries(response[0][1])
-            chars = sum(logview.entry_chars(event) for _, event in entries)
-            behind = len(entries) >= count and await self._more_after(key, entries[-1][0])
-            count = max(1, min(LIVE_READ_MAX, LIVE_READ_CHARS // max(1, chars // len(entries))))
-            if not behind:
-                behind_since = None
-            elif behind_since is None:
-                behind_since = time.monotonic()
-            elif time.monotonic() - behind_since > LIVE_MAX_LAG:
-                behind_since = None
-                last, last_seq, transcript, ended, sent = await self._reset(task_id, claude, last_seq)
-                if ended:
-                    return
-                await asyncio.sleep(sent / LIVE_MAX_RATE)
-                continue
-            chunks = logview.make_chunks(entries, transcript)
-            last = entries[-1][0]
-            last_seq = _last_seq(chunks, last_seq)
-            await self.send(
-                {
-                    "type": "log",
-                    "task": task_id,
-                    "mode": "append",
-                    "chunks": chunks,
-                    "progress": logview.latest_progress(entries),
-                }
-            )
-            if any(event.get("type") == events.RESULT for _, event in entries):
-                await self._send_record(task_id)
-                return
-            await asyncio.sleep(chars / LIVE_MAX_RATE)  # pacing: a line costs microseconds, 1 MB half a second
-
-    async def _more_after(self, key: str, entry_id: str) -> bool:
-        """Whether the log has entries after ``entry_id``."""
-        newest = await self.hub.client.xrevrange(key, count=1)
-        return bool(newest) and newest[0][0].decode() != entry_id
-
-    async def _reset(
-        self, task_id: str, claude: bool, sent_seq: int | None
-    ) -> tuple[str, int | None, logview.Transcript | None, bool, int]:
-        """Send the log's newest page; returns (last id, last seq, transcript, whether it ended, characters sent)."""
-        client = self.hub.client
-        entries, more = await logview.read_page(client, task_id, None)
-        transcript = await logview.transcript_for(client, task_id, entries[0] if entries else None) if claude else None
-        chunks = logview.make_chunks(entries, transcript)
-        message: dict[str, Any] = {
-            "type": "log",
-            "task": task_id,
-            "mode": "reset",
-            "chunks": chunks,
-            "more_before": more,
-            "progress": logview.latest_progress(entries),
-        }
-        first_seq = next((chunk["seq"][0] for chunk in chunks if chunk["seq"]), None)
-        if sent_seq is not None and first_seq is not None and first_seq > sent_seq + 1:
-            message["skipped_frames"] = first_seq - sent_seq - 1
-        ended = any(event.get("type") == events.RESULT for _, event in entries)
-        if not entries and await client.hexists(events.info_key(task_id), "result"):
-            message["expired"] = True
-            ended = True
-        await self.send(message)
-        if ended:
-            await self._send_record(task_id)
-        sent = sum(chunk["chars"] for chunk in chunks)
-        return (entries[-1][0] if entries else "0-0"), _last_seq(chunks, sent_seq), transcript, ended, sent
+        agent = record["spec"].get("agent")
+        transcript: Transcript | None = None
+        async with contextlib.aclosing(Follower(self.hub.client, task_id).batches()) as batches:
+            async for batch in batches:
+                if batch.error is not None:
+                    await self.send(
+                        {"type": "error", "task": task_id, "message": f"Lost Redis ({batch.error}); retrying."}
+                    )
+                    continue
+                if batch.reset:  # a page that does not follow what was shown: its transcript starts afresh
+                    first = batch.entries[0] if batch.entries else None
+                    transcript = await logview.transcript_for(self.hub.client, task_id, agent, first)
+                await self.send(_log_message(task_id, batch, logview.make_chunks(batch.entries, transcript)))
+                if batch.ended:
+                    await self._send_record(task_id)
 
 
-def _last_seq(chunks: list[dict[str, Any]], default: int | None) -> int | None:
-    for chunk in reversed(chunks):
-        if chunk["seq"]:
-            return int(chunk["seq"][1])
-    return default
+def _log_message(task_id: str, batch: Batch, chunks: list[dict[str, Any]]) -> dict[str, Any]:
+    """A ``log`` message: a *reset* replaces the page's output (and says what it skipped), an *append* adds."""
+    message: dict[str, Any] = {"type": "log", "task": task_id, "mode": "reset" if batch.reset else "append"}
+    message["chunks"] = chunks
+    if batch.reset:
+        message["more_before"] = batch.more_before
+    message["progress"] = logview.latest_progress(batch.entries)
+    if batch.reset and batch.skipped:
+        message["skipped_frames"] = batch.skipped
+    if batch.expired:
+        message["expired"] = True
+    return message

@@ -1,12 +1,13 @@
-"""A task's output in pages a model can read: a transcript for Claude tasks, raw text otherwise.
+"""A task's output in pages a model can read: its agent's transcript (Claude's), raw text otherwise.
 
 A page never exceeds ``max_bytes`` of text, so a task that printed gigabytes
 cannot flood an orchestrator's context. The cursor (``next_seq``) says where
 the next page starts: ``"0"`` for the beginning, else ``"<log entry id>/<n>"``,
-the first character of that entry not read yet. Claude pages hold whole
-stream-json lines only (a line split across log entries waits until its end
-has arrived); raw pages may cut a line, and the next page goes on from the
-same character.
+the first character of that entry not read yet. Transcript pages hold whole
+lines only (a line split across log entries waits until its end has arrived),
+which is why this module finds the lines itself rather than feeding a
+:class:`~runner.agents.base.Transcript` (it must know where each one ends); raw
+pages may cut a line, and the next page goes on from the same character.
 """
 
 from __future__ import annotations
@@ -15,17 +16,15 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 import redis
 
 from runner import events
-from runner.agents.base import parse_json_line
-from runner.render import describe_claude_event
+from runner.agents.base import Transcript
+from runner.follow.cursor import Budget, LogCursor
+from runner.follow.sync import entries
 
 START = "0"
 CURSOR = re.compile(r"^(?:0|\d{1,20}-\d{1,20}/\d{1,12})$")
-ENTRIES_PER_READ = 16
-"""Log entries fetched per read: output frames can be large, and a page is small."""
 MAX_LINE_CARRY = 256 * 1024
 """A transcript line longer than this is shown cut rather than waited for whole."""
 CUT_MARK = " … [cut]\n"
@@ -79,11 +78,11 @@ def _raw(data: str, budget: int) -> tuple[str, int]:
     return cut, len(cut)
 
 
-def _render_line(line: str) -> str:
-    parsed = parse_json_line(line)
-    if parsed is None:
+def _render_line(transcript: Transcript, line: str) -> str:
+    rendered = transcript.render(line)
+    if rendered is None:
         return line + "\n" if line.strip() else ""
-    return "".join(text + "\n" for text in describe_claude_event(parsed))
+    return "".join(text + "\n" for text in rendered)
 
 
 def _cut(text: str, budget: int) -> str:
@@ -93,7 +92,7 @@ def _cut(text: str, budget: int) -> str:
     return _raw(text, max(0, budget - _size(CUT_MARK)))[0] + CUT_MARK
 
 
-def _transcript(data: str, budget: int, page_empty: bool) -> tuple[str, int]:
+def _transcript(transcript: Transcript, data: str, budget: int, page_empty: bool) -> tuple[str, int]:
     """The complete lines of ``data`` rendered as a transcript, as many as fit in ``budget`` bytes; and how
     many characters of ``data`` they were. On an empty page the first line always goes in (cut if it must),
     so every call moves on."""
@@ -101,7 +100,7 @@ def _transcript(data: str, budget: int, page_empty: bool) -> tuple[str, int]:
     used = 0
     consumed = 0
     while (newline := data.find("\n", consumed)) >= 0:
-        rendered = _render_line(data[consumed:newline])
+        rendered = _render_line(transcript, data[consumed:newline])
         if used + _size(rendered) > budget:
             if not page_empty:
                 break
@@ -114,121 +113,143 @@ def _transcript(data: str, budget: int, page_empty: bool) -> tuple[str, int]:
 
 
 class _Builder:
-    """The text of one page and its size."""
+    """The text of one page, within its budget of UTF-8 bytes."""
 
     def __init__(self, budget: int) -> None:
-        self.budget = budget
+        self.budget = Budget(size=budget)
         self.parts: list[str] = []
-        self.used = 0
 
     @property
     def empty(self) -> bool:
-        return self.used == 0
+        return not self.parts
 
     @property
     def left(self) -> int:
-        return self.budget - self.used
+        return self.budget.size or 0
 
     def fits(self, text: str) -> bool:
-        return self.used + _size(text) <= self.budget
+        return _size(text) <= self.left
 
     def add(self, text: str) -> None:
         if text:
             self.parts.append(text)
-            self.used += _size(text)
+            self.budget.take(_size(text))
 
     def page(self, cursor: str, more: bool) -> Page:
         return Page("".join(self.parts), cursor, more)
 
 
-def read_page(client: redis.Redis, task_id: str, cursor: str, max_bytes: int, transcript: bool, ended: bool) -> Page:
+class _PageReader:
+    """Fills one page from the log's entries in order; a method returns the :class:`Page` once it is full.
+
+    ``resume`` is where the next page starts if this one ends after the entries added so far. With a
+    transcript, a stdout line not ended yet is carried (``carry``, starting at ``carry_at``) until its end
+    arrives, and stderr that comes meanwhile is held behind it.
+    """
+
+    def __init__(self, page: _Builder, transcript: Transcript | None, resume: str) -> None:
+        self.page = page
+        self.transcript = transcript
+        self.resume = resume
+        self.carry = ""  # the start of a transcript line whose end is in a later entry
+        self.carry_at = ""  # where that line starts
+        self.held: list[str] = []  # stderr that came while carrying
+
+    def entry(self, entry_id: str, event: dict[str, Any], skip: int) -> Page | None:
+        """Add entry ``entry_id`` from its ``skip``-th character on."""
+        if event.get("type") != events.OUTPUT:
+            return self._notice(entry_id, event, skip)
+        data = str(event.get("data", ""))[skip:]
+        if self.transcript is None or (event.get("stream") == "stderr" and not self.carry):
+            text, taken = _raw(data, self.page.left)
+            self.page.add(text)
+            self.resume = f"{entry_id}/{skip + taken}"
+            return self.page.page(self.resume, True) if taken < len(data) else None
+        if event.get("stream") == "stderr":
+            self.held.append(data)
+            self.resume = f"{entry_id}/{skip + len(data)}"
+            return None
+        return self._stdout(self.transcript, entry_id, data, skip)
+
+    def finish(self, ended: bool) -> Page:
+        """The page once the log has no more entries; ``ended``: a carried line will not go on, so show it."""
+        if self.carry and self.transcript is not None:
+            if not ended:
+                return self.page.page(self.carry_at, False)  # the line is shown once it is whole
+            if not self._flush_carry(_render_line(self.transcript, self.carry)):
+                return self.page.page(self.carry_at, True)
+        return self.page.page(self.resume, False)
+
+    def _notice(self, entry_id: str, event: dict[str, Any], skip: int) -> Page | None:
+        text = "" if skip else _notice(event)
+        if self.carry and self.transcript is not None:  # the attempt ended inside a line: it never ends
+            if not self._flush_carry(_render_line(self.transcript, self.carry)):
+                return self.page.page(self.carry_at, True)
+            self.carry, self.carry_at = "", ""
+        if text and not self.page.fits(text):
+            if not self.page.empty:
+                return self.page.page(f"{entry_id}/0", True)
+            text = _cut(text, self.page.left)
+        self.page.add(text)
+        self.resume = f"{entry_id}/1"
+        return None
+
+    def _stdout(self, transcript: Transcript, entry_id: str, data: str, skip: int) -> Page | None:
+        if self.carry:
+            newline = data.find("\n")
+            if newline < 0 and len(self.carry) + len(data) <= MAX_LINE_CARRY:
+                self.carry += data
+                self.resume = f"{entry_id}/{skip + len(data)}"
+                return None
+            # The carried line ends here (or is too long to keep: it is shown cut, and its tail
+            # later reads as text of its own).
+            end = newline + 1 if newline >= 0 else len(data)
+            line = self.carry + data[: end - 1 if newline >= 0 else end]
+            if not self._flush_carry(_render_line(transcript, line)):
+                return self.page.page(self.carry_at, True)
+            self.carry, self.carry_at = "", ""
+            skip, data = skip + end, data[end:]
+        text, taken = _transcript(transcript, data, self.page.left, page_empty=self.page.empty)
+        self.page.add(text)
+        rest = data[taken:]
+        if "\n" in rest:  # the page filled up within this entry
+            return self.page.page(f"{entry_id}/{skip + taken}", True)
+        if rest:
+            self.carry, self.carry_at = rest, f"{entry_id}/{skip + taken}"
+        self.resume = f"{entry_id}/{skip + len(data)}"
+        return None
+
+    def _flush_carry(self, line: str) -> bool:
+        """Show the carried line and the stderr held behind it; False (nothing shown) if they do not fit."""
+        text = "".join([line, *self.held])
+        if not self.page.fits(text):
+            if not self.page.empty:
+                return False
+            text = _cut(text, self.page.left)
+        self.page.add(text)
+        self.held.clear()
+        return True
+
+
+def read_page(
+    client: redis.Redis, task_id: str, cursor: str, max_bytes: int, transcript: Transcript | None, ended: bool
+) -> Page:
     """The output after ``cursor``: at most ``max_bytes`` (UTF-8) of text, and where to go on from.
 
-    ``ended``: the task has ended, so a last line without a newline is complete and shown.
+    ``transcript``: the task's agent's, to show its stdout as readable lines (None: raw text). ``ended``: the
+    task has ended, so a last line without a newline is complete and shown.
 
     In a transcript, stderr that arrives while a stdout line is still incomplete is shown after that
     line, so that everything before a returned cursor has been shown exactly once.
     """
-    page = _Builder(max(MIN_PAGE_BYTES, min(int(max_bytes), MAX_PAGE_BYTES)))
     entry, offset = parse_cursor(cursor)
-    key = events.log_key(task_id)
-    resume = cursor
-    carry = ""  # the start of a transcript line whose end is in a later entry
-    carry_at = ""  # where that line starts
-    held: list[str] = []  # stderr that came while carrying
-
-    def flush_carry(line: str) -> bool:
-        """Show the carried line and the stderr held behind it; False (nothing shown) if they do not fit."""
-        text = "".join([line, *held])
-        if not page.fits(text):
-            if not page.empty:
-                return False
-            text = _cut(text, page.left)
-        page.add(text)
-        held.clear()
-        return True
-
-    start = "-" if cursor == START else entry
-    while True:
-        batch = client.xrange(key, min=start, max="+", count=ENTRIES_PER_READ)
-        for raw_id, fields in batch:
-            entry_id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
-            skip = offset if entry_id == entry else 0
-            event = orjson.loads(fields[b"e"])
-            if event.get("type") != events.OUTPUT:
-                text = "" if skip else _notice(event)
-                if carry:  # the attempt ended inside a line: that line will never be completed
-                    if not flush_carry(_render_line(carry)):
-                        return page.page(carry_at, True)
-                    carry, carry_at = "", ""
-                if text and not page.fits(text):
-                    if not page.empty:
-                        return page.page(f"{entry_id}/0", True)
-                    text = _cut(text, page.left)
-                page.add(text)
-                resume = f"{entry_id}/1"
-                continue
-            data = str(event.get("data", ""))[skip:]
-            if not transcript or (event.get("stream") == "stderr" and not carry):
-                text, taken = _raw(data, page.left)
-                page.add(text)
-                if taken < len(data):
-                    return page.page(f"{entry_id}/{skip + taken}", True)
-                resume = f"{entry_id}/{skip + taken}"
-                continue
-            if event.get("stream") == "stderr":
-                held.append(data)
-                resume = f"{entry_id}/{skip + len(data)}"
-                continue
-            if carry:
-                newline = data.find("\n")
-                if newline < 0 and len(carry) + len(data) <= MAX_LINE_CARRY:
-                    carry += data
-                    resume = f"{entry_id}/{skip + len(data)}"
-                    continue
-                # The carried line ends here (or is too long to keep: it is shown cut, and its tail
-                # later reads as text of its own).
-                end = newline + 1 if newline >= 0 else len(data)
-                line = carry + data[: end - 1 if newline >= 0 else end]
-                if not flush_carry(_render_line(line)):
-                    return page.page(carry_at, True)
-                carry, carry_at = "", ""
-                skip, data = skip + end, data[end:]
-            text, taken = _transcript(data, page.left, page_empty=page.empty)
-            page.add(text)
-            rest = data[taken:]
-            if "\n" in rest:  # the page filled up within this entry
-                return page.page(f"{entry_id}/{skip + taken}", True)
-            if rest:
-                carry, carry_at = rest, f"{entry_id}/{skip + taken}"
-            resume = f"{entry_id}/{skip + len(data)}"
-        if len(batch) < ENTRIES_PER_READ:
-            break
-        last = batch[-1][0]
-        start = "(" + (last.decode() if isinstance(last, bytes) else last)
-    if carry:
-        if not ended:
-            return page.page(carry_at, False)  # the line is shown once it is whole
-        if not flush_carry(_render_line(carry)):
-            return page.page(carry_at, True)
-    return page.page(resume, False)
+    page = _Builder(max(MIN_PAGE_BYTES, min(int(max_bytes), MAX_PAGE_BYTES)))
+    reader = _PageReader(page, transcript, cursor)
+    log = LogCursor(task_id) if cursor == START else LogCursor.at(task_id, entry)
+    for entry_id, event in entries(client, log):
+        if event.get("type") == events.GAP:
+            continue  # frames trimmed from the log: a page holds what is there
+        full = reader.entry(entry_id, event, offset if entry_id == entry else 0)
+        if full is not None:
+            return full
+    return reader.finish(ended)

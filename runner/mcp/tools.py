@@ -17,6 +17,7 @@ import orjson
 import redis
 
 from runner import events
+from runner.agents import get_agent
 from runner.client import Runner
 from runner.errors import Unavailable, UnknownTask, UsageError
 from runner.mcp.output import BadCursor, read_page
@@ -175,7 +176,7 @@ def wait_for_result(runner: Runner, task_id: str, timeout_seconds: float) -> dic
 
 @_redis_errors
 def read_output(runner: Runner, task_id: str, since_seq: str, max_bytes: int) -> dict[str, Any]:
-    """One page of a task's output from ``since_seq``: a transcript for Claude tasks, raw text otherwise."""
+    """One page of a task's output from ``since_seq``: its agent's transcript if it has one, else raw text."""
     record = runner.get(task_id)
     if record is None:
         raise UnknownTask(task_id)
@@ -185,7 +186,7 @@ def read_output(runner: Runner, task_id: str, since_seq: str, max_bytes: int) ->
             task_id,
             since_seq,
             max_bytes,
-            transcript=record.spec.agent == "claude",
+            transcript=get_agent(record.spec.agent).transcript(),
             ended=record.result is not None,
         )
     except BadCursor as exc:

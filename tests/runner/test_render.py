@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from runner.agents.claude import describe_claude_event
 from runner.render import Renderer, ago, escape_controls, format_duration, summary
 
 
@@ -54,8 +55,6 @@ def test_gap_and_interruption_notices_go_to_stderr() -> None:
 
 
 def test_claude_retries_fallbacks_and_limits_read_as_progress() -> None:
-    from runner.render import describe_claude_event
-
     retry = {"type": "system", "subtype": "api_retry", "attempt": 3, "max_retries": 10, "retry_delay_ms": 2000,
              "error_status": 429, "error": "rate_limit"}  # fmt: skip
     assert describe_claude_event(retry) == ["↻ retrying 3/10 after 429 (rate_limit, in 2.0 s)"]

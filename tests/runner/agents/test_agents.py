@@ -21,13 +21,16 @@ from handler.process import child_environment
 from handler.protocol import STDERR, STDOUT, ExecuteResult
 from runner.agents import AGENTS, get_agent
 from runner.agents.base import Outcome, OutputParser
-from runner.agents.claude import ClaudeAgent, ClaudeParser
+from runner.agents.claude import ClaudeAgent, ClaudeParser, describe_claude_event
 from runner.agents.codex import CodexAgent
 from runner.agents.command import CommandAgent
 from runner.agents.gemini import GeminiAgent
 from runner.client import Runner
-from runner.render import Renderer, describe_claude_event
-from runner.spec import DEFAULT_TIMEOUT, SpecError, TaskSpec
+from runner.config import Settings
+from runner.errors import SpecError
+from runner.relay import execute_params
+from runner.render import Renderer
+from runner.spec import DEFAULT_TIMEOUT, TaskSpec
 
 LIMIT = 1_000_000
 SESSION = "8a1c3f0e-5b2d-4e61-9a7f-0c4d2e6b1a93"
@@ -310,12 +313,18 @@ def test_claude_env_removes_claudecode_and_keeps_the_spec_env(monkeypatch: pytes
 def test_binary_variable_overrides_the_executable(
     monkeypatch: pytest.MonkeyPatch, agent: Any, variable: str, default: str
 ) -> None:
+    def runs() -> str:
+        """The executable of the worker's execute request, with the settings a worker builds at its start."""
+        settings = Settings.from_env()
+        spec = make_spec(agent=agent.name)
+        return execute_params(spec, binary=settings.agent_binary(agent.name)).argv[0]
+
     monkeypatch.delenv(variable, raising=False)
-    assert agent.argv(make_spec())[0] == default
+    assert runs() == default
     monkeypatch.setenv(variable, "/opt/agents/bin/my cli")
-    assert agent.argv(make_spec())[0] == "/opt/agents/bin/my cli"
+    assert runs() == "/opt/agents/bin/my cli"
     monkeypatch.setenv(variable, "")  # empty means unset
-    assert agent.argv(make_spec())[0] == default
+    assert runs() == default
 
 
 def test_not_found_messages_say_how_to_install() -> None:
@@ -910,3 +919,17 @@ def test_renderer_turns_split_frames_into_a_transcript() -> None:
         "✓ Created hello.py. · $0.0104 · 2 turns",
     ]
     assert err.getvalue() == "a warning\n"
+
+
+def test_only_claude_has_a_transcript_and_a_terminal_gets_every_line_whole() -> None:
+    assert [name for name, agent in AGENTS.items() if agent.transcript() is not None] == ["claude"]
+    event = claude_assistant({"type": "tool_use", "name": "Write", "input": {"file_path": "a.py"}})
+    line = json.dumps(event) + "\n"
+    bounded = get_agent("claude").transcript()
+    whole = get_agent("claude").transcript(max_line_chars=None, max_plain_chars=None)
+    assert bounded is not None and whole is not None
+    assert [bounded.feed(line[:9]), bounded.feed(line[9:])] == [[], ["→ Write(a.py)"]]
+    assert bounded.step("→ Write(a.py)") and bounded.step("● session s") and not bounded.step("plain")
+    assert bounded.feed("p" * 5000 + "\n") == ["p" * 4000 + "…"]
+    assert whole.feed("p" * 5000 + "\n") == ["p" * 5000]
+    assert whole.feed("q" * 2_000_000) == [] and whole.flush() == ["q" * 2_000_000]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -138,3 +139,72 @@ for _name in (
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     _CONFIG_DIR.cleanup()
+
+
+# Nothing a test run writes may stay in the checkout (a Redis once left dump.rdb at its root): a hook, not a test,
+# because only the end of the session comes after every test and every fixture's teardown (a session-scoped
+# Redis stops last, and a Redis writes its dump as it stops). The run fails if files appeared that were not there
+# at its start; the tools' own directories are not counted.
+_TOOL_DIRS = frozenset({".venv", "__pycache__", ".pytest_cache", ".hypothesis", ".ruff_cache", ".mypy_cache"})
+_UNTRACKED_AT_START = pytest.StashKey[tuple[Path, frozenset[str]]]()
+_LEFT_IN_CHECKOUT = pytest.StashKey[str]()
+
+
+def _checkout(path: Path) -> Path | None:
+    """The git checkout holding ``path``; None outside one (an unpacked sdist, no git)."""
+    try:
+        found = subprocess.run(
+            ["git", "-C", str(path), "rev-parse", "--show-toplevel"], capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return Path(found.stdout.strip()) if found.returncode == 0 else None
+
+
+def untracked_paths(checkout: Path) -> frozenset[str]:
+    """What ``git status --porcelain --ignored`` lists as untracked (??) or ignored (!!) under ``checkout`` (a
+    directory whose whole content is such: the directory), but for the tools' own directories and *.egg-info."""
+    listed = subprocess.run(
+        ["git", "-C", str(checkout), "status", "--porcelain", "--ignored", "-z"],
+        capture_output=True, check=True, timeout=60,
+    )  # fmt: skip
+    paths = set()
+    for entry in listed.stdout.decode(errors="surrogateescape").split("\0"):
+        if entry[:3] in ("?? ", "!! "):
+            parts = entry[3:].rstrip("/").split("/")
+            if not any(part in _TOOL_DIRS or part.endswith(".egg-info") for part in parts):
+                paths.add(entry[3:])
+    return frozenset(paths)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if hasattr(session.config, "workerinput"):  # a pytest-xdist worker: the controller's session checks
+        return
+    checkout = _checkout(session.config.rootpath)
+    if checkout is not None:
+        session.config.stash[_UNTRACKED_AT_START] = (checkout, untracked_paths(checkout))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if _UNTRACKED_AT_START not in session.config.stash:
+        return
+    checkout, before = session.config.stash[_UNTRACKED_AT_START]
+    left = sorted(untracked_paths(checkout) - before)
+    if not left:
+        return
+    sentence = (
+        f"The test run left {len(left)} new untracked or ignored path(s) in the checkout {checkout}: "
+        f"{', '.join(left)} (a test must write under its tmp_path, never into the working tree)."
+    )
+    if session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    if session.config.pluginmanager.get_plugin("terminalreporter") is None:
+        sys.stderr.write(sentence + "\n")
+    else:  # said in the summary, which the terminal reporter writes once every sessionfinish hook has run
+        session.config.stash[_LEFT_IN_CHECKOUT] = sentence
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    sentence = terminalreporter.config.stash.get(_LEFT_IN_CHECKOUT, None)
+    if sentence is not None:
+        terminalreporter.write_line(sentence, red=True, bold=True)

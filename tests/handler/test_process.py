@@ -188,7 +188,10 @@ def test_cancel_kills_grandchildren_that_escaped_the_process_group(how: str, tok
         await run.start()
         waiting = asyncio.create_task(run.wait())
         await out.wait_for_text("ready")
-        assert len(pids_with_marker(token)) >= 2  # the child and its escaped grandchild
+        # Exactly the child and its escaped grandchild: by "ready" the spawner has reaped any shell or middle fork
+        # that carried the token (subprocess.run, os.wait) and the grandchild has exec'd (it wrote "up").
+        pids = pids_with_marker(token)
+        assert run.popen is not None and run.popen.pid in pids and len(pids) == 2
         run.cancel()
         result = await waiting
         assert result.cancelled and not result.timed_out

@@ -400,7 +400,12 @@ class ProcessRun:
             if popen.poll() is None:  # reaps the main process once its tree is gone
                 await proctree.kill_run(self._token, pid, 0)
                 popen.wait()
-        returncode = popen.returncode
+        return self._ended(timed_out, cancelled)
+
+    def _ended(self, timed_out: bool, cancelled: bool) -> ExecuteResult:
+        """The outcome of the run whose process is reaped, logged in one line."""
+        assert self.popen is not None
+        returncode = self.popen.returncode
         result = ExecuteResult(
             exit_code=returncode if returncode >= 0 else None,
             signal=-returncode if returncode < 0 else None,
@@ -413,7 +418,7 @@ class ProcessRun:
         log.info(
             "run ended argv0=%s pid=%d exit=%s signal=%s timed_out=%s cancelled=%s duration_ms=%.1f stdout_bytes=%d stderr_bytes=%d",
             os.path.basename(self.params.argv[0]),
-            pid,
+            self.popen.pid,
             result.exit_code,
             result.signal,
             timed_out,

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import signal
 import ssl
 import time
 from dataclasses import dataclass, field, replace
@@ -421,7 +422,6 @@ async def run_forever(config: HandlerConfig, ready: asyncio.Event | None = None)
 
 
 async def _serve(config: HandlerConfig, ready: asyncio.Event | None) -> None:
-    import signal
 
     handler, server = await start_server(config)
     port = bound_port(server)

@@ -3,26 +3,45 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
+import orjson
 import redis
 import redis.asyncio
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 from redis.connection import parse_url
 from redis.retry import Retry
 
-from handler.config import ConfigError, is_loopback, parse_flag, parse_int, parse_seconds
-from handler.secretfile import read_secret
+from handler.config import ConfigError as HandlerConfigError
+from handler.config import is_loopback, parse_flag, parse_int, parse_port, parse_seconds
+from handler.secretfile import config_dir, default_token_file, read_secret
 from runner import events
+from runner.errors import ConfigError
 from runner.listener import redis_guard
 
 NO_REDIS = "No Redis configured: pass --redis-url or set CCX_REDIS_URL, or start a local stack with `ccx up`."
 """Said by whatever needs Redis when none is configured; there is no default address (see :class:`Settings`)."""
 DEFAULT_QUEUE = "ccx"
 DEFAULT_HANDLER_URL = "ws://127.0.0.1:8765/ws"
+
+
+@contextmanager
+def _handler_parsing() -> Iterator[None]:
+    """Around calls of the handler's parsing helpers (handler/config.py, handler/secretfile.py): they raise the
+    handler's ConfigError, since handler/ does not import the runner; past here the runner raises only its own."""
+    try:
+        yield
+    except HandlerConfigError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _env(*names: str, default: str | None = None) -> str | None:
@@ -121,7 +140,6 @@ def check_http_url(url: str, name: str) -> str:
 
 def default_handler_token() -> str | None:
     """The token the handler on this machine made for itself (its private file), if there is one."""
-    from handler.__main__ import default_token_file
 
     return read_secret(default_token_file())
 
@@ -173,6 +191,8 @@ class Settings:
     webhook_timeout: float = 10.0
     """Seconds a webhook receiver has to answer one POST (CCX_WEBHOOK_TIMEOUT)."""
     webhook_allow_networks: tuple[str, ...] = ()
+    agent_binaries: tuple[tuple[str, str], ...] = ()
+    """Executables that replace an agent's default, by agent name, from ``CCX_<AGENT>_BIN`` (e.g. CCX_CLAUDE_BIN)."""
     """Networks webhooks may reach although not public, e.g. ``127.0.0.1/32`` (CCX_WEBHOOK_ALLOW_NETWORKS)."""
 
     def __post_init__(self) -> None:
@@ -191,15 +211,99 @@ class Settings:
         given = {name: value for name, value in overrides.items() if value is not None}
         if "redis_url" not in given:
             given["redis_url"] = _redis_url_from_env()
-        return cls(**{**_values_from_env(), **given})
+        with _handler_parsing():
+            values = _values_from_env()
+        return cls(**{**values, **given})
+
+    def agent_binary(self, agent: str) -> str | None:
+        """The executable set for ``agent`` (:attr:`agent_binaries`), if any."""
+        return dict(self.agent_binaries).get(agent)
 
     def with_local_token(self) -> Settings:
         """With the token file of this machine's handler when no token was given (the worker's case)."""
-        return self if self.handler_token else self.replace(handler_token=default_handler_token())
+        if self.handler_token:
+            return self
+        with _handler_parsing():
+            token = default_handler_token()
+        return self.replace(handler_token=token)
 
     def replace(self, **changes: object) -> Settings:
         """These settings with the given fields changed (None values are ignored: "not given")."""
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+DEFAULT_DASHBOARD_HOST = "127.0.0.1"
+DEFAULT_DASHBOARD_PORT = 8766
+DEFAULT_LOG_LEVEL = "INFO"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def log_level(given: str | None = None, name: str = "--log-level") -> str:
+    """The logging level: ``given`` (a flag), else CCX_LOG_LEVEL, else INFO; an unknown one raises
+    :class:`ConfigError` naming where it came from."""
+    level, name = (given, name) if given else (_env("CCX_LOG_LEVEL", default=DEFAULT_LOG_LEVEL), "CCX_LOG_LEVEL")
+    if str(level).upper() not in LOG_LEVELS:
+        raise ConfigError(f"{name} must be one of {', '.join(LOG_LEVELS)}, not {level!r}.")
+    return str(level).upper()
+
+
+@dataclass(frozen=True)
+class DashboardSettings:
+    """The dashboard's own settings (the queue and Redis are :class:`Settings`'): see docs/dashboard.md."""
+
+    host: str = DEFAULT_DASHBOARD_HOST
+    """Any address but loopback needs a token and TLS (runner/dashboard/server.py says so at start)."""
+    port: int = DEFAULT_DASHBOARD_PORT
+    port_source: str = "the default"
+    """Where the port came from, for the sentence when it is taken."""
+    token: str | None = field(default=None, repr=False)
+    """None: the private token file, made if missing."""
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    log_level: str = DEFAULT_LOG_LEVEL
+
+    @classmethod
+    def from_env(cls, **flags: Any) -> DashboardSettings:
+        """Flags (None: not given) over CCX_DASHBOARD_* (and CCX_LOG_LEVEL) over the defaults."""
+        values: dict[str, Any] = {
+            name: value
+            for name, variable in (
+                ("host", "CCX_DASHBOARD_HOST"),
+                ("token", "CCX_DASHBOARD_TOKEN"),
+                ("tls_cert", "CCX_DASHBOARD_TLS_CERT"),
+                ("tls_key", "CCX_DASHBOARD_TLS_KEY"),
+            )
+            if (value := flags.get(name) or _env(variable))
+        }
+        port, source = (flags.get("port"), "--port") if flags.get("port") is not None else _named("CCX_DASHBOARD_PORT")
+        if port is not None:
+            with _handler_parsing():
+                values.update(port=parse_port(str(port), source), port_source=source)
+        return cls(**values, log_level=log_level(flags.get("log_level")))
+
+
+def parse_networks(text: str, name: str = "CCX_WEBHOOK_ALLOW_NETWORKS") -> tuple[str, ...]:
+    """``127.0.0.1/32, 10.0.0.0/8 ::1`` as canonical networks; a bad one raises :class:`ConfigError` naming ``name``.
+
+    A host part is dropped (``10.1.2.3/8`` is ``10.0.0.0/8``): operators write networks either way."""
+    networks = []
+    for item in text.replace(",", " ").split():
+        try:
+            networks.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ConfigError(f"{name} must list networks such as 127.0.0.1/32 or 10.0.0.0/8, not {item!r}.") from None
+    return tuple(networks)
+
+
+AGENT_BINARY = re.compile(r"CCX_([A-Z0-9]+)_BIN")
+
+
+def _agent_binaries() -> tuple[tuple[str, str], ...]:
+    """``CCX_<AGENT>_BIN`` variables (empty: unset), by agent name, whichever agents exist (runner/agents/)."""
+    return tuple(
+        sorted((found.group(1).lower(), value) for name, value in os.environ.items()
+               if value and (found := AGENT_BINARY.fullmatch(name)))
+    )  # fmt: skip
 
 
 def _redis_url_from_env() -> str:
@@ -207,15 +311,11 @@ def _redis_url_from_env() -> str:
     redis_url, redis_name = _named("CCX_REDIS_URL", "REDIS_URL")
     if redis_url is not None:
         return check_redis_url(redis_url, redis_name)
-    from runner.stack import running_stack_redis_url
-
-    return running_stack_redis_url() or ""
+    return _running_stack_redis_url() or ""
 
 
 def _values_from_env() -> dict[str, Any]:
     """The fields of :class:`Settings` the CCX_* variables set (all but the Redis URL), checked."""
-    from runner.webhooks import parse_networks  # not at the top: runner.webhooks imports this module
-
     handler_url, handler_name = _named("CCX_HANDLER_URL")
     output_limit = _env("CCX_OUTPUT_LIMIT")
     log_maxlen = _env("CCX_LOG_MAXLEN")
@@ -258,9 +358,52 @@ def _values_from_env() -> dict[str, Any]:
         "handler_wait": parse_seconds(handler_wait, "CCX_HANDLER_WAIT") if handler_wait else 30.0,
         "dashboard_url": check_http_url(dashboard_url, "CCX_DASHBOARD_URL") if dashboard_url else None,
         "webhook_allow_networks": parse_networks(_env("CCX_WEBHOOK_ALLOW_NETWORKS") or ""),
+        "agent_binaries": _agent_binaries(),
         **timing,
         **flags,
     }
+
+
+STACK_FILE = "stack.json"
+"""While ``ccx up`` runs, where it says how to reach it (a private file: the Redis URL holds the password)."""
+
+
+def stack_file() -> Path:
+    return config_dir() / STACK_FILE
+
+
+def _running_stack_redis_url() -> str | None:
+    """The Redis URL of the ``ccx up`` running on this machine for this user, if one is running."""
+    url = (running_stack() or {}).get("redis_url")
+    return url if isinstance(url, str) else None
+
+
+def running_stack() -> dict[str, object] | None:
+    """What the stack file of a running ``ccx up`` says (written by :func:`runner.stack.write_stack_file`), if one is running."""
+    try:
+        text = read_secret(stack_file(), "stack")
+        info = orjson.loads(text) if text else None
+    except (ValueError, OSError):  # unreadable or not ours: as if no stack ran
+        return None
+    if not isinstance(info, dict) or not isinstance(info.get("pid"), int):
+        return None
+    return info if _runs_as_this_user(info["pid"]) else None
+
+
+def _runs_as_this_user(pid: int) -> bool:
+    """True while ``pid`` lives and runs as this user. A stale stack file's pid may have been reused by another
+    user's process, which may also squat the old Redis port: trusting it would send that user our password."""
+    if pid <= 0:  # 0 and negatives name process groups, not a process
+        return False
+    try:
+        os.kill(pid, 0)
+    except (OSError, OverflowError):  # gone, or another user's (the signal is refused), or no pid at all
+        return False
+    try:
+        return os.stat(f"/proc/{pid}").st_uid == os.geteuid()  # root may signal anyone: ask who owns it
+    except FileNotFoundError:
+        # Gone since, or a system without /proc (macOS), where the signal's answer is all there is.
+        return not os.path.isdir("/proc/self")
 
 
 PATIENT_RETRIES = 1800
@@ -294,7 +437,6 @@ def redis_client(url: str, retries: int = QUICK_RETRIES) -> redis.Redis:
 
 
 def async_redis_client(url: str) -> redis.asyncio.Redis:
-    from redis.asyncio.retry import Retry as AsyncRetry
 
     return redis.asyncio.Redis.from_url(
         configured(url),
@@ -309,7 +451,6 @@ def async_redis_client(url: str) -> redis.asyncio.Redis:
 
 def redact_url(url: str) -> str:
     """``url`` with any password replaced, for messages and logs."""
-    from urllib.parse import urlsplit, urlunsplit
 
     parts = urlsplit(url)
     if parts.password is None:

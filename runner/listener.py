@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import pwd
 import socket
 import struct
 from collections.abc import Iterator
@@ -103,8 +104,6 @@ def foreign_owner(host: str, port: int) -> int | None:
 def owner_name(uid: int) -> str:
     """``nobody (uid 65534)``, or ``uid 1234`` for a user with no name."""
     try:
-        import pwd
-
         return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
     except (ImportError, KeyError):
         return f"uid {uid}"

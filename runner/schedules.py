@@ -32,12 +32,15 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import redis
+from croniter import croniter
 from rq.job import JobStatus
+from rq.scheduler import RQScheduler
+from rq.serializers import JSONSerializer
 
 from runner import events, lifecycle
-from runner.errors import CcxError, Unavailable
+from runner.errors import CcxError, SpecError, Unavailable
 from runner.lifecycle import fetch_job
-from runner.spec import SpecError, TaskResult, TaskSpec, as_real, title
+from runner.spec import TaskResult, TaskSpec, as_real, title
 
 if TYPE_CHECKING:
     from runner.client import Runner
@@ -134,7 +137,6 @@ CRON_FIELDS = (
 def check_cron(expression: str) -> str:
     """``expression`` if it is a valid five-field cron expression that fires; else a :class:`SpecError` saying
     what is wrong with it (which field, or that no date ever matches) and what to do."""
-    from croniter import croniter
 
     text = " ".join(str(expression).split())
     parts = text.split()
@@ -157,7 +159,6 @@ def check_cron(expression: str) -> str:
 
 def _bad_field(parts: list[str]) -> str:
     """Which field of a refused expression is wrong, found by trying each one alone among stars."""
-    from croniter import croniter
 
     for index, part in enumerate(parts):
         alone = ["*"] * len(parts)
@@ -177,7 +178,6 @@ def latest_slot(expression: str, at: float) -> float:
     For '0 3 * * *', 03:00:17 is in the slot 03:00:00. A slot is named by its start, never by the second a
     firer looked at it, so two firers (or one firing again) within one slot make one idempotency key.
     """
-    from croniter import croniter
 
     # croniter's get_prev is strictly before its start: start one second past ``at``'s whole second.
     start = datetime.fromtimestamp(math.floor(at) + 1, UTC)
@@ -186,7 +186,6 @@ def latest_slot(expression: str, at: float) -> float:
 
 def next_slot(expression: str, after: float) -> float:
     """The first time strictly after ``after`` (epoch seconds) that ``expression`` names, in UTC."""
-    from croniter import croniter
 
     return float(croniter(expression, datetime.fromtimestamp(after, UTC)).get_next(float))
 
@@ -355,8 +354,6 @@ class Ticker:
     def __init__(
         self, runner: Runner, interval: float = TICK_SECONDS, serving: Callable[[], bool] | None = None
     ) -> None:
-        from rq.scheduler import RQScheduler
-        from rq.serializers import JSONSerializer
 
         self.runner = runner
         self.interval = interval

@@ -135,7 +135,7 @@ class TaskRecord:
     scheduled_for: str | None = None
     """For a task submitted with ``at``/``in_``: when it is due to join the line."""
     webhook: dict[str, Any] | None = None
-    """How the end's webhook went (runner/webhooks.py: url, status, attempts, …); None: no webhook applied."""
+    """How the end's webhook went (runner/webhooks/: url, status, attempts, …); None: no webhook applied."""
 
     def to_dict(self) -> dict[str, Any]:
         return {

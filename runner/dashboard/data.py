@@ -13,11 +13,9 @@ from typing import Any
 
 import orjson
 import redis.asyncio
-from rq import Queue
-from rq.job import Job
-from rq.registry import DeferredJobRegistry, StartedJobRegistry
 
-from runner import events, queue_state, schedules
+from runner import events, keys, queue_state, schedules
+from runner.agents import AGENTS
 from runner.events import lock_key
 from runner.spec import title
 
@@ -37,27 +35,17 @@ TASK_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _ROW_FIELDS = ("status", "spec", "submitted_at", "started_at", "ended_at", "queue", "after", "scheduled_for")
 
 
-# RQ's own key names, taken from RQ (no connection needed to know them).
+def _has_transcript(agent: object) -> bool:
+    known = AGENTS.get(agent) if isinstance(agent, str) else None
+    return known is not None and known.transcript() is not None
 
 
-def rq_queue_key(queue: str) -> str:
-    """RQ's list of the queue's waiting job ids, in the order the worker takes them."""
-    return Queue.redis_queue_namespace_prefix + queue
-
-
-def rq_started_key(queue: str) -> str:
-    """RQ's registry of the queue's executing jobs (members ``<job id>:<execution id>``)."""
-    return StartedJobRegistry.key_template.format(queue)
-
-
-def rq_deferred_key(queue: str) -> str:
-    """RQ's registry of jobs waiting for the task they were submitted ``after``."""
-    return DeferredJobRegistry.key_template.format(queue)
-
-
-def rq_job_key(task_id: str) -> str:
-    key = Job.key_for(task_id)
-    return key.decode() if isinstance(key, bytes) else key
+def _costs(costs_raw: list[bytes | None], state_raw: dict[bytes, bytes]) -> dict[str, float]:
+    return {
+        "total": float(costs_raw[0] or 0),
+        "today": float(costs_raw[1] or 0),
+        **({"budget_per_day": float(state_raw[b"budget_per_day"])} if state_raw.get(b"budget_per_day") else {}),
+    }
 
 
 def _pause(raw: dict[bytes, bytes]) -> dict[str, Any] | None:
@@ -172,22 +160,10 @@ class Reader:
     async def snapshot(self) -> dict[str, Any]:
         """The queue view: running, queued (in the order they will run), deferred, scheduled (soonest first)
         and recently ended tasks, and the queue's recurring schedules."""
-        async with self.client.pipeline(transaction=False) as pipe:
-            pipe.lrange(rq_queue_key(self.queue), 0, QUEUED_SHOWN - 1)
-            pipe.llen(rq_queue_key(self.queue))
-            pipe.zrevrange(events.index_key(self.queue), 0, INDEX_SCANNED - 1)
-            pipe.zrange(rq_started_key(self.queue), 0, 9)
-            pipe.zrange(rq_deferred_key(self.queue), 0, QUEUED_SHOWN - 1)
-            pipe.get(lock_key(self.queue))
-            pipe.hgetall(events.queue_state_key(self.queue))
-            pipe.hmget(events.costs_key(self.queue), "total", f"day:{queue_state.today()}")
-            pipe.zrange(events.scheduled_key(self.queue), 0, QUEUED_SHOWN - 1)
-            pipe.zcard(events.scheduled_key(self.queue))
-            pipe.hvals(events.schedules_key(self.queue))
-            (
-                waiting_raw, waiting_total, newest_raw, started_raw, deferred_raw, worker, state_raw, costs_raw,
-                later_raw, later_total, schedules_raw,
-            ) = await pipe.execute()  # fmt: skip
+        (
+            waiting_raw, waiting_total, newest_raw, started_raw, deferred_raw, worker, state_raw, costs_raw,
+            later_raw, later_total, schedules_raw,
+        ) = await self._read()  # fmt: skip
         waiting = [task_id.decode() for task_id in waiting_raw]
         later = [task_id.decode() for task_id in later_raw]
         recurring = _schedules(schedules_raw)
@@ -229,12 +205,24 @@ class Reader:
             "schedules": recurring,
             "recent": ended[:RECENT_SHOWN],
             "pause": _pause(state_raw),
-            "costs": {
-                "total": float(costs_raw[0] or 0),
-                "today": float(costs_raw[1] or 0),
-                **({"budget_per_day": float(state_raw[b"budget_per_day"])} if state_raw.get(b"budget_per_day") else {}),
-            },
+            "costs": _costs(costs_raw, state_raw),
         }
+
+    async def _read(self) -> list[Any]:
+        """What the queue view needs, in one round trip."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.lrange(keys.rq_queue_key(self.queue), 0, QUEUED_SHOWN - 1)
+            pipe.llen(keys.rq_queue_key(self.queue))
+            pipe.zrevrange(events.index_key(self.queue), 0, INDEX_SCANNED - 1)
+            pipe.zrange(keys.rq_started_key(self.queue), 0, 9)
+            pipe.zrange(keys.rq_deferred_key(self.queue), 0, QUEUED_SHOWN - 1)
+            pipe.get(lock_key(self.queue))
+            pipe.hgetall(events.queue_state_key(self.queue))
+            pipe.hmget(events.costs_key(self.queue), "total", f"day:{queue_state.today()}")
+            pipe.zrange(events.scheduled_key(self.queue), 0, QUEUED_SHOWN - 1)
+            pipe.zcard(events.scheduled_key(self.queue))
+            pipe.hvals(events.schedules_key(self.queue))
+            return await pipe.execute()
 
     async def _with_predecessors(self, deferred: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Each waiting task with the title and status of the task it waits for."""
@@ -271,6 +259,8 @@ class Reader:
             "scheduled_for": _text(data.get("scheduled_for")),
             "result": result,
             "log_key": events.log_key(task_id),
+            # Whether its log reads as a transcript (the agent says; the page offers "transcript / raw" then).
+            "transcript": _has_transcript(spec.get("agent")),
             "webhook": orjson.loads(data["webhook"]) if data.get("webhook") else None,
         }
 
@@ -280,7 +270,7 @@ class Reader:
             return {}
         async with self.client.pipeline(transaction=False) as pipe:
             for task_id in task_ids:
-                pipe.hget(rq_job_key(task_id), "meta")
+                pipe.hget(keys.rq_job_key(task_id), "meta")
             metas = await pipe.execute()
         found: dict[str, dict[str, Any]] = {}
         for task_id, meta in zip(task_ids, metas, strict=True):

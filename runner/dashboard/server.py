@@ -25,6 +25,7 @@ import concurrent.futures
 import contextlib
 import logging
 import re
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ import orjson
 import prometheus_client
 import redis
 import redis.asyncio
+from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
@@ -45,7 +47,7 @@ from websockets.http11 import Request, Response
 
 from handler.config import ConfigError, is_loopback, server_tls_context
 from runner import metrics
-from runner.client import RedisUnavailable, Runner
+from runner.client import Runner
 from runner.config import redact_url
 from runner.dashboard import logview
 from runner.dashboard.auth import (
@@ -62,7 +64,8 @@ from runner.dashboard.auth import (
 )
 from runner.dashboard.data import TASK_ID, Reader
 from runner.dashboard.live import Hub, Session, encode
-from runner.errors import UsageError
+from runner.errors import RedisUnavailable, UsageError
+from runner.follow.aio import read_page
 from runner.listener import redis_guard
 
 log = logging.getLogger("ccx.dashboard")
@@ -246,10 +249,9 @@ class Dashboard:
                         HTTPStatus.BAD_REQUEST,
                         {"error": "'before' must be a log entry id like 1700000000000-0, 'offset' a character count."},
                     )
-                entries, more = await logview.read_page(self.client, task_id, before, int(offset) if before else 0)
-                transcript = None
-                if record["spec"].get("agent") == "claude":
-                    transcript = await logview.transcript_for(self.client, task_id, entries[0] if entries else None)
+                entries, more = await read_page(self.client, task_id, before, int(offset) if before else 0)
+                first = entries[0] if entries else None
+                transcript = await logview.transcript_for(self.client, task_id, record["spec"].get("agent"), first)
                 chunks = logview.make_chunks(entries, transcript)
                 return json_response(HTTPStatus.OK, {"task": task_id, "chunks": chunks, "more_before": more})
         return json_response(HTTPStatus.NOT_FOUND, {"error": f"Not found: {path}"})
@@ -287,7 +289,6 @@ class Dashboard:
 
 def redis_async_client(redis_url: str) -> redis.asyncio.Redis:
     """A bytes-returning client that rides out a blip but reports an outage within seconds."""
-    from redis.asyncio.retry import Retry
 
     return redis.asyncio.Redis.from_url(
         redis_url,
@@ -317,7 +318,7 @@ async def serve_dashboard(
     """Serve the dashboard until ``stop`` is set (forever without one; cancel the task to end it).
 
     Checks the settings and Redis first (:class:`DashboardError` or
-    :class:`~runner.client.RedisUnavailable`, with one sentence), then listens; with ``announce`` prints ``ccx dashboard on URL``
+    :class:`~runner.errors.RedisUnavailable`, with one sentence), then listens; with ``announce`` prints ``ccx dashboard on URL``
     on stdout, and calls ``on_ready(url)``. ``config.port`` 0 picks a free port.
     """
     config.check()
@@ -371,7 +372,6 @@ async def serve_dashboard(
 
 def run(config: DashboardConfig) -> int:
     """Serve until SIGINT/SIGTERM; returns an exit status, printing one sentence on failure."""
-    import signal
 
     async def main() -> None:
         stop = asyncio.Event()

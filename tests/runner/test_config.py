@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from handler.config import ConfigError
+from handler.config import ConfigError as HandlerConfigError
+from handler.secretfile import HANDLER_TOKEN_FILE
 from runner.config import NO_REDIS, Settings, redis_client
+from runner.errors import EXIT_USAGE, ConfigError
 from tests.conftest import no_password
 from tests.support.netns import Network
 
@@ -130,6 +132,32 @@ def test_nothing_configured_is_no_redis_and_connecting_says_what_to_do(
     assert NO_REDIS == (
         "No Redis configured: pass --redis-url or set CCX_REDIS_URL, or start a local stack with `ccx up`."
     )
+
+
+def test_a_setting_the_handlers_helpers_refuse_is_the_runners_config_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The runner reads numbers, flags and the token file with the handler's helpers, which raise the handler's
+    ConfigError (handler/ does not import the runner): the runner's callers get its own, a usage error (exit 2),
+    with the same sentence."""
+    clean_environment(monkeypatch, tmp_path)
+    monkeypatch.delenv("CCX_HANDLER_TOKEN_FILE", raising=False)
+    monkeypatch.setenv("CCX_OUTPUT_LIMIT", "lots")
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env()
+    assert str(caught.value) == "CCX_OUTPUT_LIMIT must be a whole number of at least 1, not 'lots'."
+    assert not isinstance(caught.value, HandlerConfigError) and caught.value.exit_status == EXIT_USAGE
+    monkeypatch.delenv("CCX_OUTPUT_LIMIT")
+    tmp_path.chmod(0o700)
+    token_file = tmp_path / HANDLER_TOKEN_FILE
+    token_file.write_text("")
+    token_file.chmod(0o600)
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env().with_local_token()
+    assert str(caught.value) == (
+        f"The token file {token_file} is empty: put the secret in it, or remove it to have one made."
+    )
+    assert not isinstance(caught.value, HandlerConfigError)
 
 
 LISTENER = """

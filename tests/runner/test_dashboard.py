@@ -11,6 +11,7 @@ Also: the token check at unit level, and ``python -m tests.runner.test_dashboard
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import os
@@ -30,10 +31,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio
 from websockets.datastructures import Headers
 
+from runner import events
+from runner.agents.claude import ClaudeTranscript as Transcript
 from runner.client import Runner
 from runner.dashboard import auth as auth_module
+from runner.dashboard import logview
 from runner.dashboard.auth import (
     AUTH_FIRST,
     CLOSE_NO_AUTH,
@@ -48,8 +53,8 @@ from runner.dashboard.auth import (
     Verdict,
     token_matches,
 )
-from runner.dashboard.logview import Transcript
 from runner.dashboard.server import LIVE_PATH, DashboardConfig, DashboardError, login_url
+from runner.follow.aio import read_page
 from runner.stack import LocalStack
 from tests.support.processes import pids_with_marker, wait_until
 from tests.support.rawhttp import WEBSOCKET_UPGRADE, send_twice
@@ -889,13 +894,6 @@ def test_transcript_lines_span_frames_and_cut_lines_are_marked() -> None:
 @pytest.mark.timeout(60)
 def test_long_entries_are_split_into_chunks_and_older_pages_resume_mid_entry(redis_url: str) -> None:
     """A frame can hold a megabyte: chunks stay small, and paging back from any chunk loses nothing."""
-    import asyncio
-
-    import redis.asyncio
-
-    from runner import events
-    from runner.dashboard import logview
-
     task_id = f"split-{uuid.uuid4().hex}"
     frames = ["".join(f"{n:06d}-{i:05d}\n" for i in range(25_000)) for n in range(3)]  # 325,000 chars each
 
@@ -905,7 +903,7 @@ def test_long_entries_are_split_into_chunks_and_older_pages_resume_mid_entry(red
             for seq, data in enumerate(frames):
                 event = {"type": "output", "task_id": task_id, "seq": seq, "stream": "stdout", "data": data}
                 await client.xadd(events.log_key(task_id), {"e": json.dumps(event)})
-            entries, more = await logview.read_page(client, task_id, None)
+            entries, more = await read_page(client, task_id, None)
             assert [e[1]["seq"] for e in entries] == [2] and more
             chunks = logview.make_chunks(entries, None)
             assert max(chunk["chars"] for chunk in chunks) <= logview.CHUNK_CHARS + logview.PIECE_CHARS
@@ -913,7 +911,7 @@ def test_long_entries_are_split_into_chunks_and_older_pages_resume_mid_entry(red
             # The page dropped all but the last two chunks; paging back from there gives exactly what preceded.
             kept = chunks[-2:]
             shown = "".join(text for chunk in kept for _, text in chunk["parts"])
-            older, _ = await logview.read_page(client, task_id, kept[0]["first"], kept[0]["offset"])
+            older, _ = await read_page(client, task_id, kept[0]["first"], kept[0]["offset"])
             before = "".join(text for chunk in logview.make_chunks(older, None) for _, text in chunk["parts"])
             assert kept[0]["offset"] > 0
             assert (before + shown).endswith(frames[1] + frames[2])

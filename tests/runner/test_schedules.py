@@ -14,7 +14,7 @@ from rq.registry import ScheduledJobRegistry
 
 from runner import events, schedules
 from runner.client import Runner
-from runner.spec import SpecError
+from runner.errors import SpecError
 from runner.stack import LocalStack
 from tests.support.processes import wait_until
 

@@ -707,7 +707,7 @@
     cancel.hidden = !ACTIVE.has(record.status);
     cancel.onclick = () => cancelTask(record.id, title);
     renderFacts();
-    output.setAgent(record.spec.agent);
+    output.setTranscript(Boolean(record.transcript));
     if (!record.result && record.status !== "running") output.pre.dataset.empty = "Waiting for the task to start…";
     else if (!record.result) output.pre.dataset.empty = "Waiting for output…";
     else output.pre.dataset.empty = "No output.";
@@ -793,8 +793,7 @@
       this.info();
     },
 
-    setAgent(agent) {
-      const transcript = agent === "claude";
+    setTranscript(transcript) {
       if (transcript === this.transcript) return;
       this.transcript = transcript;
       $("mode").hidden = !transcript;

@@ -17,9 +17,10 @@ import redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from runner import events
+from runner import keys
 from runner.client import Runner
-from runner.stack import LocalStack, RedisServer, StackError, terminate
+from runner.errors import StackError
+from runner.stack import LocalStack, RedisServer, terminate
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -52,7 +53,7 @@ class Context:
 
     def forget_task(self, task_id: str) -> None:
         """Drop a finished task's log (a bulk run leaves gigabytes of it in Redis)."""
-        self.redis.delete(events.log_key(task_id))
+        self.redis.delete(keys.log_key(task_id))
 
     def scratch_queue(self, prefix: str) -> str:
         """The name of a fresh queue that no worker serves."""

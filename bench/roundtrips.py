@@ -32,7 +32,8 @@ from bench.report import Figure
 from bench.rqbase import JOB_FUNCTION, wait_for_rq_result
 from bench.stats import median
 from runner.client import Runner
-from runner.stack import StackError, terminate
+from runner.errors import StackError
+from runner.stack import terminate
 
 SECTION = "latency to Redis"
 TRUE = ["true"]

@@ -20,7 +20,6 @@ from rq.serializers import JSONSerializer
 from bench.context import Context
 from bench.report import Figure
 from bench.rqbase import JOB_FUNCTION, wait_for_rq_result
-from runner import events
 from runner.client import Runner
 
 SECTION = "queue scale"
@@ -33,9 +32,9 @@ def _delete_queue(client: redis.Redis, queue_name: str, job_ids: list[str], task
         chunk = job_ids[start : start + 1000]
         keys = [f"rq:job:{job_id}" for job_id in chunk]
         if task_records:
-            keys += [events.info_key(job_id) for job_id in chunk]
+            keys += [keys.info_key(job_id) for job_id in chunk]
         client.delete(*keys)
-    client.delete(f"rq:queue:{queue_name}", events.index_key(queue_name))
+    client.delete(f"rq:queue:{queue_name}", keys.index_key(queue_name))
     client.srem("rq:queues", f"rq:queue:{queue_name}")
     for key in client.scan_iter(match=f"*{queue_name}*", count=1000):
         client.delete(key)

@@ -19,13 +19,14 @@ from rq import Queue
 from rq.job import Dependency
 from rq.serializers import JSONSerializer
 
-from runner import events, hooks, lifecycle, queue_state, schedules
+from runner import clock, hooks, lifecycle, queue_state, schedules
 from runner.config import Settings, check_redis_url, redact_url, redis_client
 from runner.errors import RedisUnavailable, SpecError, UnknownTask
 from runner.follow.sync import follow, wait_for_result
 from runner.lifecycle import fetch_job
 from runner.spec import TaskResult, TaskSpec
 from runner.store import TaskRecord, TaskStore
+from runner.vocabulary import STATUSES, PauseKind, Status
 from runner.webhooks import outbox
 
 JOB_FUNCTION = "runner.job.run_task"
@@ -166,7 +167,7 @@ class Runner:
         """
         # Held for as long as the task may wait and run; its end shortens it to the idempotency window.
         hold = int(spec.timeout) + JOB_TIMEOUT_MARGIN + 7 * 24 * 3600 + int(max(0.0, (due or 0) - time.time()))
-        status = events.DEFERRED if after else events.SCHEDULED if due else events.QUEUED
+        status = Status.DEFERRED if after else Status.SCHEDULED if due else Status.QUEUED
         queue = self.settings.queue
         with self.redis.pipeline() as pipe:
             while True:
@@ -178,7 +179,7 @@ class Runner:
                     if depends_on is None:
                         pipe.multi()  # (with one, RQ's enqueue WATCHes the predecessor first, then starts it)
                     self._queue_job(pipe, task_id, spec, due, depends_on)
-                    at = events.now_iso()
+                    at = clock.now_iso()
                     self.store.create(
                         pipe, task_id, queue, spec, status, at, after=after, key=key, scheduled_for=due, key_ttl=hold
                     )
@@ -215,9 +216,9 @@ class Runner:
     def list(self, limit: int = 50, status: str | list[str] | None = None) -> list[TaskRecord]:
         """The newest tasks of this queue, newest first, with their status (only ``status`` ones, if given)."""
         wanted = frozenset([status] if isinstance(status, str) else status) if status else None
-        unknown = (wanted or frozenset()) - set(events.STATUSES)
+        unknown = (wanted or frozenset()) - set(STATUSES)
         if unknown:
-            raise SpecError(f"Unknown status {sorted(unknown)[0]!r}: use one of {', '.join(events.STATUSES)}.")
+            raise SpecError(f"Unknown status {sorted(unknown)[0]!r}: use one of {', '.join(STATUSES)}.")
         return self.store.list(self.settings.queue, limit, wanted)
 
     def cancel(self, task_id: str, reason: str | None = None) -> str:
@@ -229,7 +230,7 @@ class Runner:
 
     def pause(self, reason: str = "paused by hand") -> queue_state.QueueState:
         """Hold the queue: the running task goes on, nothing new starts until :meth:`resume`."""
-        return queue_state.pause(self.redis, self.settings.queue, queue_state.MANUAL, reason)
+        return queue_state.pause(self.redis, self.settings.queue, PauseKind.MANUAL, reason)
 
     def resume(self) -> bool:
         """End the queue's pause, whatever set it; False if it was not paused."""

@@ -314,54 +314,40 @@ def _redis_url_from_env() -> str:
     return _running_stack_redis_url() or ""
 
 
+_PARSED: tuple[tuple[str, str, Any], ...] = (
+    # (field, variable, parser): each default lives once, in Settings; a variable that is not set leaves it.
+    ("queue", "CCX_QUEUE", lambda value, name: value),
+    ("handler_token", "CCX_HANDLER_TOKEN", lambda value, name: value),
+    ("handler_ca", "CCX_HANDLER_CA", lambda value, name: value),
+    ("handler_url", "CCX_HANDLER_URL", lambda value, name: check_handler_url(value, name)),
+    ("output_limit", "CCX_OUTPUT_LIMIT", lambda value, name: parse_int(value, name, 1)),
+    ("log_maxlen", "CCX_LOG_MAXLEN", lambda value, name: parse_int(value, name, 1)),
+    ("log_ttl", "CCX_LOG_TTL", lambda value, name: parse_int(value, name, 1)),
+    ("lock_ttl", "CCX_WORKER_LOCK_TTL", lambda value, name: parse_seconds(value, name, positive=True)),
+    ("interrupted_retries", "CCX_INTERRUPTED_RETRIES", lambda value, name: parse_int(value, name, 0)),
+    ("idempotency_ttl", "CCX_IDEMPOTENCY_TTL", lambda value, name: parse_int(value, name, 1)),
+    ("handler_wait", "CCX_HANDLER_WAIT", parse_seconds),
+    ("pause_margin", "CCX_PAUSE_MARGIN", parse_seconds),
+    ("limit_backoff", "CCX_LIMIT_BACKOFF", parse_seconds),
+    ("limit_backoff_max", "CCX_LIMIT_BACKOFF_MAX", parse_seconds),
+    ("retry_backoff", "CCX_RETRY_BACKOFF", parse_seconds),
+    ("webhook_retry_for", "CCX_WEBHOOK_RETRY_FOR", parse_seconds),
+    ("webhook_backoff", "CCX_WEBHOOK_BACKOFF", parse_seconds),
+    ("webhook_backoff_max", "CCX_WEBHOOK_BACKOFF_MAX", parse_seconds),
+    ("webhook_timeout", "CCX_WEBHOOK_TIMEOUT", parse_seconds),
+    ("allow_insecure", "CCX_ALLOW_INSECURE", parse_flag),
+    ("insecure_redis", "CCX_INSECURE_REDIS", parse_flag),
+    ("dashboard_url", "CCX_DASHBOARD_URL", lambda value, name: check_http_url(value, name)),
+    ("webhook_allow_networks", "CCX_WEBHOOK_ALLOW_NETWORKS", parse_networks),
+)
+
+
 def _values_from_env() -> dict[str, Any]:
-    """The fields of :class:`Settings` the CCX_* variables set (all but the Redis URL), checked."""
-    handler_url, handler_name = _named("CCX_HANDLER_URL")
-    output_limit = _env("CCX_OUTPUT_LIMIT")
-    log_maxlen = _env("CCX_LOG_MAXLEN")
-    log_ttl = _env("CCX_LOG_TTL")
-    lock_ttl = _env("CCX_WORKER_LOCK_TTL")
-    retries = _env("CCX_INTERRUPTED_RETRIES")
-    idem_ttl = _env("CCX_IDEMPOTENCY_TTL")
-    handler_wait = _env("CCX_HANDLER_WAIT")
-    timing = {
-        name: parse_seconds(value, variable)
-        for name, variable in (
-            ("pause_margin", "CCX_PAUSE_MARGIN"),
-            ("limit_backoff", "CCX_LIMIT_BACKOFF"),
-            ("limit_backoff_max", "CCX_LIMIT_BACKOFF_MAX"),
-            ("retry_backoff", "CCX_RETRY_BACKOFF"),
-            ("webhook_retry_for", "CCX_WEBHOOK_RETRY_FOR"),
-            ("webhook_backoff", "CCX_WEBHOOK_BACKOFF"),
-            ("webhook_backoff_max", "CCX_WEBHOOK_BACKOFF_MAX"),
-            ("webhook_timeout", "CCX_WEBHOOK_TIMEOUT"),
-        )
-        if (value := _env(variable)) is not None
-    }
-    flags = {
-        name: parse_flag(value, variable)
-        for name, variable in (("allow_insecure", "CCX_ALLOW_INSECURE"), ("insecure_redis", "CCX_INSECURE_REDIS"))
-        if (value := _env(variable))
-    }
-    dashboard_url = _env("CCX_DASHBOARD_URL")
-    return {
-        "queue": _env("CCX_QUEUE", default=DEFAULT_QUEUE) or DEFAULT_QUEUE,
-        "handler_url": check_handler_url(handler_url, handler_name) if handler_url else DEFAULT_HANDLER_URL,
-        "handler_token": _env("CCX_HANDLER_TOKEN"),
-        "handler_ca": _env("CCX_HANDLER_CA"),
-        "output_limit": parse_int(output_limit, "CCX_OUTPUT_LIMIT", 1) if output_limit else 1_000_000,
-        "log_maxlen": parse_int(log_maxlen, "CCX_LOG_MAXLEN", 1) if log_maxlen else events.DEFAULT_LOG_MAXLEN,
-        "log_ttl": parse_int(log_ttl, "CCX_LOG_TTL", 1) if log_ttl else events.DEFAULT_LOG_TTL,
-        "lock_ttl": parse_seconds(lock_ttl, "CCX_WORKER_LOCK_TTL", positive=True) if lock_ttl else 30.0,
-        "interrupted_retries": parse_int(retries, "CCX_INTERRUPTED_RETRIES", 0) if retries else 1,
-        "idempotency_ttl": parse_int(idem_ttl, "CCX_IDEMPOTENCY_TTL", 1) if idem_ttl else 3600,
-        "handler_wait": parse_seconds(handler_wait, "CCX_HANDLER_WAIT") if handler_wait else 30.0,
-        "dashboard_url": check_http_url(dashboard_url, "CCX_DASHBOARD_URL") if dashboard_url else None,
-        "webhook_allow_networks": parse_networks(_env("CCX_WEBHOOK_ALLOW_NETWORKS") or ""),
-        "agent_binaries": _agent_binaries(),
-        **timing,
-        **flags,
-    }
+    """The fields of :class:`Settings` the CCX_* variables set (all but the Redis URL), checked; an empty
+    variable counts as not set."""
+    values = {name: parse(value, variable) for name, variable, parse in _PARSED if (value := _env(variable))}
+    binaries = _agent_binaries()
+    return {**values, "agent_binaries": binaries} if binaries else values
 
 
 STACK_FILE = "stack.json"

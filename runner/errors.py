@@ -1,26 +1,27 @@
 """Every error a user of cc-execute can meet, in one tree; each class carries the CLI's exit status.
 
 Catch a branch to catch everything under it (``except Unavailable`` is "Redis or the handler cannot be
-reached"), as with httpx's ``HTTPError``. The tree, with where the classes not yet here live::
+reached"), as with httpx's ``HTTPError``. The tree::
 
     CcxError                      exit 1: the task (or the request) failed
     ├── UsageError                exit 2: bad input or a bad setting (also a ValueError)
     │   ├── ConfigError           a flag or a CCX_* variable the runner cannot use
     │   ├── SpecError             a task spec that cannot run
     │   ├── UnknownTask           no such task in this Redis (also a LookupError)
-    │   └── DashboardError        runner/dashboard/server.py, to move here
+    │   ├── DashboardError        the dashboard cannot start with these settings
+    │   └── BadCursor             an MCP ``read_output`` cursor this server never handed out
     ├── Unavailable               exit 3: something the runner needs cannot be reached (also a ConnectionError)
     │   ├── RedisUnavailable      Redis cannot be reached or refuses this client
     │   ├── HandlerUnavailable    the handler cannot be reached, refused us, or went away mid-run
     │   │   └── HandlerUnreachable    no connection opened: nothing ran, trying again later is safe
     │   │       └── HandlerImpostor   another user's process holds the handler's loopback port
-    │   └── StackError            runner/stack.py, to move here
+    │   └── StackError            a part of the local stack could not start
     ├── Conflict                  exit 3: another worker serves the queue
-    │   └── WorkerLocked          runner/lock.py
+    │   └── WorkerLocked          another worker holds the queue's lock
     └── HandlerError              the handler answered ``execute`` with a JSON-RPC error (it has a ``code``)
 
-``TaskFailed`` and ``TaskRequeued`` (runner/job.py) are signals to RQ, not errors a user meets; they move
-here under :class:`CcxError` (exit 1) when they do.
+``LockNotHeld``, ``TaskFailed`` and ``TaskRequeued``, at the end, are the runner's signals to RQ, not errors a
+user meets: they stay outside the tree, so no ``except CcxError`` swallows one.
 
 Messages are one sentence saying what happened and what to do. The handler package keeps its own
 :class:`handler.config.ConfigError` (it does not depend on the runner); the runner turns it into its own
@@ -97,3 +98,34 @@ class HandlerError(CcxError):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+class WorkerLocked(Conflict):
+    """Another worker holds the queue's lock."""
+
+
+class StackError(Unavailable):
+    """A part of the stack could not start; the message says which and why."""
+
+
+class DashboardError(UsageError):
+    """The dashboard cannot start; the message says what to change."""
+
+
+class BadCursor(UsageError):
+    """``since_seq`` is not a cursor this module handed out."""
+
+
+# The runner's own signals to RQ inside a worker or its work-horse: never met by a user, so outside the tree.
+
+
+class LockNotHeld(Exception):
+    """The worker went to take a job and found the queue lock not its own (lost, or expired while cut off)."""
+
+
+class TaskFailed(Exception):
+    """Raised after the result is recorded, so RQ files the job as failed (and dependents wait or are cancelled)."""
+
+
+class TaskRequeued(Exception):
+    """Raised when the task goes back to the front of its queue (interrupted, or this worker is stale)."""

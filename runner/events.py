@@ -2,7 +2,7 @@
 
 Every event is one JSON object. Each goes to the task's log, a Redis Stream
 (durable, replayable), and to its pub/sub channel (live); lifecycle changes of
-all tasks also go to :data:`LIFECYCLE_CHANNEL`. docs/events.md is the reference;
+all tasks also go to :data:`keys.LIFECYCLE_CHANNEL`. docs/events.md is the reference;
 runner/follow/ reads the log.
 
 The writer batches: output frames that arrive while a write is in flight go
@@ -15,157 +15,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import redis
 import redis.asyncio
 
-PREFIX = "ccx"
-LIFECYCLE_CHANNEL = f"{PREFIX}:events"
-
-# Event types in a task's log and channel.
-STARTED = "started"
-OUTPUT = "output"
-RESULT = "result"
-GAP = "gap"
-"""Made by readers, never stored: ``missing`` output frames were trimmed from the log (CCX_LOG_MAXLEN)."""
-INTERRUPTED = "interrupted"
-"""An attempt ended by the infrastructure (a handler or worker stopping or dying); the task runs again."""
-# Lifecycle types on LIFECYCLE_CHANNEL (and the task statuses they set).
-QUEUED = "queued"
-SCHEDULED = "scheduled"
-DEFERRED = "deferred"
-RUNNING = "running"
-FINISHED = "finished"
-FAILED = "failed"
-CANCELLED = "cancelled"
-END_STATUSES = (FINISHED, FAILED, CANCELLED)
-# Queue lifecycle types on LIFECYCLE_CHANNEL.
-PAUSED = "paused"
-RESUMED = "resumed"
-STATUSES = (QUEUED, SCHEDULED, DEFERRED, RUNNING, *END_STATUSES)
+from runner import clock, keys
+from runner.vocabulary import EventType
 
 DEFAULT_LOG_MAXLEN = 100_000
 """Entries kept in a task's log (approximate trimming). At up to 512 KiB per frame this bounds a log."""
 DEFAULT_LOG_TTL = 7 * 24 * 3600
 """Seconds a task's log and record are kept after it ends."""
-
-
-def log_key(task_id: str) -> str:
-    return f"{PREFIX}:task:{task_id}:log"
-
-
-def task_channel(task_id: str) -> str:
-    return f"{PREFIX}:task:{task_id}"
-
-
-def info_key(task_id: str) -> str:
-    return f"{PREFIX}:task:{task_id}:info"
-
-
-def done_key(task_id: str) -> str:
-    """A stream that gets one entry when the task ends: result waiters block on it, not on the output log."""
-    return f"{PREFIX}:task:{task_id}:done"
-
-
-def cancel_key(task_id: str) -> str:
-    """A flag key and, with the same name, the pub/sub channel a running task listens on."""
-    return f"{PREFIX}:task:{task_id}:cancel"
-
-
-def lease_key(task_id: str) -> str:
-    """The run lease: set (with a TTL) by the work-horse relaying the run, renewed while it runs."""
-    return f"{PREFIX}:task:{task_id}:lease"
-
-
-def lock_key(queue: str) -> str:
-    """The queue's single-worker lock (value ``host:pid:nonce``)."""
-    return f"{PREFIX}:worker:{queue}:lock"
-
-
-def fence_key(queue: str) -> str:
-    """The queue's fencing token: one more with every lock acquisition."""
-    return f"{PREFIX}:worker:{queue}:fence"
-
-
-def queue_state_key(queue: str) -> str:
-    """The queue's pause (hash: kind, reason, until, since, backoff_level); absent: not paused."""
-    return f"{PREFIX}:queue:{queue}:state"
-
-
-def costs_key(queue: str) -> str:
-    """The queue's spend in USD as the agents reported it (hash: ``total``, ``day:YYYY-MM-DD``)."""
-    return f"{PREFIX}:queue:{queue}:costs"
-
-
-def metrics_key(queue: str) -> str:
-    """The queue's Prometheus counters (hash; see runner/metrics.py): kept, like the costs, so they never go back."""
-    return f"{PREFIX}:queue:{queue}:metrics"
-
-
-def idempotency_key(queue: str, key: str) -> str:
-    """An orchestrator's idempotency key: the id of the task submitted with it (see Runner.submit)."""
-    return f"{PREFIX}:idem:{queue}:{key}"
-
-
-def webhook_config_key(queue: str) -> str:
-    """The queue's webhook (hash: ``url``, ``on_pause``, ``secret``, ``last_delivery``; see runner/webhooks/)."""
-    return f"{PREFIX}:queue:{queue}:webhook"
-
-
-def webhook_due_key(queue: str) -> str:
-    """The queue's webhook outbox: delivery ids by the time of their next attempt (sorted set)."""
-    return f"{PREFIX}:queue:{queue}:webhooks"
-
-
-def webhook_wake_key(queue: str) -> str:
-    """A one-item list the queue's deliverer blocks on: pushed when a delivery joins the outbox."""
-    return f"{PREFIX}:queue:{queue}:webhooks:wake"
-
-
-def webhook_delivery_key(delivery_id: str) -> str:
-    """One delivery (hash: ``url``, ``event``, ``body``, ``task``, ``queue``, ``created``, ``attempts``)."""
-    return f"{PREFIX}:webhook:{delivery_id}"
-
-
-def scheduled_key(queue: str) -> str:
-    """The queue's tasks for later that have not joined the line yet: ids by due time (sorted set)."""
-    return f"{PREFIX}:queue:{queue}:scheduled"
-
-
-def schedules_key(queue: str) -> str:
-    """The queue's recurring tasks (hash: schedule id → JSON; see runner/schedules.py)."""
-    return f"{PREFIX}:queue:{queue}:schedules"
-
-
-def index_key(queue: str) -> str:
-    """The queue's tasks by submission time (sorted set); a task leaves it when its record expires."""
-    return f"{PREFIX}:tasks:{queue}"
-
-
-def index_expiry_key(queue: str) -> str:
-    """When each ended task of the queue expires (sorted set: id by epoch seconds), so its index entry goes too.
-
-    The index is scored by submission time, which says nothing of when a task's record expires: a task for
-    later (``in_`` up to a year) or one behind a long line may still be waiting long after its submission.
-    Each end trims both sets of the tasks whose time has come (see runner/store.py).
-    """
-    return f"{PREFIX}:tasks:{queue}:expiry"
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def epoch(iso_time: str) -> float:
-    """Epoch seconds of a time written by :func:`now_iso` or :func:`iso`."""
-    return datetime.fromisoformat(iso_time.replace("Z", "+00:00")).timestamp()
 
 
 def encode(event: dict[str, Any]) -> bytes:
@@ -202,7 +64,7 @@ class EventWriter:
         self.maxlen = maxlen
         self.max_pending = max_pending
         self.job_key = job_key
-        self._keys = [log_key(task_id), task_channel(task_id)]
+        self._keys = [keys.log_key(task_id), keys.task_channel(task_id)]
         self._script = client.register_script(APPEND_SCRIPT)
         self._batch: list[bytes] = []
         self._pending = 0
@@ -238,7 +100,7 @@ class EventWriter:
         await self.add(
             encode(
                 {
-                    "type": OUTPUT,
+                    "type": EventType.OUTPUT,
                     "task_id": self.task_id,
                     "seq": seq,
                     "stream": stream,
@@ -296,7 +158,7 @@ class EventWriter:
 
     async def _write_progress(self) -> None:
         self._progress_frames = self.progress["frames"]
-        self.progress["last_activity"] = now_iso()
+        self.progress["last_activity"] = clock.now_iso()
         await self.client.hset(self.job_key, "meta", orjson.dumps({"ccx_progress": self.progress}))  # type: ignore[arg-type]
 
     def _add_progress(self, pipe: Any) -> None:
@@ -308,7 +170,7 @@ class EventWriter:
             return
         self._progress_written = now
         self._progress_frames = self.progress["frames"]
-        self.progress["last_activity"] = now_iso()
+        self.progress["last_activity"] = clock.now_iso()
         pipe.hset(self.job_key, "meta", orjson.dumps({"ccx_progress": self.progress}))
 
     async def close(self) -> None:

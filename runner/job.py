@@ -21,15 +21,16 @@ from rq.job import Job
 
 from handler.memory import pin_malloc_thresholds
 from handler.proctree import die_with_parent
-from runner import events, lifecycle, queue_state
+from runner import clock, keys, lifecycle
 from runner.config import Settings
-from runner.errors import HandlerUnreachable, SpecError
+from runner.errors import HandlerUnreachable, SpecError, TaskFailed, TaskRequeued
 from runner.lock import process_identity
 from runner.policy import CONTINUE_PROMPT
 from runner.reconcile import REQUEUE_REFUSED
 from runner.relay import NOTHING_KEPT_RUN, STALE_RUN, relay
 from runner.spec import TaskResult, TaskSpec
 from runner.store import TaskStore
+from runner.vocabulary import AttemptKind, PauseKind
 
 log = logging.getLogger("ccx.runner")
 
@@ -68,14 +69,6 @@ def horse_of(job: Job) -> Horse:
     return Horse(Settings.from_env().with_local_token(), None, run_id(None))
 
 
-class TaskFailed(Exception):
-    """Raised after the result is recorded, so RQ files the job as failed (and dependents wait or are cancelled)."""
-
-
-class TaskRequeued(Exception):
-    """Raised when the task goes back to the front of its queue (interrupted, or this worker is stale)."""
-
-
 def run_task(spec_data: dict) -> dict:
     """RQ entry point: run the task whose spec is ``spec_data``; return its result as a dict."""
     job = get_current_job()
@@ -102,7 +95,7 @@ def run_task(spec_data: dict) -> dict:
         # Its own run, or, if it failed before starting one, the task as long as no run holds it: never a run
         # another worker started meanwhile.
         if not lifecycle.end(store, result, job.origin, job, horse.run) and not store.client.hexists(
-            events.info_key(job.id), "run"
+            keys.info_key(job.id), "run"
         ):
             lifecycle.end(store, result, job.origin, job)
     if not result.success:
@@ -116,7 +109,6 @@ def _requeue(job: Job, why: str) -> TaskRequeued:
     return TaskRequeued(why)
 
 
-STALE = "stale"
 STALE_BACKOFF_CAP = 30.0
 
 
@@ -125,8 +117,13 @@ def _stale(
 ) -> TaskRequeued:
     """The handler refused this run as stale: give the run back (the task is queued again, the refusal counted
     among its attempts) and hand the job back after a backoff that doubles with each refusal, saying why."""
-    refusals = 1 + sum(1 for attempt in attempts if attempt.get("kind") == STALE)
-    this = {"started_at": result.started_at, "ended_at": result.ended_at, "error": result.error, "kind": STALE}
+    refusals = 1 + sum(1 for attempt in attempts if attempt.get("kind") == AttemptKind.STALE)
+    this = {
+        "started_at": result.started_at,
+        "ended_at": result.ended_at,
+        "error": result.error,
+        "kind": AttemptKind.STALE,
+    }
     lifecycle.interrupt(store, job.id, job.origin, horse.run, [*attempts, this])
     wait = min(0.5 * 2 ** (refusals - 1), STALE_BACKOFF_CAP)
     log.warning(
@@ -135,7 +132,7 @@ def _stale(
         job.id, horse.fence, refusals, job.origin, wait,
     )  # fmt: skip
     time.sleep(wait)
-    return _requeue(job, STALE)
+    return _requeue(job, AttemptKind.STALE)
 
 
 def _unread_runs(attempts: list[dict[str, Any]]) -> list[str]:
@@ -143,9 +140,9 @@ def _unread_runs(attempts: list[dict[str, Any]]) -> list[str]:
     the handler may have kept their outcome (handler/kept.py)."""
     unread: list[str] = []
     for attempt in reversed(attempts):
-        if attempt.get("kind") in (STALE, queue_state.HANDLER):  # refused, or never sent: no answer was due
+        if attempt.get("kind") in (AttemptKind.STALE, PauseKind.HANDLER):  # refused, or never sent: no answer was due
             continue
-        if attempt.get("kind") != events.INTERRUPTED:
+        if attempt.get("kind") != AttemptKind.INTERRUPTED:
             break
         if attempt.get("run"):
             unread.insert(0, attempt["run"])
@@ -155,12 +152,12 @@ def _unread_runs(attempts: list[dict[str, Any]]) -> list[str]:
 def run_job(job: Job, spec_data: dict, horse: Horse, store: TaskStore) -> TaskResult:
     task_id, queue, settings = job.id, job.origin, horse.settings
     client: redis.Redis = job.connection
-    reason = client.get(events.cancel_key(task_id))
+    reason = client.get(keys.cancel_key(task_id))
     if reason is not None:
         result = TaskResult.cancelled_with(task_id, reason.decode())
         lifecycle.end(store, result, queue, job)
         return result
-    started_at = events.now_iso()
+    started_at = clock.now_iso()
     began = time.monotonic()
     try:
         spec = TaskSpec.from_dict(spec_data)
@@ -174,7 +171,7 @@ def run_job(job: Job, spec_data: dict, horse: Horse, store: TaskStore) -> TaskRe
         log.warning(
             "task %s: another worker serves queue %s now (this one lost its lock); handing it back", task_id, queue
         )
-        raise _requeue(job, STALE)
+        raise _requeue(job, AttemptKind.STALE)
     if started.code == 0:
         record = store.get(task_id)
         ended = record.result if record is not None and record.result is not None else TaskResult(id=task_id)
@@ -195,9 +192,9 @@ def run_job(job: Job, spec_data: dict, horse: Horse, store: TaskStore) -> TaskRe
         )  # fmt: skip
     except HandlerUnreachable as exc:
         lifecycle.hold_for_handler(store, task_id, queue, horse.run, attempts, str(exc), started_at)
-        raise _requeue(job, queue_state.HANDLER) from None
+        raise _requeue(job, PauseKind.HANDLER) from None
     result.started_at = started_at
-    result.ended_at = events.now_iso()
+    result.ended_at = clock.now_iso()
     if result.duration_ms is None:
         result.duration_ms = round((time.monotonic() - began) * 1000, 3)
     result.metadata = spec.metadata

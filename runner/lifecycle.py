@@ -35,23 +35,19 @@ from rq.queue import Queue
 from rq.registry import CanceledJobRegistry
 from rq.serializers import JSONSerializer
 
-from runner import events, hooks, metrics, policy, queue_state
+from runner import clock, hooks, keys, metrics, policy, queue_state
 from runner.agents import get_agent
 from runner.config import Settings
 from runner.errors import UnknownTask
 from runner.spec import TaskResult, TaskSpec
 from runner.store import Started, TaskStore
+from runner.vocabulary import AttemptKind, CancelOutcome, PauseKind
 
 log = logging.getLogger("ccx.runner")
 
 LAST_LOOK = "last_look"
 """Set on an interrupted attempt past the limit whose run may have ended unread: the sentence the task ends with
 unless the next attempt, which only collects, finds that run's outcome kept on the handler."""
-
-# What cancel() did.
-CANCELLED = "cancelled"
-CANCELLING = "cancelling"
-ALREADY_ENDED = "ended"
 
 
 def fetch_job(client: redis.Redis, task_id: str) -> Job | None:
@@ -172,7 +168,7 @@ def cancel_job(store: TaskStore, job: Job) -> None:
 
 
 def cancel(store: TaskStore, task_id: str, reason: str | None = None) -> str:
-    """Cancel ``task_id``; returns :data:`CANCELLED`, :data:`CANCELLING` or :data:`ALREADY_ENDED`.
+    """Cancel ``task_id``; returns :data:`CancelOutcome.CANCELLED`, :data:`CancelOutcome.CANCELLING` or :data:`CancelOutcome.ALREADY_ENDED`.
 
     The cancel flag is set and announced first, so a work-horse that dequeues the
     task at this very moment sees it and does not start it.
@@ -182,22 +178,22 @@ def cancel(store: TaskStore, task_id: str, reason: str | None = None) -> str:
     if record is None:
         raise UnknownTask(task_id)
     if record.result is not None:
-        return ALREADY_ENDED
+        return CancelOutcome.ALREADY_ENDED
     message = reason or "The task was cancelled before it started."
     pipe = client.pipeline()
-    pipe.set(events.cancel_key(task_id), message, ex=store.log_ttl)
-    pipe.publish(events.cancel_key(task_id), message)
-    pipe.zrem(events.scheduled_key(record.queue), task_id)  # a task for later that will never come due
+    pipe.set(keys.cancel_key(task_id), message, ex=store.log_ttl)
+    pipe.publish(keys.cancel_key(task_id), message)
+    pipe.zrem(keys.scheduled_key(record.queue), task_id)  # a task for later that will never come due
     pipe.execute()
     job = fetch_job(client, task_id)
     if job is not None and job.get_status() == JobStatus.STARTED:
-        return CANCELLING
+        return CancelOutcome.CANCELLING
     if job is not None:
         cancel_job(store, job)
     result = TaskResult.cancelled_with(task_id, message, metadata=record.spec.metadata)
     if end(store, result, record.queue, job):
         log.info("task %s cancelled before it started", task_id)
-    return CANCELLED
+    return CancelOutcome.CANCELLED
 
 
 def last_look(attempts: list[dict[str, Any]], final: str) -> bool:
@@ -212,7 +208,7 @@ def last_look(attempts: list[dict[str, Any]], final: str) -> bool:
 
 def interruptions(attempts: list[dict[str, Any]]) -> int:
     """How many of ``attempts`` the infrastructure interrupted (the oldest records carry no kind: interrupted)."""
-    return sum(1 for attempt in attempts if attempt.get("kind", events.INTERRUPTED) == events.INTERRUPTED)
+    return sum(1 for attempt in attempts if attempt.get("kind", AttemptKind.INTERRUPTED) == AttemptKind.INTERRUPTED)
 
 
 def runs_again(attempts: list[dict[str, Any]], final: str, settings: Settings) -> bool:
@@ -229,18 +225,18 @@ def hold_for_handler(
     ends once the handler answers). The attempt is recorded, repeats folded into one entry (``times``), and
     counts against no limit: a handler that is down or cut off is never the task's fault. False if ``run`` is
     no longer the task's current one (another worker has it now)."""
-    previous = attempts[-1] if attempts and attempts[-1].get("kind") == queue_state.HANDLER else None
+    previous = attempts[-1] if attempts and attempts[-1].get("kind") == PauseKind.HANDLER else None
     this = {
         "started_at": previous["started_at"] if previous else started_at,
-        "ended_at": events.now_iso(),
+        "ended_at": clock.now_iso(),
         "error": error,
-        "kind": queue_state.HANDLER,
+        "kind": PauseKind.HANDLER,
         "times": (previous.get("times", 1) + 1) if previous else 1,
     }
     if not interrupt(store, task_id, queue, run, [*(attempts[:-1] if previous else attempts), this]):
         return False
     reason = f"{error} The queue waits for it and goes on by itself once the handler answers."
-    queue_state.pause(store.client, queue, queue_state.HANDLER, reason)
+    queue_state.pause(store.client, queue, PauseKind.HANDLER, reason)
     log.warning("task %s goes back to the front of queue %s: %s", task_id, queue, error)
     return True
 
@@ -256,7 +252,7 @@ def conclude(
     client, task_id, queue = store.client, job.id, job.origin
     this = {"started_at": result.started_at, "ended_at": result.ended_at, "error": result.error}
     if result.interrupted:
-        attempts.append({**this, "kind": events.INTERRUPTED, "run": run})
+        attempts.append({**this, "kind": AttemptKind.INTERRUPTED, "run": run})
         final = f"{result.error} It was tried {interruptions(attempts)} time(s); resubmit it to try again."
         if runs_again(attempts, final, settings) and interrupt(store, task_id, queue, run, attempts):
             log.warning(
@@ -264,7 +260,7 @@ def conclude(
                 "runs again" if LAST_LOOK not in attempts[-1] else "only collects a kept outcome",
                 len(attempts) + 1,
             )  # fmt: skip
-            return events.INTERRUPTED
+            return AttemptKind.INTERRUPTED
         result.error = final
         attempts.pop()
     elif not result.success:

@@ -30,7 +30,8 @@ from rq.exceptions import DequeueTimeout
 from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job, JobStatus
 
-from runner import events
+from runner import keys
+from runner.errors import LockNotHeld
 
 log = logging.getLogger("ccx.worker")
 
@@ -58,10 +59,6 @@ return redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
 """
 
 
-class LockNotHeld(Exception):
-    """The worker went to take a job and found the queue lock not its own (lost, or expired while cut off)."""
-
-
 def fenced_queue_class(lock_key: str, owner: str) -> type[Queue]:
     """RQ's Queue, for a worker whose lock is ``lock_key`` held as ``owner``: its dequeue takes the head job only
     while that lock is the owner's (else :class:`LockNotHeld`), and waits for work without taking any."""
@@ -70,10 +67,10 @@ def fenced_queue_class(lock_key: str, owner: str) -> type[Queue]:
         @classmethod
         def lmove(cls, connection: redis.Redis, queue_key: str, timeout: int | None) -> tuple[str, bytes] | None:
             take = connection.register_script(_TAKE)
-            keys = [queue_key, IntermediateQueue.get_intermediate_queue_key(queue_key), lock_key]
+            names = [queue_key, IntermediateQueue.get_intermediate_queue_key(queue_key), lock_key]
             deadline = time.monotonic() + (timeout or 0)
             while True:
-                taken = take(keys=keys, args=[owner])
+                taken = take(keys=names, args=[owner])
                 if taken == -1:
                     raise LockNotHeld(lock_key)
                 if taken is not None:
@@ -102,11 +99,11 @@ def hand_back(client: redis.Redis | redis.client.Pipeline, job_id: str, queue: Q
     """Put ``job_id`` back first in line (see the module's rules), in one round trip; ``member`` is its
     started-registry entry, if it has one. On a pipeline, queues the call and returns the pipeline."""
     script = client.register_script(_HAND_BACK) if isinstance(client, redis.Redis) else None
-    keys = [queue.key, queue.intermediate_queue.key, events.info_key(job_id), Job.key_for(job_id)]
-    keys.append(queue.started_job_registry.key)
+    names = [queue.key, queue.intermediate_queue.key, keys.info_key(job_id), Job.key_for(job_id)]
+    names.append(queue.started_job_registry.key)
     if script is not None:
-        return script(keys=keys, args=[job_id, member, JobStatus.QUEUED])
-    return client.eval(_HAND_BACK, len(keys), *keys, job_id, member, JobStatus.QUEUED)
+        return script(keys=names, args=[job_id, member, JobStatus.QUEUED])
+    return client.eval(_HAND_BACK, len(names), *names, job_id, member, JobStatus.QUEUED)
 
 
 @dataclass

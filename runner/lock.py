@@ -44,8 +44,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from runner import events
-from runner.errors import Conflict
+from runner import keys
+from runner.errors import WorkerLocked
 
 log = logging.getLogger("ccx.worker")
 
@@ -103,10 +103,6 @@ if not holder and redis.call('HGET', KEYS[2], 'run') == ARGV[1] then
 end
 return 0
 """
-
-
-class WorkerLocked(Conflict):
-    """Another worker holds the queue's lock."""
 
 
 class Holder(NamedTuple):
@@ -216,8 +212,8 @@ class QueueLock:
         pool_class = client.connection_pool.connection_class
         self.client = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool_class, **kwargs))
         self.queue = queue
-        self.key = events.lock_key(queue)
-        self.fence_key = events.fence_key(queue)
+        self.key = keys.lock_key(queue)
+        self.fence_key = keys.fence_key(queue)
         self.ttl = ttl
         self.ttl_ms = int(ttl * 1000)
         self.owner = process_identity()

@@ -26,10 +26,11 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
-from runner import events, keys, queue_state
+from runner import clock, keys, queue_state
 from runner.errors import UsageError
 from runner.listener import redis_guard
 from runner.spec import TaskResult
+from runner.vocabulary import END_STATUSES, AttemptKind, PauseKind, Status
 
 log = logging.getLogger("ccx.metrics")
 
@@ -37,20 +38,20 @@ PATH = "/metrics"
 DURATION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 """Upper bounds (seconds) of the duration histogram, plus +Inf: agent tasks take seconds to an hour."""
 PAUSE_KINDS = (
-    queue_state.USAGE_LIMIT,
-    queue_state.BACKOFF,
-    queue_state.RETRY,
-    queue_state.CREDENTIALS,
-    queue_state.MANUAL,
-    queue_state.BUDGET,
-    queue_state.HANDLER,
+    PauseKind.USAGE_LIMIT,
+    PauseKind.BACKOFF,
+    PauseKind.RETRY,
+    PauseKind.CREDENTIALS,
+    PauseKind.MANUAL,
+    PauseKind.BUDGET,
+    PauseKind.HANDLER,
 )
 RETRY_REASONS = (
-    events.INTERRUPTED,
-    queue_state.USAGE_LIMIT,
-    queue_state.BACKOFF,
-    queue_state.RETRY,
-    queue_state.HANDLER,
+    AttemptKind.INTERRUPTED,
+    PauseKind.USAGE_LIMIT,
+    PauseKind.BACKOFF,
+    PauseKind.RETRY,
+    PauseKind.HANDLER,
 )
 """Reasons a task goes back to its queue, reported (as 0) before the first one happens; others appear when seen."""
 
@@ -83,7 +84,7 @@ def count_end(pipe: Any, queue: str, result: TaskResult) -> None:
     """Add to ``pipe`` the writes that count a task's end and its duration, if it ran.
     :func:`runner.lifecycle.end` sends them with the end's other bookkeeping, in one round trip (a
     scrape between two of them sees a bucket a moment before its sum: harmless for a histogram)."""
-    key = events.metrics_key(queue)
+    key = keys.metrics_key(queue)
     seconds = duration_seconds(result)
     pipe.hincrby(key, _ENDED + result.status, 1)
     if seconds is not None:
@@ -94,7 +95,7 @@ def count_end(pipe: Any, queue: str, result: TaskResult) -> None:
 def record_retry(client: redis.Redis, queue: str, reason: str) -> None:
     """Count a task going back to the front of its queue for another attempt (``reason``: why, in a word)."""
     try:
-        client.hincrby(events.metrics_key(queue), _RETRIES + (reason or "unknown"), 1)
+        client.hincrby(keys.metrics_key(queue), _RETRIES + (reason or "unknown"), 1)
     except redis.RedisError as exc:
         log.warning("queue %s: could not count a retry in the metrics (%s)", queue, exc)
 
@@ -119,7 +120,7 @@ def read_snapshot(client: redis.Redis, queue: str, now: float | None = None) -> 
         pipe.llen(keys.rq_queue_key(queue))
         pipe.zcard(keys.rq_deferred_key(queue))
         pipe.zrange(keys.rq_started_key(queue), 0, -1)
-        pipe.hgetall(events.metrics_key(queue))
+        pipe.hgetall(keys.metrics_key(queue))
         queued, deferred, started, raw = pipe.execute()
     task_ids = list(dict.fromkeys(entry.decode().split(":", 1)[0] for entry in started))
     return Snapshot(
@@ -139,11 +140,11 @@ def _running_ages(client: redis.Redis, task_ids: list[str], now: float) -> list[
         return []
     with client.pipeline(transaction=False) as pipe:
         for task_id in task_ids:
-            pipe.hmget(events.info_key(task_id), "status", "started_at")
+            pipe.hmget(keys.info_key(task_id), "status", "started_at")
         replies = pipe.execute()
     ages = []
     for status, started_at in replies:
-        began = _epoch(started_at.decode()) if status == events.RUNNING.encode() and started_at else None
+        began = _epoch(started_at.decode()) if status == Status.RUNNING.encode() and started_at else None
         if began is not None:
             ages.append(max(0.0, now - began))
     return ages
@@ -157,8 +158,8 @@ def families(snapshot: Snapshot) -> Iterator[Metric]:
         "Tasks waiting: queued (their turn comes) or deferred (after another task).",
         labels=["queue", "state"],
     )
-    depth.add_metric([queue, events.QUEUED], snapshot.queued)
-    depth.add_metric([queue, events.DEFERRED], snapshot.deferred)
+    depth.add_metric([queue, Status.QUEUED], snapshot.queued)
+    depth.add_metric([queue, Status.DEFERRED], snapshot.deferred)
     yield depth
     yield _gauge("ccx_tasks_running", "Tasks running now (at most one per queue).", queue, len(snapshot.running_ages))
     yield _gauge(
@@ -186,7 +187,7 @@ def families(snapshot: Snapshot) -> Iterator[Metric]:
         )  # fmt: skip
     counters = snapshot.counters
     ended = CounterMetricFamily("ccx_tasks_ended", "Tasks that ended, by status.", labels=["queue", "status"])
-    for status in events.END_STATUSES:
+    for status in END_STATUSES:
         ended.add_metric([queue, status], counters.get(_ENDED + status, 0.0))
     yield ended
     retries = CounterMetricFamily(
@@ -290,6 +291,6 @@ def serve(client: redis.Redis, queue: str, host: str, port: int) -> str:
 def _epoch(iso_time: str | None) -> float | None:
     """Epoch seconds of one of our ISO times; None for none or junk (a metric is never worth an exception)."""
     try:
-        return events.epoch(iso_time) if iso_time else None
+        return clock.epoch(iso_time) if iso_time else None
     except ValueError:
         return None

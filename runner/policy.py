@@ -30,9 +30,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from runner import queue_state
 from runner.config import Settings
 from runner.spec import TaskResult, TaskSpec
+from runner.vocabulary import PauseKind
 
 FAIL = "fail"
 AGAIN = "again"
@@ -60,14 +60,14 @@ class Decision:
 
 
 def _retries_used(attempts: list[dict[str, Any]]) -> int:
-    return sum(1 for attempt in attempts if attempt.get("kind") == queue_state.RETRY)
+    return sum(1 for attempt in attempts if attempt.get("kind") == PauseKind.RETRY)
 
 
 def _limits_in_a_row(attempts: list[dict[str, Any]]) -> int:
     """How many of the latest attempts a usage limit stopped, one after another."""
     count = 0
     for attempt in reversed(attempts):
-        if attempt.get("kind") != queue_state.USAGE_LIMIT:
+        if attempt.get("kind") != PauseKind.USAGE_LIMIT:
             break
         count += 1
     return count
@@ -97,7 +97,7 @@ def _usage_limit(
         session = spec.resume
     else:
         session = None
-    return Decision(AGAIN, queue_state.USAGE_LIMIT, name, until, session)
+    return Decision(AGAIN, PauseKind.USAGE_LIMIT, name, until, session)
 
 
 def _not_logged_in(result: TaskResult) -> bool:
@@ -128,12 +128,12 @@ def decide(
         if status == 429:
             delay = min(settings.limit_backoff * 2**backoff_level, settings.limit_backoff_max)
             return Decision(
-                AGAIN, queue_state.BACKOFF, f"rate limited (429) with no reset time; waiting {delay:g} s", now + delay
+                AGAIN, PauseKind.BACKOFF, f"rate limited (429) with no reset time; waiting {delay:g} s", now + delay
             )
         if status == 401:
             return Decision(
                 AGAIN,
-                queue_state.CREDENTIALS,
+                PauseKind.CREDENTIALS,
                 "credentials rejected (401): fix the agent's login on the handler's machine, then `ccx resume`",
             )
         if status is None and _not_logged_in(result):
@@ -144,12 +144,12 @@ def decide(
             n = _retries_used(attempts) + 1
             what = f"API error {status}" if status is not None else "network error"
             delay = settings.retry_backoff * 2 ** (n - 1)
-            return Decision(AGAIN, queue_state.RETRY, f"{what}; retry {n}/{retries} in {delay:g} s", now + delay)
+            return Decision(AGAIN, PauseKind.RETRY, f"{what}; retry {n}/{retries} in {delay:g} s", now + delay)
         return Decision(FAIL)
     if spec.retry_on_exit_codes and result.exit_code in spec.retry_on_exit_codes and _retries_used(attempts) < retries:
         n = _retries_used(attempts) + 1
         delay = settings.retry_backoff * 2 ** (n - 1)
         return Decision(
-            AGAIN, queue_state.RETRY, f"exit code {result.exit_code}; retry {n}/{retries} in {delay:g} s", now + delay
+            AGAIN, PauseKind.RETRY, f"exit code {result.exit_code}; retry {n}/{retries} in {delay:g} s", now + delay
         )
     return Decision(FAIL)

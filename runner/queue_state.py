@@ -22,23 +22,22 @@ from typing import Any
 import orjson
 import redis
 
-from runner import events, hooks
+from runner import clock, hooks, keys
 from runner.errors import UsageError
 from runner.spec import as_real
-
-# Why a queue holds (``kind``).
-USAGE_LIMIT = "usage_limit"
-BACKOFF = "backoff"
-RETRY = "retry"
-CREDENTIALS = "credentials"
-MANUAL = "manual"
-BUDGET = "budget"
-HANDLER = "handler"
-"""The handler could not be reached: the queue waits for it, and its worker ends the pause once it answers."""
+from runner.vocabulary import EventType, PauseKind
 
 # The order of strength among kinds, weakest first: it decides between two pauses that end at the same
 # time (or both never). A person's word is the strongest: no automatic pause replaces ``ccx pause``.
-STRENGTH = (RETRY, HANDLER, BACKOFF, USAGE_LIMIT, BUDGET, CREDENTIALS, MANUAL)
+STRENGTH = (
+    PauseKind.RETRY,
+    PauseKind.HANDLER,
+    PauseKind.BACKOFF,
+    PauseKind.USAGE_LIMIT,
+    PauseKind.BUDGET,
+    PauseKind.CREDENTIALS,
+    PauseKind.MANUAL,
+)
 
 
 @dataclass(frozen=True)
@@ -59,8 +58,8 @@ class QueueState:
             "paused": self.paused,
             "kind": self.kind or None,
             "reason": self.reason or None,
-            "until": events.iso(self.until) if self.until else None,
-            "since": events.iso(self.since) if self.since else None,
+            "until": clock.iso(self.until) if self.until else None,
+            "since": clock.iso(self.since) if self.since else None,
         }
 
     def describe(self) -> str:
@@ -72,7 +71,7 @@ class QueueState:
 
 
 def get(client: redis.Redis, queue: str) -> QueueState:
-    raw = client.hgetall(events.queue_state_key(queue))
+    raw = client.hgetall(keys.queue_state_key(queue))
     data = {key.decode(): value.decode() for key, value in raw.items()}
     level = int(data.get("backoff_level") or 0)
     if not data.get("kind"):
@@ -139,17 +138,17 @@ def pause(client: redis.Redis, queue: str, kind: str, reason: str, until: float 
     """Hold ``queue`` unless a stronger pause holds it (see :data:`STRENGTH` and docs/events.md, "Pauses");
     announce it if it takes hold. Returns the pause that holds afterwards, this one or the stronger one."""
     now = time.time()
-    event = _event(events.PAUSED, queue, kind=kind, reason=reason, until=until)
+    event = _event(EventType.PAUSED, queue, kind=kind, reason=reason, until=until)
     took = client.register_script(_PAUSE_SCRIPT)(
-        keys=[events.queue_state_key(queue)],
+        keys=[keys.queue_state_key(queue)],
         args=[
             kind,
             reason,
             "" if until is None else repr(until),
             repr(now),
             event,
-            "1" if kind == BACKOFF else "",
-            events.LIFECYCLE_CHANNEL,
+            "1" if kind == PauseKind.BACKOFF else "",
+            keys.LIFECYCLE_CHANNEL,
             *STRENGTH,
         ],
     )
@@ -173,13 +172,13 @@ def resume(
     pause set after the worker looked must survive the worker's lifting of the timed one it saw); ``only_kind``:
     end it only if it is of that kind (the worker's case again, for a pause it ends on a condition, not a time)."""
     kind = client.register_script(_RESUME_SCRIPT)(
-        keys=[events.queue_state_key(queue)],
+        keys=[keys.queue_state_key(queue)],
         args=[
             "1" if reset_backoff else "",
             "1" if only_if_due else "",
             repr(time.time()),
-            events.LIFECYCLE_CHANNEL,
-            _event(events.RESUMED, queue, reason=why),
+            keys.LIFECYCLE_CHANNEL,
+            _event(EventType.RESUMED, queue, reason=why),
             only_kind,
         ],
     )
@@ -204,8 +203,8 @@ def day_field(now: float | None = None) -> str:
 def costs(client: redis.Redis, queue: str) -> dict[str, float]:
     """``{"today": …, "total": …}`` in USD, and ``budget_per_day`` when one is set."""
     with client.pipeline(transaction=False) as pipe:
-        pipe.hmget(events.costs_key(queue), TOTAL, day_field())
-        pipe.hget(events.queue_state_key(queue), "budget_per_day")
+        pipe.hmget(keys.costs_key(queue), TOTAL, day_field())
+        pipe.hget(keys.queue_state_key(queue), "budget_per_day")
         (total, day), budget = pipe.execute()
     found = {"today": float(day or 0), "total": float(total or 0)}
     if budget:
@@ -218,7 +217,7 @@ def set_budget(client: redis.Redis, queue: str, per_day: float | None) -> None:
 
     It must be a finite number above 0: a NaN budget compares false with any spend, so it would never pause
     the queue, and an infinite one never would either; 0 is no budget at all, said with None (``--off``)."""
-    key = events.queue_state_key(queue)
+    key = keys.queue_state_key(queue)
     if per_day is None:
         client.hdel(key, "budget_per_day")
         return
@@ -242,15 +241,15 @@ def check_budget(client: redis.Redis, queue: str, now: float | None = None) -> Q
     now = time.time() if now is None else now
     midnight = (int(now) // 86400 + 1) * 86400
     reason = f"budget reached: ${spent['today']:.2f} of ${budget:.2f} spent today"
-    return pause(client, queue, BUDGET, reason, float(midnight))
+    return pause(client, queue, PauseKind.BUDGET, reason, float(midnight))
 
 
 def held(client: redis.Redis, queue: str) -> bool:
     """Whether the next task must wait: the queue is paused, or today's spend has reached its budget (which
     pauses it now). One round trip when neither holds, as it does before every task."""
     with client.pipeline(transaction=False) as pipe:
-        pipe.hmget(events.queue_state_key(queue), "kind", "budget_per_day")
-        pipe.hget(events.costs_key(queue), f"day:{today()}")
+        pipe.hmget(keys.queue_state_key(queue), "kind", "budget_per_day")
+        pipe.hget(keys.costs_key(queue), f"day:{today()}")
         (kind, budget), spent = pipe.execute()
     if kind:
         return True
@@ -259,10 +258,10 @@ def held(client: redis.Redis, queue: str) -> bool:
 
 def succeeded(client: redis.Redis, queue: str) -> None:
     """A task ran through: the next limit without a reset time starts its backoff from the beginning."""
-    client.hdel(events.queue_state_key(queue), "backoff_level")
+    client.hdel(keys.queue_state_key(queue), "backoff_level")
 
 
 def _event(event_type: str, queue: str, **extra: Any) -> bytes:
-    body = {"type": event_type, "queue": queue, "at": events.now_iso()}
-    body.update({k: (events.iso(v) if k == "until" and v else v) for k, v in extra.items() if v is not None})
+    body = {"type": event_type, "queue": queue, "at": clock.now_iso()}
+    body.update({k: (clock.iso(v) if k == "until" and v else v) for k, v in extra.items() if v is not None})
     return orjson.dumps(body)

@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 import redis
 from rq.job import Job
 
-from runner import events, lifecycle
+from runner import keys, lifecycle
 from runner.errors import UnknownTask
 from runner.store import TaskStore
+from runner.vocabulary import CancelOutcome, Status
 
 log = logging.getLogger("ccx.worker")
 
@@ -45,7 +46,7 @@ REQUEUE_REFUSED = (
     "task %s had already ended (%s) and was put back in the queue by RQ's requeue (rq-dashboard or `rq requeue`); "
     "it is not run again, so its record stays true: resubmit it (ccx submit) to run it again."
 )
-WAITING = frozenset({events.QUEUED.encode(), events.DEFERRED.encode(), events.SCHEDULED.encode()})
+WAITING = frozenset({Status.QUEUED.encode(), Status.DEFERRED.encode(), Status.SCHEDULED.encode()})
 
 
 @dataclass
@@ -62,19 +63,19 @@ def scan(client: redis.Redis, queue: str, limit: int = LOOK_AT) -> Waiting:
     """The waiting tasks among the newest ``limit`` of ``queue``, a page of :data:`PAGE` per round trip."""
     found = Waiting()
     for start in range(0, limit, PAGE):
-        ids = [raw.decode() for raw in client.zrevrange(events.index_key(queue), start, start + PAGE - 1)]
+        ids = [raw.decode() for raw in client.zrevrange(keys.index_key(queue), start, start + PAGE - 1)]
         if not ids:
             break
         with client.pipeline(transaction=False) as pipe:
             for task_id in ids:
-                pipe.hget(events.info_key(task_id), "status")
+                pipe.hget(keys.info_key(task_id), "status")
                 pipe.exists(Job.key_for(task_id))
             replies = pipe.execute()
         for index, task_id in enumerate(ids):
             status, job_exists = replies[2 * index], replies[2 * index + 1]
             if status in WAITING and not job_exists:
                 found.jobless.append(task_id)
-            elif status == events.DEFERRED.encode():
+            elif status == Status.DEFERRED.encode():
                 found.deferred.append(task_id)
     return found
 
@@ -100,7 +101,7 @@ class Reconciler:
         ended = []
         for task_id in found.jobless:
             with contextlib.suppress(UnknownTask):
-                if lifecycle.cancel(self.store, task_id, JOB_DELETED) == lifecycle.CANCELLED:
+                if lifecycle.cancel(self.store, task_id, JOB_DELETED) == CancelOutcome.CANCELLED:
                     log.warning("task %s: %s", task_id, JOB_DELETED)
                     ended.append(task_id)
         for task_id in found.deferred:

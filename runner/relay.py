@@ -27,7 +27,7 @@ from handler.protocol import (
     ExecuteParams,
     ExecuteResult,
 )
-from runner import events
+from runner import keys
 from runner.agents import get_agent
 from runner.agents.base import Agent, OutputParser
 from runner.config import Settings, async_redis_client
@@ -256,7 +256,7 @@ def _task_result(
         error=error,
         duration_ms=execute_result.duration_ms,
         agent=outcome.info or {"name": agent.name},
-        log_key=events.log_key(task_id),
+        log_key=keys.log_key(task_id),
         structured_output=(outcome.info or {}).get("structured_output"),
     )
 
@@ -354,7 +354,7 @@ async def _keep_lease(client: redis.asyncio.Redis, task_id: str, run_id: str, tt
     while True:
         await asyncio.sleep(ttl / 3)
         with contextlib.suppress(redis.RedisError):
-            await renew(keys=[events.lease_key(task_id), events.info_key(task_id)], args=[run_id, int(ttl * 1000)])
+            await renew(keys=[keys.lease_key(task_id), keys.info_key(task_id)], args=[run_id, int(ttl * 1000)])
 
 
 CANCEL_POLL = 0.5
@@ -375,7 +375,7 @@ async def _watch_cancel(
     suspending: a loop trusting it would spin and starve the relay's keepalive, lease and writer. Such a
     round waits out its time instead and reads the cancel flag itself, so a cancel is still seen.
     """
-    key = events.cancel_key(task_id)
+    key = keys.cancel_key(task_id)
     await pubsub.subscribe(key)
     if await client.exists(key):
         cancel.set()

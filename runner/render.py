@@ -13,9 +13,10 @@ import time
 from typing import Any, TextIO
 
 from handler.protocol import STDERR
-from runner import events
+from runner import clock
 from runner.agents import get_agent
 from runner.agents.base import Transcript
+from runner.vocabulary import AttemptKind, EventType
 
 _ASCII_CONTROLS = tuple(chr(code) for code in (*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F))
 """The C0 controls but tab and newline (ESC, BEL, CR…), and DEL: what a terminal acts on instead of showing."""
@@ -117,18 +118,18 @@ class Renderer:
 
     def event(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
-        if self.progress is not None and kind == events.STARTED:
+        if self.progress is not None and kind == EventType.STARTED:
             self.progress.step = "running"
-        if kind == events.GAP:
+        if kind == EventType.GAP:
             self._notice(
                 f"[{event['missing']:,} earlier output frame(s) are no longer in the task's log: it keeps only "
                 "the newest CCX_LOG_MAXLEN entries]"
             )
             return
-        if kind == events.INTERRUPTED:
+        if kind == AttemptKind.INTERRUPTED:
             self._notice(f"[attempt {event.get('attempt')} interrupted: {event.get('error')} It runs again.]")
             return
-        if kind != events.OUTPUT:
+        if kind != EventType.OUTPUT:
             return
         if self.progress is None:
             self._write(event)
@@ -184,7 +185,7 @@ def ago(iso: str | None, now: float | None = None) -> str:
     """``12 s ago``, ``3 min ago``, ``2 h ago``, ``4 days ago`` for an ISO 8601 time; ``-`` for none."""
     if not iso:
         return "-"
-    then = events.epoch(iso)
+    then = clock.epoch(iso)
     seconds = max(0.0, (time.time() if now is None else now) - then)
     for size, unit in ((86400, "day"), (3600, "h"), (60, "min")):
         if seconds >= size:

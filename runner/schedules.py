@@ -37,7 +37,7 @@ from rq.job import JobStatus
 from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 
-from runner import events, lifecycle
+from runner import clock, keys, lifecycle
 from runner.errors import CcxError, SpecError, Unavailable
 from runner.lifecycle import fetch_job
 from runner.spec import TaskResult, TaskSpec, as_real, title
@@ -205,8 +205,8 @@ class Schedule:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["next_at"] = events.iso(self.next_at)
-        data["last_at"] = events.iso(self.last_at) if self.last_at else None
+        data["next_at"] = clock.iso(self.next_at)
+        data["last_at"] = clock.iso(self.last_at) if self.last_at else None
         return data
 
     def title(self) -> str:
@@ -240,11 +240,11 @@ def loaded(raws: list[bytes]) -> list[Schedule]:
 
 
 def _save(client: redis.Redis, schedule: Schedule) -> None:
-    client.hset(events.schedules_key(schedule.queue), schedule.id, orjson.dumps(asdict(schedule)))
+    client.hset(keys.schedules_key(schedule.queue), schedule.id, orjson.dumps(asdict(schedule)))
 
 
 def _update(client: redis.Redis, schedule: Schedule) -> bool:
-    key = events.schedules_key(schedule.queue)
+    key = keys.schedules_key(schedule.queue)
     return bool(client.eval(_UPDATE_SCRIPT, 1, key, schedule.id, orjson.dumps(asdict(schedule))))
 
 
@@ -257,7 +257,7 @@ def add(client: redis.Redis, queue: str, cron: str, spec: TaskSpec | dict[str, A
         queue=queue,
         cron=expression,
         spec=checked.to_dict(),
-        created_at=events.now_iso(),
+        created_at=clock.now_iso(),
         next_at=next_slot(expression, time.time()),
     )
     _save(client, schedule)
@@ -266,11 +266,11 @@ def add(client: redis.Redis, queue: str, cron: str, spec: TaskSpec | dict[str, A
 
 def all_of(client: redis.Redis, queue: str) -> list[Schedule]:
     """The queue's schedules, soonest first."""
-    return loaded(client.hvals(events.schedules_key(queue)))
+    return loaded(client.hvals(keys.schedules_key(queue)))
 
 
 def remove(client: redis.Redis, queue: str, schedule_id: str) -> bool:
-    return bool(client.hdel(events.schedules_key(queue), schedule_id))
+    return bool(client.hdel(keys.schedules_key(queue), schedule_id))
 
 
 def fire_due(runner: Runner, now: float | None = None, entries: list[Schedule] | None = None) -> list[str]:
@@ -308,7 +308,7 @@ def fire_due(runner: Runner, now: float | None = None, entries: list[Schedule] |
 def note_due_tasks(runner: Runner, now: float | None = None) -> list[str]:
     """Records of scheduled tasks that RQ's scheduler has put in line now say ``queued``; the ids."""
     now = time.time() if now is None else now
-    key = events.scheduled_key(runner.settings.queue)
+    key = keys.scheduled_key(runner.settings.queue)
     moved = []
     for raw in runner.redis.zrangebyscore(key, "-inf", now):
         task_id = raw.decode()
@@ -383,8 +383,8 @@ class Ticker:
         now = time.time()
         queue = self.runner.settings.queue
         with self.runner.redis.pipeline(transaction=False) as pipe:
-            pipe.zrangebyscore(events.scheduled_key(queue), "-inf", now, start=0, num=1)
-            pipe.hvals(events.schedules_key(queue))
+            pipe.zrangebyscore(keys.scheduled_key(queue), "-inf", now, start=0, num=1)
+            pipe.hvals(keys.schedules_key(queue))
             due_tasks, raw_schedules = pipe.execute()
         if due_tasks:
             if self._ticks % self.LOCK_REFRESH_TICKS == 0 or not self.rq_scheduler.acquired_locks:

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from handler.config import HandlerConfig
-from runner import events
+from runner import clock, keys
 from runner.agents import AGENTS, DEFAULT_AGENT, get_agent
 from runner.config import check_http_url
 from runner.errors import ConfigError, SpecError
@@ -375,7 +375,7 @@ class TaskResult:
         """An end that is not the task's own result (an infrastructure failure, a refused spec), with the
         metadata every result carries: when it ended and where its log is."""
         return cls(
-            id=task_id, error=error, **{"ended_at": events.now_iso(), "log_key": events.log_key(task_id), **fields_}
+            id=task_id, error=error, **{"ended_at": clock.now_iso(), "log_key": keys.log_key(task_id), **fields_}
         )
 
     @classmethod

@@ -37,11 +37,7 @@ from handler.secretfile import (
     write_private,
 )
 from runner.config import stack_file
-from runner.errors import Unavailable
-
-
-class StackError(Unavailable):
-    """A part of the stack could not start; the message says which and why."""
+from runner.errors import StackError
 
 
 def _die_with_parent() -> None:

@@ -21,9 +21,9 @@ from rq.job import Job
 from rq.registry import CanceledJobRegistry
 from rq.results import Result
 
-from runner import events, queue_state
+from runner import clock, events, keys, queue_state
 from runner.spec import TaskResult, TaskSpec
-from runner.vocabulary import Status
+from runner.vocabulary import AttemptKind, EventType, Status
 
 # Ends a task: sets status and fields, logs and publishes the result event, marks the task done (KEYS[5],
 # a one-entry stream result waiters block on),
@@ -174,10 +174,10 @@ class TaskStore:
     @staticmethod
     def _keys(task_id: str) -> list[str]:
         return [
-            events.info_key(task_id),
-            events.log_key(task_id),
-            events.task_channel(task_id),
-            events.LIFECYCLE_CHANNEL,
+            keys.info_key(task_id),
+            keys.log_key(task_id),
+            keys.task_channel(task_id),
+            keys.LIFECYCLE_CHANNEL,
         ]
 
     def create(
@@ -210,15 +210,15 @@ class TaskStore:
             mapping["after"] = after
         if key:
             mapping["idempotency_key"] = key
-            pipe.set(events.idempotency_key(queue, key), task_id, ex=key_ttl)
+            pipe.set(keys.idempotency_key(queue, key), task_id, ex=key_ttl)
         if scheduled_for is not None:
-            mapping["scheduled_for"] = events.iso(scheduled_for)
-            pipe.zadd(events.scheduled_key(queue), {task_id: scheduled_for})
-        pipe.hset(events.info_key(task_id), mapping=mapping)
-        index = events.index_key(queue)
+            mapping["scheduled_for"] = clock.iso(scheduled_for)
+            pipe.zadd(keys.scheduled_key(queue), {task_id: scheduled_for})
+        pipe.hset(keys.info_key(task_id), mapping=mapping)
+        index = keys.index_key(queue)
         pipe.zadd(index, {task_id: time.time()})
         pipe.zremrangebyrank(index, 0, -index_cap - 1)
-        pipe.publish(events.LIFECYCLE_CHANNEL, lifecycle(status, task_id, queue, at=submitted_at))
+        pipe.publish(keys.LIFECYCLE_CHANNEL, lifecycle(status, task_id, queue, at=submitted_at))
 
     def key_holder(self, pipe: Any, queue: str, key: str) -> str | None:
         """The task an idempotency key names, or None: the key is free, or names a task with no record.
@@ -229,27 +229,27 @@ class TaskStore:
         claiming it and writing the task (versions before the two were one transaction), or outlived its
         record: it stands for nothing, and the next submit takes it over instead of returning a phantom id.
         """
-        name = events.idempotency_key(queue, key)
+        name = keys.idempotency_key(queue, key)
         pipe.watch(name)
         raw = pipe.get(name)
         if raw is None:
             return None
         task_id = raw.decode()
-        pipe.watch(events.info_key(task_id))
-        return task_id if pipe.hexists(events.info_key(task_id), "spec") else None
+        pipe.watch(keys.info_key(task_id))
+        return task_id if pipe.hexists(keys.info_key(task_id), "spec") else None
 
     def start(self, task_id: str, queue: str, run: str, fence: int | None, lease_ms: int) -> Started:
         """Mark the task running as ``run`` and take its run lease, if ``fence`` is still the queue's token.
 
         ``code`` is 1 (started), 0 (the task already ended), or -1 (a newer worker serves the queue).
         """
-        at = events.now_iso()
-        started = {"type": events.STARTED, "task_id": task_id, "at": at}
+        at = clock.now_iso()
+        started = {"type": EventType.STARTED, "task_id": task_id, "at": at}
         reply = self._start(
-            keys=[*self._keys(task_id), events.fence_key(queue), events.lease_key(task_id)],
+            keys=[*self._keys(task_id), keys.fence_key(queue), keys.lease_key(task_id)],
             args=[
                 at,
-                lifecycle(events.RUNNING, task_id, queue, at=at),
+                lifecycle(Status.RUNNING, task_id, queue, at=at),
                 orjson.dumps(started),
                 self.log_maxlen,
                 "" if fence is None else str(fence),
@@ -266,19 +266,19 @@ class TaskStore:
 
     def continue_session(self, task_id: str, session_id: str) -> None:
         """The task's next attempt continues this agent session (it made progress before a usage limit)."""
-        self.client.hset(events.info_key(task_id), "continue_session", session_id)
+        self.client.hset(keys.info_key(task_id), "continue_session", session_id)
 
     def interrupt(self, task_id: str, queue: str, run: str, attempts: list[dict[str, Any]]) -> bool:
         """Put a task whose attempt was interrupted back to ``queued``, recording the attempts so far."""
         last = attempts[-1]
-        event = {"type": events.INTERRUPTED, "task_id": task_id, "attempt": len(attempts), **last}
+        event = {"type": AttemptKind.INTERRUPTED, "task_id": task_id, "attempt": len(attempts), **last}
         return bool(
             self._interrupt(
-                keys=[*self._keys(task_id), events.lease_key(task_id)],
+                keys=[*self._keys(task_id), keys.lease_key(task_id)],
                 args=[
                     run,
                     orjson.dumps(attempts),
-                    lifecycle(events.QUEUED, task_id, queue, at=last.get("ended_at"), interrupted=last.get("error")),
+                    lifecycle(Status.QUEUED, task_id, queue, at=last.get("ended_at"), interrupted=last.get("error")),
                     orjson.dumps(event),
                     self.log_maxlen,
                     Status.QUEUED,
@@ -288,12 +288,12 @@ class TaskStore:
 
     def released(self, task_id: str, queue: str) -> bool:
         """A deferred task whose predecessor ended so that it will run: its status becomes ``queued``."""
-        event = lifecycle(events.QUEUED, task_id, queue, at=events.now_iso())
+        event = lifecycle(Status.QUEUED, task_id, queue, at=clock.now_iso())
         statuses = (Status.QUEUED, Status.DEFERRED, Status.SCHEDULED)
-        return bool(self._release(keys=[events.info_key(task_id), events.LIFECYCLE_CHANNEL], args=[event, *statuses]))
+        return bool(self._release(keys=[keys.info_key(task_id), keys.LIFECYCLE_CHANNEL], args=[event, *statuses]))
 
     def attempts(self, task_id: str) -> list[dict[str, Any]]:
-        raw = self.client.hget(events.info_key(task_id), "attempts")
+        raw = self.client.hget(keys.info_key(task_id), "attempts")
         return orjson.loads(raw) if raw else []
 
     def finalize(self, result: TaskResult, queue: str, run: str = "") -> bool:
@@ -302,10 +302,10 @@ class TaskStore:
         With ``run``, only if that run is still the task's current one (a run whose worker lost the
         queue and whose task was started again elsewhere cannot overwrite the new run's outcome).
         """
-        result.log_key = result.log_key or events.log_key(result.id)
+        result.log_key = result.log_key or keys.log_key(result.id)
         payload = orjson.dumps(result.to_dict())
-        at = result.ended_at or events.now_iso()
-        event = orjson.dumps({"type": events.RESULT, "task_id": result.id, "result": result.to_dict()})
+        at = result.ended_at or clock.now_iso()
+        event = orjson.dumps({"type": EventType.RESULT, "task_id": result.id, "result": result.to_dict()})
         extra = {
             "success": result.success,
             "duration_ms": result.duration_ms,
@@ -319,9 +319,9 @@ class TaskStore:
         reply = self._finalize(
             keys=[
                 *self._keys(result.id),
-                events.done_key(result.id),
-                events.lease_key(result.id),
-                events.costs_key(queue),
+                keys.done_key(result.id),
+                keys.lease_key(result.id),
+                keys.costs_key(queue),
                 *self._expiring_keys(result.id, queue),
             ],
             args=[
@@ -343,7 +343,7 @@ class TaskStore:
             ],
         )
         if isinstance(reply, bytes):  # it was submitted with an idempotency key: keep it only so long now
-            self.client.expire(events.idempotency_key(queue, reply.decode()), self.idempotency_ttl)
+            self.client.expire(keys.idempotency_key(queue, reply.decode()), self.idempotency_ttl)
         return bool(reply)
 
     def _expiring_keys(self, task_id: str, queue: str) -> list[str]:
@@ -357,12 +357,12 @@ class TaskStore:
             job.dependencies_key,
             Result.get_key(task_id),
             CanceledJobRegistry(queue, self.client).key,
-            events.index_key(queue),
-            events.index_expiry_key(queue),
+            keys.index_key(queue),
+            keys.index_expiry_key(queue),
         ]
 
     def get(self, task_id: str) -> TaskRecord | None:
-        raw = self.client.hgetall(events.info_key(task_id))
+        raw = self.client.hgetall(keys.info_key(task_id))
         if not raw or b"spec" not in raw:
             return None
         data = {key.decode(): value for key, value in raw.items()}
@@ -385,7 +385,7 @@ class TaskStore:
         records: list[TaskRecord] = []
         start, chunk = 0, max(limit, 50) if statuses else limit
         while len(records) < limit:
-            ids = self.client.zrevrange(events.index_key(queue), start, start + chunk - 1)
+            ids = self.client.zrevrange(keys.index_key(queue), start, start + chunk - 1)
             if not ids:
                 break
             start += chunk

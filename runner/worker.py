@@ -26,17 +26,19 @@ from rq.job_lifecycle import call_exception_handlers, format_exc_info, record_jo
 from rq.registry import CanceledJobRegistry, FailedJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 
-from runner import events, hooks, lifecycle, lineup, metrics, queue_state, schedules
+from runner import clock, hooks, keys, lifecycle, lineup, metrics, queue_state, schedules
 from runner.client import JOB_FUNCTION, Runner
 from runner.config import PATIENT_RETRIES, Settings, redact_url, redis_client
+from runner.errors import LockNotHeld, TaskFailed, TaskRequeued, WorkerLocked
 from runner.handler_client import check_transport, tls_context
-from runner.job import HORSE, REQUEUE_META, Horse, TaskFailed, TaskRequeued, run_id
-from runner.lineup import LockNotHeld, Reclaimer, fenced_queue_class
-from runner.lock import QueueLock, WorkerLocked, holder_is_dead_here
+from runner.job import HORSE, REQUEUE_META, Horse, run_id
+from runner.lineup import Reclaimer, fenced_queue_class
+from runner.lock import QueueLock, holder_is_dead_here
 from runner.reconcile import Reconciler
 from runner.relay import handler_answers, warm_up
 from runner.spec import TaskResult
 from runner.store import TaskStore
+from runner.vocabulary import AttemptKind, PauseKind, Status
 from runner.webhooks import outbox
 from runner.webhooks.delivery import Deliverer
 
@@ -198,7 +200,7 @@ class CcxWorker(Worker):
                 log.warning("queue %s is %s", queue_name, state.describe())
                 announced = True
             now = time.time()
-            if state.kind == queue_state.HANDLER and self._handler_is_back(queue_name):
+            if state.kind == PauseKind.HANDLER and self._handler_is_back(queue_name):
                 return
             if state.until is not None and now >= state.until:
                 if queue_state.resume(
@@ -220,7 +222,7 @@ class CcxWorker(Worker):
         if not handler_answers(self.settings):
             return False
         back = "the handler answers again"
-        if queue_state.resume(self.connection, queue_name, back, only_kind=queue_state.HANDLER):
+        if queue_state.resume(self.connection, queue_name, back, only_kind=PauseKind.HANDLER):
             log.info("queue %s goes on: %s", queue_name, back)
         return True
 
@@ -235,7 +237,7 @@ class CcxWorker(Worker):
             log.warning("task %s: its work-horse died (waitpid %s); marked failed", job.id, ret_val)
             return
         record = self.store.get(job.id)
-        ours = self.connection.hget(events.info_key(job.id), "run") == self._run.encode()  # an end keeps its run
+        ours = self.connection.hget(keys.info_key(job.id), "run") == self._run.encode()  # an end keeps its run
         if record is not None and record.result is not None and ours:
             lifecycle.settle_lost_end(self.store, job, record.result)  # it died right at its end
 
@@ -255,8 +257,8 @@ class CcxWorker(Worker):
         * Another run holds it (this horse's worker lost the queue), or it succeeded under another run: this
           execution is only cleaned up.
         """
-        result, run, status = self.connection.hmget(events.info_key(job.id), ["result", "run", "status"])
-        if status is None or self.store is None or (result is not None and status != events.FINISHED.encode()):
+        result, run, status = self.connection.hmget(keys.info_key(job.id), ["result", "run", "status"])
+        if status is None or self.store is None or (result is not None and status != Status.FINISHED.encode()):
             super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)  # type: ignore[arg-type]
             if self.store is not None:
                 file_in_rq_registry(self.connection, job, queue, self.store)
@@ -334,11 +336,11 @@ def _wait_for_live_run(client: redis.Redis, job_id: str) -> None:
     horse died with it): then the lease is dropped at once, so a worker restarted after a SIGKILL serves within
     seconds instead of waiting out the lease's TTL."""
     waited = False
-    while lease := client.get(events.lease_key(job_id)):
+    while lease := client.get(keys.lease_key(job_id)):
         holder = lease.decode().split(":", 1)[-1]  # a run id is "<fence>:<its worker's process identity>"
         if holder_is_dead_here(holder):
             log.warning("task %s: the worker of its run (%s) is gone from this host; not waiting", job_id, holder)
-            client.delete(events.lease_key(job_id))
+            client.delete(keys.lease_key(job_id))
             return
         if not waited:
             log.warning("task %s is still running under the previous worker; waiting for it to end", job_id)
@@ -375,13 +377,13 @@ def recover_abandoned(client: redis.Redis, queue_name: str, store: TaskStore, se
             lifecycle.settle_lost_end(store, job, record.result)  # its worker may have died right at its end
         elif job is not None and record is not None and record.result is None:
             attempts = store.attempts(job_id)
-            run = client.hget(events.info_key(job_id), "run")  # the handler may keep its outcome: see job.py
+            run = client.hget(keys.info_key(job_id), "run")  # the handler may keep its outcome: see job.py
             attempts.append(
                 {
                     "started_at": record.started_at,
-                    "ended_at": events.now_iso(),
+                    "ended_at": clock.now_iso(),
                     "error": WORKER_DIED,
-                    "kind": events.INTERRUPTED,
+                    "kind": AttemptKind.INTERRUPTED,
                     **({"run": run.decode()} if run else {}),
                 }
             )
@@ -390,7 +392,7 @@ def recover_abandoned(client: redis.Redis, queue_name: str, store: TaskStore, se
             ):
                 client.zrem(registry.key, entry)
                 queue.enqueue_job(job, at_front=True)
-                metrics.record_retry(client, queue_name, events.INTERRUPTED)
+                metrics.record_retry(client, queue_name, AttemptKind.INTERRUPTED)
                 log.warning("task %s was running when the previous worker died; it runs again", job_id)
                 recovered.append(job_id)
                 continue

@@ -21,7 +21,7 @@ import orjson
 import redis
 
 from bench.chaos.plan import CANCEL, PAUSE, RESUBMIT, RESUME, Plan, Step, TaskPlan
-from runner import events
+from runner import keys
 from runner.client import Runner
 from runner.errors import Unavailable
 
@@ -227,7 +227,7 @@ class Orchestrator:
 
     def outcome(self, task_id: str) -> dict[str, Any]:
         record = self.runner.get(task_id)
-        logged = [orjson.loads(fields[b"e"]) for _, fields in self.runner.redis.xrange(events.log_key(task_id))]
+        logged = [orjson.loads(fields[b"e"]) for _, fields in self.runner.redis.xrange(keys.log_key(task_id))]
         result = record.result if record else None
         return {
             "ev": "outcome",

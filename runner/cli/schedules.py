@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from runner import events, schedules
+from runner import clock, keys, schedules
 from runner.cli.helpers import TaskRequest, emit_json, json_option, pass_runner, pass_task
 from runner.client import Runner
 from runner.errors import SpecError
@@ -52,7 +52,7 @@ def schedule_add(cron: str, request: TaskRequest, runner: Runner, as_json: bool)
         emit_json(entry.to_dict())
         return
     click.echo(entry.id)
-    click.echo(f"next: {events.iso(entry.next_at)} (the queue's worker submits it then)", err=True)
+    click.echo(f"next: {clock.iso(entry.next_at)} (the queue's worker submits it then)", err=True)
 
 
 @schedule.command(name="list")
@@ -70,7 +70,7 @@ def schedule_list(runner: Runner, as_json: bool) -> None:
     width = shutil.get_terminal_size((120, 20)).columns
     click.echo(f"{'ID':<12}  {'CRON':<15}  {'NEXT (UTC)':<19}  {'LAST TASK':<36}  TASK")
     for entry in entries:
-        when = events.iso(entry.next_at)[:19].replace("T", " ")
+        when = clock.iso(entry.next_at)[:19].replace("T", " ")
         line = f"{entry.id:<12}  {entry.cron:<15}  {when:<19}  {entry.last_task or '-':<36}  {escape_controls(entry.title())}"
         click.echo(line[:width])
 
@@ -108,7 +108,7 @@ def webhook_show(show_secret: bool, runner: Runner, as_json: bool) -> None:
     """Print the queue's webhook URL and where its signing secret is (--secret: the secret itself)."""
     name = runner.settings.queue
     hook = queue_setting.get_queue_webhook(runner.redis, name)
-    where = f"Redis hash {events.webhook_config_key(name)}, field secret"
+    where = f"Redis hash {keys.webhook_config_key(name)}, field secret"
     secret = queue_setting.queue_secret(runner.redis, name) if show_secret else None
     if as_json:
         emit_json({**hook.to_dict(), "secret_in": where, **({"secret": secret} if show_secret else {})})

@@ -29,8 +29,7 @@ from runner.client import Runner
 from runner.config import check_handler_url, redact_url
 from runner.dashboard import main as dashboard_main
 from runner.dashboard.server import login_url
-from runner.errors import EXIT_UNAVAILABLE, ConfigError
-from runner.lock import WorkerLocked
+from runner.errors import EXIT_UNAVAILABLE, ConfigError, WorkerLocked
 from runner.stack import LocalStack, default_data_dir, stack_for_up, supervise
 from runner.worker import run_worker
 

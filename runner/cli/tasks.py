@@ -8,7 +8,6 @@ from typing import Any, NoReturn
 
 import click
 
-from runner import events
 from runner.cli.helpers import (
     TaskRequest,
     cli_settings,
@@ -29,6 +28,7 @@ from runner.errors import EXIT_TASK_FAILED, UnknownTask
 from runner.render import Renderer, ago, escape_controls, summary
 from runner.stack import LocalStack
 from runner.store import TaskRecord
+from runner.vocabulary import EventType
 
 
 def needs_embedded_stack(settings: Settings) -> bool:
@@ -54,7 +54,7 @@ def _follow(
                 emit_json(event)
             else:
                 renderer.event(event)
-            if event.get("type") == events.RESULT:
+            if event.get("type") == EventType.RESULT:
                 result = event["result"]
     finally:
         if renderer.progress is not None:

@@ -5,6 +5,7 @@ runs it inside an existing event loop. See docs/dashboard.md.
 """
 
 from runner.dashboard.main import main
-from runner.dashboard.server import DashboardConfig, DashboardError, serve_dashboard
+from runner.dashboard.server import DashboardConfig, serve_dashboard
+from runner.errors import DashboardError
 
 __all__ = ["DashboardConfig", "DashboardError", "main", "serve_dashboard"]

@@ -14,10 +14,10 @@ from typing import Any
 import orjson
 import redis.asyncio
 
-from runner import events, keys, queue_state, schedules
+from runner import clock, keys, queue_state, schedules
 from runner.agents import AGENTS
-from runner.events import lock_key
 from runner.spec import title
+from runner.vocabulary import END_STATUSES, Status
 
 QUEUED_SHOWN = 200
 """Queued tasks listed (the count says how many more wait)."""
@@ -54,7 +54,7 @@ def _pause(raw: dict[bytes, bytes]) -> dict[str, Any] | None:
     if not state.get("kind"):
         return None
     until = float(state["until"]) if state.get("until") else None
-    return {"kind": state["kind"], "reason": state.get("reason", ""), "until": events.iso(until) if until else None}
+    return {"kind": state["kind"], "reason": state.get("reason", ""), "until": clock.iso(until) if until else None}
 
 
 def _text(value: bytes | None) -> str | None:
@@ -69,8 +69,8 @@ def _schedules(raws: list[bytes]) -> list[dict[str, Any]]:
             "cron": entry.cron,
             "agent": entry.spec.get("agent", "?"),
             "title": title(entry.spec),
-            "next_at": events.iso(entry.next_at),
-            "last_at": events.iso(entry.last_at) if entry.last_at else None,
+            "next_at": clock.iso(entry.next_at),
+            "last_at": clock.iso(entry.last_at) if entry.last_at else None,
             "last_task": entry.last_task
             if isinstance(entry.last_task, str) and TASK_ID.match(entry.last_task)
             else None,
@@ -111,7 +111,7 @@ class Reader:
             return {}
         async with self.client.pipeline(transaction=False) as pipe:
             for task_id in task_ids:
-                pipe.hmget(events.info_key(task_id), _ROW_FIELDS)
+                pipe.hmget(keys.info_key(task_id), _ROW_FIELDS)
             replies = await pipe.execute()
         rows: dict[str, dict[str, Any]] = {}
         ended: list[str] = []
@@ -136,7 +136,7 @@ class Reader:
                 "scheduled_for": _text(scheduled_for),
                 "result": None,
             }
-            if rows[task_id]["status"] in events.END_STATUSES:
+            if rows[task_id]["status"] in END_STATUSES:
                 ended.append(task_id)
         for task_id, summary in (await self._result_summaries(ended)).items():
             rows[task_id]["result"] = summary
@@ -147,7 +147,7 @@ class Reader:
         if missing:
             async with self.client.pipeline(transaction=False) as pipe:
                 for task_id in missing:
-                    pipe.hget(events.info_key(task_id), "result")
+                    pipe.hget(keys.info_key(task_id), "result")
                 raws = await pipe.execute()
             for task_id, raw in zip(missing, raws, strict=True):
                 if raw is None:
@@ -174,30 +174,30 @@ class Reader:
         )
         newest = list(dict.fromkeys(task_id.split(":", 1)[0] for task_id in newest))
         rows = await self.rows(list(dict.fromkeys(waiting + newest + later + last_tasks)))
-        in_line = [rows[task_id] for task_id in waiting if task_id in rows and rows[task_id]["status"] == events.QUEUED]
+        in_line = [rows[task_id] for task_id in waiting if task_id in rows and rows[task_id]["status"] == Status.QUEUED]
         listed = {row["id"] for row in in_line}
         # The record decides (a task ends, or joins the line, a moment before it leaves the sorted set).
-        scheduled = [rows[t] for t in later if t in rows and rows[t]["status"] == events.SCHEDULED]
+        scheduled = [rows[t] for t in later if t in rows and rows[t]["status"] == Status.SCHEDULED]
         later_ids = {row["id"] for row in scheduled}
         # Recorded but not (or no longer) in RQ's list: just submitted, or being dequeued right now.
         others = [rows[t] for t in newest if t in rows and t not in listed and t not in later_ids]
-        in_line += sorted((r for r in others if r["status"] == events.QUEUED), key=lambda r: r["submitted_at"] or "")
-        ended = [r for r in others if r["status"] in events.END_STATUSES]
+        in_line += sorted((r for r in others if r["status"] == Status.QUEUED), key=lambda r: r["submitted_at"] or "")
+        ended = [r for r in others if r["status"] in END_STATUSES]
         ended.sort(key=lambda r: r["ended_at"] or r["submitted_at"] or "", reverse=True)
         for entry in recurring:
             last = rows.get(entry["last_task"] or "")
             entry["last_status"] = last["status"] if last else None
         return {
             "queue": self.queue,
-            "now": events.now_iso(),
+            "now": clock.now_iso(),
             "worker": _text(worker),
             "running": sorted(
-                (r for r in others if r["status"] == events.RUNNING), key=lambda r: r["started_at"] or ""
+                (r for r in others if r["status"] == Status.RUNNING), key=lambda r: r["started_at"] or ""
             ),
             "queued": in_line,
             "queued_total": max(int(waiting_total), len(in_line)),
             "deferred": await self._with_predecessors(
-                sorted((r for r in others if r["status"] == events.DEFERRED), key=lambda r: r["submitted_at"] or "")
+                sorted((r for r in others if r["status"] == Status.DEFERRED), key=lambda r: r["submitted_at"] or "")
             ),
             "scheduled": scheduled,
             # Beyond the ids read, the count includes cancelled tasks whose time has not come yet.
@@ -213,15 +213,15 @@ class Reader:
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.lrange(keys.rq_queue_key(self.queue), 0, QUEUED_SHOWN - 1)
             pipe.llen(keys.rq_queue_key(self.queue))
-            pipe.zrevrange(events.index_key(self.queue), 0, INDEX_SCANNED - 1)
+            pipe.zrevrange(keys.index_key(self.queue), 0, INDEX_SCANNED - 1)
             pipe.zrange(keys.rq_started_key(self.queue), 0, 9)
             pipe.zrange(keys.rq_deferred_key(self.queue), 0, QUEUED_SHOWN - 1)
-            pipe.get(lock_key(self.queue))
-            pipe.hgetall(events.queue_state_key(self.queue))
-            pipe.hmget(events.costs_key(self.queue), "total", f"day:{queue_state.today()}")
-            pipe.zrange(events.scheduled_key(self.queue), 0, QUEUED_SHOWN - 1)
-            pipe.zcard(events.scheduled_key(self.queue))
-            pipe.hvals(events.schedules_key(self.queue))
+            pipe.get(keys.lock_key(self.queue))
+            pipe.hgetall(keys.queue_state_key(self.queue))
+            pipe.hmget(keys.costs_key(self.queue), "total", f"day:{queue_state.today()}")
+            pipe.zrange(keys.scheduled_key(self.queue), 0, QUEUED_SHOWN - 1)
+            pipe.zcard(keys.scheduled_key(self.queue))
+            pipe.hvals(keys.schedules_key(self.queue))
             return await pipe.execute()
 
     async def _with_predecessors(self, deferred: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -235,7 +235,7 @@ class Reader:
 
     async def record(self, task_id: str) -> dict[str, Any] | None:
         """A task's record for its page: the result's output cut to its tail, the env's values masked."""
-        raw = await self.client.hgetall(events.info_key(task_id))
+        raw = await self.client.hgetall(keys.info_key(task_id))
         if not raw or b"spec" not in raw:
             return None
         data = {key.decode(): value for key, value in raw.items()}
@@ -258,7 +258,7 @@ class Reader:
             "ended_at": _text(data.get("ended_at")),
             "scheduled_for": _text(data.get("scheduled_for")),
             "result": result,
-            "log_key": events.log_key(task_id),
+            "log_key": keys.log_key(task_id),
             # Whether its log reads as a transcript (the agent says; the page offers "transcript / raw" then).
             "transcript": _has_transcript(spec.get("agent")),
             "webhook": orjson.loads(data["webhook"]) if data.get("webhook") else None,
@@ -283,4 +283,4 @@ class Reader:
         return found
 
     async def worker(self) -> str | None:
-        return _text(await self.client.get(lock_key(self.queue)))
+        return _text(await self.client.get(keys.lock_key(self.queue)))

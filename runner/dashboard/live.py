@@ -29,7 +29,7 @@ import redis.asyncio
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from runner import events
+from runner import keys
 from runner.agents import get_agent
 from runner.agents.base import Transcript
 from runner.client import Runner
@@ -37,8 +37,8 @@ from runner.dashboard import logview
 from runner.dashboard.data import TASK_ID, Reader
 from runner.errors import RedisUnavailable, SpecError, UnknownTask
 from runner.follow.aio import Batch, Follower
-from runner.lifecycle import ALREADY_ENDED, CANCELLED, CANCELLING
 from runner.spec import TaskSpec
+from runner.vocabulary import CancelOutcome
 
 log = logging.getLogger("ccx.dashboard")
 
@@ -49,9 +49,9 @@ SAFETY_REFRESH = 30.0
 """Seconds after which the queue view is re-read even without events (pub/sub can miss some while reconnecting)."""
 MAX_FOLLOWS = 4
 CANCEL_WORDS = {
-    CANCELLED: "Cancelled: the task will not run.",
-    CANCELLING: "Stopping the running task…",
-    ALREADY_ENDED: "The task had already ended.",
+    CancelOutcome.CANCELLED: "Cancelled: the task will not run.",
+    CancelOutcome.CANCELLING: "Stopping the running task…",
+    CancelOutcome.ALREADY_ENDED: "The task had already ended.",
 }
 
 
@@ -115,7 +115,7 @@ class Hub:
         while True:
             pubsub = self.client.pubsub()
             try:
-                await pubsub.subscribe(events.LIFECYCLE_CHANNEL)
+                await pubsub.subscribe(keys.LIFECYCLE_CHANNEL)
                 self._set_redis(True)
                 self._dirty.set()  # events may have been missed while (re)connecting
                 backoff = 0.2

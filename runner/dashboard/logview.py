@@ -19,13 +19,13 @@ from typing import Any
 import redis.asyncio
 
 from handler.protocol import STDERR
-from runner import events
 from runner.agents import get_agent
 from runner.agents.base import MAX_LINE_CHARS, Transcript
 from runner.errors import SpecError
 from runner.follow.aio import entries_before
 from runner.follow.cursor import Entry
 from runner.render import summary
+from runner.vocabulary import AttemptKind, EventType
 
 CHUNK_CHARS = 64 * 1024
 """About how much output one chunk holds (at most this plus one piece)."""
@@ -36,16 +36,16 @@ PIECE_CHARS = 64 * 1024
 def _event_text(event: dict[str, Any]) -> tuple[str, str] | None:
     """The (kind, text) an entry adds to the page; kind is ``out``, ``err`` or ``meta``."""
     kind = event.get("type")
-    if kind == events.OUTPUT:
+    if kind == EventType.OUTPUT:
         data = event.get("data")
         if not isinstance(data, str) or not data:
             return None
         return ("err" if event.get("stream") == STDERR else "out", data)
-    if kind == events.STARTED:
+    if kind == EventType.STARTED:
         return ("meta", f"▶ started {event.get('at', '')}\n")
-    if kind == events.INTERRUPTED:
+    if kind == AttemptKind.INTERRUPTED:
         return ("meta", f"\n⟲ attempt {event.get('attempt')} interrupted: {event.get('error')} It runs again.\n")
-    if kind == events.RESULT and isinstance(event.get("result"), dict):
+    if kind == EventType.RESULT and isinstance(event.get("result"), dict):
         return ("meta", "\n" + summary(event["result"]) + "\n")
     return None
 
@@ -53,7 +53,7 @@ def _event_text(event: dict[str, Any]) -> tuple[str, str] | None:
 def latest_progress(entries: list[tuple[str, dict[str, Any]]]) -> dict[str, int] | None:
     """The output totals carried by the newest output event among ``entries`` (see EventWriter.output)."""
     for _, event in reversed(entries):
-        if event.get("type") == events.OUTPUT and isinstance(event.get("lines"), int):
+        if event.get("type") == EventType.OUTPUT and isinstance(event.get("lines"), int):
             return {"bytes": event.get("bytes", 0), "lines": event["lines"]}
     return None
 
@@ -101,7 +101,7 @@ def make_chunks(entries: list[Entry], transcript: Transcript | None) -> list[dic
             if isinstance(seq, int):
                 current["seq"] = [current["seq"][0] if current["seq"] else seq, seq]
             if transcript is not None:
-                if kind == "out" or event.get("type") == events.RESULT:
+                if kind == "out" or event.get("type") == EventType.RESULT:
                     rendered = transcript.feed(text) if kind == "out" else transcript.flush()
                     if rendered:
                         _add(current["lines"], "out", "\n".join(rendered) + "\n")
@@ -119,7 +119,7 @@ async def carry_before(client: redis.asyncio.Redis, task_id: str, entry_id: str)
     size = 0
     async with contextlib.aclosing(entries_before(client, task_id, entry_id)) as older:
         async for _, event in older:
-            if event.get("type") != events.OUTPUT or event.get("stream") == STDERR:
+            if event.get("type") != EventType.OUTPUT or event.get("stream") == STDERR:
                 continue
             data = event.get("data") or ""
             newline = data.rfind("\n")

@@ -48,7 +48,7 @@ from websockets.http11 import Request, Response
 from handler.config import ConfigError, is_loopback, server_tls_context
 from runner import metrics
 from runner.client import Runner
-from runner.config import redact_url
+from runner.config import DEFAULT_DASHBOARD_HOST, DEFAULT_DASHBOARD_PORT, redact_url
 from runner.dashboard import logview
 from runner.dashboard.auth import (
     ALL_ENDED,
@@ -64,14 +64,12 @@ from runner.dashboard.auth import (
 )
 from runner.dashboard.data import TASK_ID, Reader
 from runner.dashboard.live import Hub, Session, encode
-from runner.errors import RedisUnavailable, UsageError
+from runner.errors import DashboardError, RedisUnavailable
 from runner.follow.aio import read_page
 from runner.listener import redis_guard
 
 log = logging.getLogger("ccx.dashboard")
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8766
 LIVE_PATH = "/live"
 LOGOUT_PATH = "/api/logout"
 PAGE_PATH = re.compile(r"^/(tasks/[^/]+)?$")
@@ -90,14 +88,10 @@ _COMMON = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"
 _ASSETS = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8"}
 
 
-class DashboardError(UsageError):
-    """The dashboard cannot start; the message says what to change."""
-
-
 @dataclass(frozen=True)
 class DashboardConfig:
-    host: str = DEFAULT_HOST
-    port: int = DEFAULT_PORT
+    host: str = DEFAULT_DASHBOARD_HOST
+    port: int = DEFAULT_DASHBOARD_PORT
     redis_url: str = ""
     """Required: there is no default Redis (runner/config.py, ``NO_REDIS``)."""
     queue: str = "ccx"

@@ -19,8 +19,9 @@ import orjson
 import redis
 import redis.asyncio
 
-from runner import events
+from runner import keys
 from runner.follow.cursor import START, Budget, Entry, LogCursor, decode_entries, entry_chars
+from runner.vocabulary import EventType
 
 PAGE_CHARS = 256 * 1024
 """About how much output one page (the first view, a skip to the newest, or "load older") holds."""
@@ -82,7 +83,7 @@ async def entries_before(
 ) -> AsyncIterator[Entry]:
     """The log's entries before entry ``before`` (from the newest without it), newest first, read ``count``
     at a time as they are taken."""
-    key = events.log_key(task_id)
+    key = keys.log_key(task_id)
     upper = "+" if before is None else f"({before}"
     while True:
         batch = decode_entries(await client.xrevrange(key, max=upper, min="-", count=count))
@@ -102,7 +103,7 @@ async def read_page(
     (the page then ends where a chunk starting mid-entry begins). Returns the entries
     and whether older ones exist.
     """
-    key = events.log_key(task_id)
+    key = keys.log_key(task_id)
     budget = Budget(size=size)
     newest_first: list[Entry] = []
     if before is not None and offset > 0:
@@ -137,7 +138,7 @@ class Follower:
         self.task_id = task_id
         self.pace = pace or Pace()
         self.cursor = LogCursor.tail(task_id)
-        self._key = events.log_key(task_id)
+        self._key = keys.log_key(task_id)
         self._read = Budget(entries=self.pace.read_max, size=self.pace.read_chars)
         self._behind_since: float | None = None
 
@@ -160,7 +161,7 @@ class Follower:
             except redis.RedisError as exc:
                 return Batch(error=exc)
             if not reply:
-                if self.cursor.last == START and await self.client.hexists(events.info_key(self.task_id), "result"):
+                if self.cursor.last == START and await self.client.hexists(keys.info_key(self.task_id), "result"):
                     return await self._reset()  # ended without a log (expired): show the result
                 continue
             entries = decode_entries(reply[0][1])
@@ -193,13 +194,13 @@ class Follower:
         entries, more = await read_page(self.client, self.task_id, None, size=self.pace.page_chars)
         batch = self._batch(list(self.cursor.take(entries)), reset=True, more_before=more)
         if not batch.entries:
-            raw = await self.client.hget(events.info_key(self.task_id), "result")
+            raw = await self.client.hget(keys.info_key(self.task_id), "result")
             if raw is not None:
                 self.cursor.expired(orjson.loads(raw))
                 batch.expired = batch.ended = True
         return batch
 
     def _batch(self, taken: list[Entry], reset: bool = False, more_before: bool = False) -> Batch:
-        shown = [entry for entry in taken if entry[1].get("type") != events.GAP]
-        skipped = sum(event["missing"] for _, event in taken if event.get("type") == events.GAP)
+        shown = [entry for entry in taken if entry[1].get("type") != EventType.GAP]
+        skipped = sum(event["missing"] for _, event in taken if event.get("type") == EventType.GAP)
         return Batch(shown, reset=reset, ended=self.cursor.done, more_before=more_before, skipped=skipped)

@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from runner.events import GAP, OUTPUT, RESULT, STARTED
+from runner.vocabulary import EventType
 
 START = "0-0"
 """The id before any entry: a cursor after it replays the whole log."""
@@ -73,12 +73,12 @@ def id_before(entry_id: str) -> str:
 
 def gap_event(task_id: str, missing: int, from_seq: int) -> dict[str, Any]:
     """``missing`` output frames from ``from_seq`` on are no longer in the log (never stored; docs/events.md)."""
-    return {"type": GAP, "task_id": task_id, "missing": missing, "from_seq": from_seq}
+    return {"type": EventType.GAP, "task_id": task_id, "missing": missing, "from_seq": from_seq}
 
 
 def result_event(task_id: str, result: dict[str, Any]) -> dict[str, Any]:
     """The result event as the log has it, made from the result the task's record keeps."""
-    return {"type": RESULT, "task_id": task_id, "result": result}
+    return {"type": EventType.RESULT, "task_id": task_id, "result": result}
 
 
 @dataclass
@@ -183,14 +183,14 @@ class LogCursor:
         entry_id, event = entry
         self.last = entry_id
         kind = event.get("type")
-        if kind == OUTPUT:
+        if kind == EventType.OUTPUT:
             seq = event.get("seq", 0)
             if isinstance(seq, int):
                 expected, self.expected = self.expected, seq + 1
                 if expected is not None and seq > expected:
                     return (entry_id, gap_event(self.task_id, seq - expected, expected)), entry
-        elif kind == STARTED:
+        elif kind == EventType.STARTED:
             self.expected = 0
-        elif kind == RESULT:
+        elif kind == EventType.RESULT:
             self.done = True
         return (entry,)

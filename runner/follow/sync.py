@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import redis
 
-from runner import events
+from runner import keys
 from runner.errors import UnknownTask
 from runner.follow.cursor import START, Budget, Entry, LogCursor
 
@@ -37,7 +37,7 @@ def _wait_ms(deadline: float | None, block_ms: int, task_id: str, timeout: float
 
 
 def _stored_result(client: redis.Redis, task_id: str) -> dict[str, Any] | None:
-    raw = client.hget(events.info_key(task_id), "result")
+    raw = client.hget(keys.info_key(task_id), "result")
     return None if raw is None else orjson.loads(raw)  # type: ignore[arg-type]
 
 
@@ -57,7 +57,7 @@ def follow(
     seconds pass without reaching the result, :class:`~runner.errors.UnknownTask` for no such task.
     """
     cursor = LogCursor(task_id, after)
-    key = events.log_key(task_id)
+    key = keys.log_key(task_id)
     deadline = None if timeout is None else time.monotonic() + timeout
     while not cursor.done:
         wait = _wait_ms(deadline, block_ms, task_id, timeout)
@@ -71,14 +71,14 @@ def follow(
             if result is not None:  # the log expired or was never written: the record still has the result
                 yield cursor.expired(result)
                 return
-            if not client.exists(events.info_key(task_id)):
+            if not client.exists(keys.info_key(task_id)):
                 raise UnknownTask(task_id)
 
 
 def entries(client: redis.Redis, cursor: LogCursor, count: int = PAGE_READ) -> Iterator[Entry]:
     """The log's entries after ``cursor`` (gaps included) up to its present end, read ``count`` at a time as
     they are taken: a caller that stops early reads no further. Nothing waits for new entries."""
-    key = events.log_key(cursor.task_id)
+    key = keys.log_key(cursor.task_id)
     while not cursor.done:
         reply = client.xrange(key, min=cursor.range_min, max="+", count=count)
         yield from cursor.feed(reply)  # type: ignore[arg-type]
@@ -99,7 +99,7 @@ def wait_for_result(
         result = _stored_result(client, task_id)
         if result is not None:
             return result
-        if not client.exists(events.info_key(task_id)):
+        if not client.exists(keys.info_key(task_id)):
             raise UnknownTask(task_id)
         wait = _wait_ms(deadline, block_ms, task_id, timeout)
-        client.xread({events.done_key(task_id): START}, count=1, block=wait)
+        client.xread({keys.done_key(task_id): START}, count=1, block=wait)

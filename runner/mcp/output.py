@@ -18,10 +18,11 @@ from typing import Any
 
 import redis
 
-from runner import events
 from runner.agents.base import Transcript
+from runner.errors import BadCursor
 from runner.follow.cursor import Budget, LogCursor
 from runner.follow.sync import entries
+from runner.vocabulary import AttemptKind, EventType
 
 START = "0"
 CURSOR = re.compile(r"^(?:0|\d{1,20}-\d{1,20}/\d{1,12})$")
@@ -31,10 +32,6 @@ CUT_MARK = " … [cut]\n"
 MIN_PAGE_BYTES = 200
 MAX_PAGE_BYTES = 64 * 1024
 """The largest page one call returns, whatever it asks for."""
-
-
-class BadCursor(ValueError):
-    """``since_seq`` is not a cursor this module handed out."""
 
 
 @dataclass
@@ -61,7 +58,7 @@ def parse_cursor(cursor: str) -> tuple[str, int]:
 
 
 def _notice(event: dict[str, Any]) -> str:
-    if event.get("type") == events.INTERRUPTED:
+    if event.get("type") == AttemptKind.INTERRUPTED:
         return f"[attempt {event.get('attempt')} interrupted: {event.get('error')} It runs again.]\n"
     return ""
 
@@ -157,7 +154,7 @@ class _PageReader:
 
     def entry(self, entry_id: str, event: dict[str, Any], skip: int) -> Page | None:
         """Add entry ``entry_id`` from its ``skip``-th character on."""
-        if event.get("type") != events.OUTPUT:
+        if event.get("type") != EventType.OUTPUT:
             return self._notice(entry_id, event, skip)
         data = str(event.get("data", ""))[skip:]
         if self.transcript is None or (event.get("stream") == "stderr" and not self.carry):
@@ -247,7 +244,7 @@ def read_page(
     reader = _PageReader(page, transcript, cursor)
     log = LogCursor(task_id) if cursor == START else LogCursor.at(task_id, entry)
     for entry_id, event in entries(client, log):
-        if event.get("type") == events.GAP:
+        if event.get("type") == EventType.GAP:
             continue  # frames trimmed from the log: a page holds what is there
         full = reader.entry(entry_id, event, offset if entry_id == entry else 0)
         if full is not None:

@@ -16,12 +16,13 @@ from typing import Any
 import orjson
 import redis
 
-from runner import events
+from runner import clock
 from runner.agents import get_agent
 from runner.client import Runner
-from runner.errors import Unavailable, UnknownTask, UsageError
-from runner.mcp.output import BadCursor, read_page
+from runner.errors import BadCursor, Unavailable, UnknownTask, UsageError
+from runner.mcp.output import read_page
 from runner.spec import title
+from runner.vocabulary import Status
 
 RESULT_OUTPUT_CHARS = 4000
 """The result's output a model gets from wait_for_result; the rest is one read_output call away."""
@@ -56,7 +57,7 @@ def _ahead(runner: Runner, task_id: str) -> int | None:
     position = runner.queue.get_job_position(task_id)
     if position is None:
         return None
-    return position + len(runner.list(5, status=events.RUNNING))
+    return position + len(runner.list(5, status=Status.RUNNING))
 
 
 @_redis_errors
@@ -72,9 +73,9 @@ def submit_task(
     """Queue one task; its id, status and place in the line."""
     handle = runner.submit(spec, after=after or None, after_any=after_any, key=key or None, at=at, in_=in_seconds)
     record = runner.get(handle.id)
-    status = record.status if record else events.QUEUED
+    status = record.status if record else Status.QUEUED
     answer: dict[str, Any] = {"id": handle.id, "status": status}
-    if status == events.QUEUED:
+    if status == Status.QUEUED:
         ahead = _ahead(runner, handle.id)
         answer["tasks_ahead"] = ahead
         answer["message"] = (
@@ -82,10 +83,10 @@ def submit_task(
             + ("it runs next." if not ahead else f"{ahead} task(s) run before it.")
             + " Call wait_for_result with this id."
         )
-    elif status == events.SCHEDULED and record is not None:
+    elif status == Status.SCHEDULED and record is not None:
         answer["scheduled_for"] = record.scheduled_for
         answer["message"] = f"Scheduled as {handle.id}; at {record.scheduled_for} it joins the end of the line."
-    elif status == events.DEFERRED:
+    elif status == Status.DEFERRED:
         waits_for = f"task {after}" if after else "the task it was submitted after"
         answer["message"] = f"Queued as {handle.id}; it waits for {waits_for} to end, then joins the line."
     else:
@@ -108,11 +109,11 @@ def task_status(runner: Runner, task_id: str) -> dict[str, Any]:
         "started_at": record.started_at,
         "ended_at": record.ended_at,
     }
-    if record.status == events.QUEUED:
+    if record.status == Status.QUEUED:
         answer["tasks_ahead"] = _ahead(runner, task_id)
-    if record.scheduled_for and record.status == events.SCHEDULED:
+    if record.scheduled_for and record.status == Status.SCHEDULED:
         answer["scheduled_for"] = record.scheduled_for
-    if record.status == events.RUNNING:
+    if record.status == Status.RUNNING:
         answer["lines_so_far"] = _progress(runner, task_id).get("lines", 0)
     if record.result is not None:
         answer.update(_outcome(record.result.to_dict(), with_output=False))
@@ -160,10 +161,10 @@ def wait_for_result(runner: Runner, task_id: str, timeout_seconds: float) -> dic
     except TimeoutError:
         record = runner.get(task_id)
         status = record.status if record else "unknown"
-        if status == events.RUNNING:
+        if status == Status.RUNNING:
             lines = _progress(runner, task_id).get("lines", 0)
             message = f"Still running, {lines} line(s) of output so far; call wait_for_result again."
-        elif status == events.QUEUED:
+        elif status == Status.QUEUED:
             ahead = _ahead(runner, task_id)
             message = (
                 f"Still queued, {ahead if ahead is not None else 'some'} task(s) ahead; call wait_for_result again."
@@ -238,8 +239,8 @@ def queue_status(runner: Runner) -> dict[str, Any]:
     state = runner.queue_state()
     now = time.time()
     running = []
-    for record in runner.list(5, status=events.RUNNING):
-        started = events.epoch(record.started_at) if record.started_at else None
+    for record in runner.list(5, status=Status.RUNNING):
+        started = clock.epoch(record.started_at) if record.started_at else None
         running.append(
             {
                 "id": record.id,

@@ -21,7 +21,7 @@ from typing import Any
 
 import redis
 
-from runner import events
+from runner import clock
 from runner.config import PATIENT_RETRIES, Settings, redis_client, running_stack
 from runner.webhooks import payload
 from runner.webhooks.http_post import Response, post
@@ -85,9 +85,9 @@ def outcome_of(
         "attempts": attempts,
         "last_status_code": response.status_code,
         "last_error": None if response.ok else response.error,
-        "last_attempt_at": events.iso(now),
-        "delivered_at": events.iso(now) if response.ok else None,
-        "next_attempt_at": events.iso(next_at) if next_at else None,
+        "last_attempt_at": clock.iso(now),
+        "delivered_at": clock.iso(now) if response.ok else None,
+        "next_attempt_at": clock.iso(next_at) if next_at else None,
     }
     return outcome, next_at
 

@@ -24,7 +24,7 @@ import orjson
 import redis
 from redis.client import Pipeline
 
-from runner import events, hooks, keys
+from runner import clock, events, hooks, keys
 from runner.spec import TaskResult
 from runner.webhooks.payload import QUEUE_PAUSED, QUEUE_RESUMED, TASK_ENDED, pause_payload, resume_payload, task_payload
 
@@ -106,7 +106,7 @@ def task_ended(pipe: Pipeline, queue: str, result: TaskResult, ttl: int = events
 def queue_paused(client: redis.Redis, queue: str, kind: str, reason: str, until: float | None) -> bool:
     """``queue`` paused: queue a ``queue.paused`` POST if the queue's webhook asks for them (True if it did)."""
     try:
-        body = orjson.dumps(pause_payload(queue, kind, reason, until, events.now_iso()))
+        body = orjson.dumps(pause_payload(queue, kind, reason, until, clock.now_iso()))
         return bool(_enqueue(client, queue, "pause", QUEUE_PAUSED, "", body, events.DEFAULT_LOG_TTL))
     except redis.RedisError as exc:
         log.warning("queue %s: its pause webhook could not be queued (%s)", queue, exc)
@@ -117,7 +117,7 @@ def queue_resumed(client: redis.Redis, queue: str, kind: str, reason: str) -> bo
     """``queue``'s pause ended: a ``queue.resumed`` POST, to the same receivers as its pauses (so that every
     ``queue.paused`` they got is followed by its end)."""
     try:
-        body = orjson.dumps(resume_payload(queue, kind, reason, events.now_iso()))
+        body = orjson.dumps(resume_payload(queue, kind, reason, clock.now_iso()))
         return bool(_enqueue(client, queue, "pause", QUEUE_RESUMED, "", body, events.DEFAULT_LOG_TTL))
     except redis.RedisError as exc:
         log.warning("queue %s: its resume webhook could not be queued (%s)", queue, exc)

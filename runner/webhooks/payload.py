@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from handler import __version__
-from runner import events
+from runner import clock
 from runner.spec import TaskResult
 
 TASK_ENDED = "task.ended"
@@ -66,7 +66,7 @@ def pause_payload(queue: str, kind: str, reason: str, until: float | None, at: s
         "queue": queue,
         "kind": kind,
         "reason": reason,
-        "until": events.iso(until) if until else None,
+        "until": clock.iso(until) if until else None,
         "at": at,
     }
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from runner import events
+from runner import keys
 from runner.client import Runner
 from runner.stack import LocalStack, RedisServer, free_port, terminate
 from tests.conftest import running_stack
@@ -84,7 +84,7 @@ def test_a_worker_started_after_redis_lost_its_data_is_not_refused_as_stale(
     """The handler keeps the newest fencing token it saw; a worker started on the emptied Redis (a supervisor's
     restart, a new REDIS_URL) must still get a newer one, or the handler refuses every run it sends."""
     seed = redis.Redis.from_url(volatile_redis.url)
-    seed.set(events.fence_key(QUEUE), 41)  # a queue whose lock was taken many times before
+    seed.set(keys.fence_key(QUEUE), 41)  # a queue whose lock was taken many times before
     seed.close()
     log_path = tmp_path / "worker.log"
     with running_stack(volatile_redis.url, QUEUE, log_path) as stack:
@@ -93,7 +93,7 @@ def test_a_worker_started_after_redis_lost_its_data_is_not_refused_as_stale(
         restart_empty(volatile_redis)
         stack.start_worker(30)
         assert run_echo(volatile_redis.url, "after", 60) == "after\n"
-        stale = redis.Redis.from_url(volatile_redis.url).hget(events.metrics_key(QUEUE), "retries:stale")
+        stale = redis.Redis.from_url(volatile_redis.url).hget(keys.metrics_key(QUEUE), "retries:stale")
         assert stale is None, "no run was handed back as stale"
         assert HANDED_BACK not in log_path.read_text()
 
@@ -122,7 +122,7 @@ def test_a_run_refused_as_stale_goes_back_in_line_with_a_backoff_and_runs_once_t
         ) as stack,
     ):  # a fixed port: the restarted handler is where the worker looks
         runner = Runner(redis_url=redis_url, queue=queue_name)
-        newer = int(runner.redis.get(events.fence_key(queue_name)) or 0) + 10**6
+        newer = int(runner.redis.get(keys.fence_key(queue_name)) or 0) + 10**6
         params = ExecuteParams(argv=["true"], fence={"key": queue_name, "token": newer})
         asyncio.run(execute_remote(stack.handler_url, params, ignore, token=stack.handler_token))
         handle = runner.submit(agent="command", argv=["echo", "ran"])

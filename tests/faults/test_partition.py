@@ -51,7 +51,7 @@ STARTED = """
 import sys, redis
 from runner import events
 client = redis.Redis.from_url(sys.argv[1])
-print(client.hget(events.info_key(sys.argv[2]), "status").decode())
+print(client.hget(keys.info_key(sys.argv[2]), "status").decode())
 """
 
 

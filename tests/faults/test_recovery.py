@@ -14,7 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from runner import events
+from runner import keys
 from runner.client import Runner
 from runner.stack import LocalStack, RedisServer, find_redis_server
 from tests.handler.helpers import ROOT
@@ -121,7 +121,7 @@ def test_handler_killed_mid_task_is_an_interruption_the_task_runs_again_once_it_
 
 
 def _logged(runner: Runner, task_id: str) -> list[dict]:
-    return [orjson.loads(fields[b"e"]) for _, fields in runner.redis.xrange(events.log_key(task_id))]
+    return [orjson.loads(fields[b"e"]) for _, fields in runner.redis.xrange(keys.log_key(task_id))]
 
 
 def test_handler_restarted_with_sigterm_mid_task_the_task_runs_again_and_its_dependent_runs(
@@ -269,8 +269,8 @@ def _ticks_so_far(machine: Machine, redis_url: str) -> str:
     """The output so far of the queue's newest running task, read from inside ``machine``."""
     code = (
         "import sys, redis; from runner import events; c = redis.Redis.from_url(sys.argv[1]); "
-        "ids = c.zrevrange(events.index_key('remote'), 0, -1); "
-        "print(b''.join(f[b'e'] for i in ids for _, f in c.xrange(events.log_key(i.decode()))).decode())"
+        "ids = c.zrevrange(keys.index_key('remote'), 0, -1); "
+        "print(b''.join(f[b'e'] for i in ids for _, f in c.xrange(keys.log_key(i.decode()))).decode())"
     )
     done = subprocess.run(machine.argv(PY, "-c", code, redis_url), capture_output=True, text=True, timeout=30, cwd=ROOT)
     return done.stdout
@@ -289,7 +289,7 @@ def test_a_worker_sigkilled_mid_task_is_replaced_and_serves_within_seconds_at_th
         runner = Runner(redis_url=redis_url, queue=queue_name)
         token = uuid.uuid4().hex
         handle = runner.submit(agent="command", argv=[PY, "-c", ONCE, str(tmp_path / "flag"), token])
-        log = events.log_key(handle.id)
+        log = keys.log_key(handle.id)
         wait_until(lambda: any(b"before-kill" in f[b"e"] for _, f in runner.redis.xrange(log)), 30, what="output")
         assert stack.worker is not None
         os.kill(stack.worker.pid, signal.SIGKILL)

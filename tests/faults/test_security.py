@@ -20,7 +20,7 @@ import psutil
 import pytest
 import redis
 
-from runner import events
+from runner import keys
 from runner.client import Runner
 from runner.config import Settings
 from runner.errors import RedisUnavailable
@@ -54,8 +54,8 @@ def test_environment_secrets_never_reach_logs_events_or_results(
             agent="command", argv=["no-such-binary-" + uuid.uuid4().hex[:6]], env={"MY_API_KEY": secret}
         )
         assert quiet.result(timeout=30).success and not failing.result(timeout=30).success
-        stored = [fields[b"e"] for h in (quiet, failing) for _, fields in client.redis.xrange(events.log_key(h.id))]
-        results = [client.redis.hget(events.info_key(h.id), "result") for h in (quiet, failing)]
+        stored = [fields[b"e"] for h in (quiet, failing) for _, fields in client.redis.xrange(keys.log_key(h.id))]
+        results = [client.redis.hget(keys.info_key(h.id), "result") for h in (quiet, failing)]
         assert stack.handler is not None
     logs = worker_log.read_bytes()
     for blob in (*stored, *results, logs):

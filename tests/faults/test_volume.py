@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from runner import events
+from runner import keys
 from runner.client import Runner
 from runner.stack import LocalStack, RedisServer
 from tests.support.processes import PeakRss
@@ -52,7 +52,7 @@ def test_a_gigabyte_streams_end_to_end_with_bounded_memory(volume_stack: tuple[L
                 seqs += 1
                 received += len(event["data"])
         result = handle.result(timeout=10)
-    client.redis.delete(events.log_key(handle.id))
+    client.redis.delete(keys.log_key(handle.id))
     assert result.success and received == 1024 * MB
     assert result.output_truncated is True
     # Peaks observed on the reference machine are far lower (see docs/reliability.md); this bound

@@ -14,7 +14,7 @@ import orjson
 import pytest
 import redis
 
-from runner import events
+from runner import keys
 from runner.client import Runner
 from runner.config import NO_REDIS
 from runner.errors import ConfigError, RedisUnavailable, SpecError
@@ -103,7 +103,7 @@ def test_pubsub_subscriber_sees_output_live(runner: Runner, redis_client) -> Non
     token = uuid.uuid4().hex
     pubsub = redis_client.pubsub()
     handle = runner.submit(agent="command", argv=sleeper(token, 1000, before="live-" + token))
-    pubsub.subscribe(events.task_channel(handle.id))
+    pubsub.subscribe(keys.task_channel(handle.id))
     try:
         # The channel is live-only: the line may have been published before we subscribed, so the
         # log is checked too, and then the live property is asserted: the task is still running.
@@ -124,7 +124,7 @@ def test_pubsub_subscriber_sees_output_live(runner: Runner, redis_client) -> Non
 
 
 def _log(runner: Runner, task_id: str) -> list[dict]:
-    return [orjson.loads(fields[b"e"]) for _, fields in runner.redis.xrange(events.log_key(task_id))]
+    return [orjson.loads(fields[b"e"]) for _, fields in runner.redis.xrange(keys.log_key(task_id))]
 
 
 def test_cancel_a_queued_task_means_it_never_runs(runner: Runner, tmp_path) -> None:
@@ -203,7 +203,7 @@ def test_long_output_keeps_the_tail_in_the_result_and_everything_in_the_log(
         result = handle.result(timeout=30)
         assert result.output_truncated is True
         assert len(result.output) == 1000 and result.output.endswith("END\n")
-        assert result.log_key == events.log_key(handle.id)
+        assert result.log_key == keys.log_key(handle.id)
         full = "".join(e["data"] for e in handle.events(timeout=10) if e["type"] == "output")
         assert full == "x" * 5000 + "END\n"
         assert stack.worker is not None

@@ -3,9 +3,11 @@ to this machine, unless the user says otherwise."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -13,10 +15,13 @@ import pytest
 
 from handler.config import ConfigError as HandlerConfigError
 from handler.secretfile import HANDLER_TOKEN_FILE
+from runner.client import Runner
 from runner.config import NO_REDIS, Settings, redis_client
 from runner.errors import EXIT_USAGE, ConfigError
+from runner.stack import terminate
 from tests.conftest import no_password
 from tests.support.netns import Network
+from tests.support.processes import wait_until
 
 PY = sys.executable
 ROOT = Path(__file__).resolve().parents[2]
@@ -213,3 +218,47 @@ def test_ccx_sends_no_redis_password_in_clear_to_another_machine(tmp_path: Path)
         finally:
             listener.kill()
             listener.wait()
+
+
+def _first_line(argv: list[str], env: dict[str, str], started: list[subprocess.Popen[bytes]]) -> str:
+    """Start a service of the test's own (stopped by the test, by pid) and return the line it prints when ready."""
+    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    started.append(proc)
+    assert proc.stdout is not None
+    line = wait_until(lambda: proc.stdout.readline().decode() or proc.poll() is not None, 30, what=argv[2])
+    assert isinstance(line, str), f"{argv[2:]} exited with {proc.returncode} before it was ready"
+    return line
+
+
+def test_a_worker_and_the_dashboard_start_from_flags_alone(redis_url: str, queue_name: str, tmp_path: Path) -> None:
+    # No CCX_* variable, no REDIS_URL: what the worker and the dashboard need comes from their flags (and, for the
+    # handler's token, from the file the handler makes in this machine's config directory, as on any machine).
+    env = {name: value for name, value in os.environ.items() if not name.startswith("CCX_") and name != "REDIS_URL"}
+    env.update(HOME=str(tmp_path), XDG_CONFIG_HOME=str(tmp_path / "config"))
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        handler = _first_line([sys.executable, "-m", "handler", "--port", "0", "--allow", "*"], env, started)
+        handler_url = handler.split(" listening on ", 1)[1].split()[0]
+        worker = _first_line(
+            [sys.executable, "-m", "runner.cli", "worker", "--redis-url", redis_url, "--queue", queue_name,
+             "--handler-url", handler_url],
+            env, started,
+        )  # fmt: skip
+        assert f"serving queue '{queue_name}'" in worker
+        token = uuid.uuid4().hex
+        dashboard = _first_line(
+            [sys.executable, "-m", "runner.dashboard", "--redis-url", redis_url, "--queue", queue_name,
+             "--port", "0", "--token", token],
+            env, started,
+        )  # fmt: skip
+        base = dashboard.split(" on ", 1)[1].split()[0]
+        task = Runner(redis_url=redis_url, queue=queue_name).submit(agent="command", argv=["echo", "from flags"])
+        assert task.result(timeout=60).output == "from flags\n"
+        request = urllib.request.Request(f"{base.rstrip('/')}/api/queue", headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            view = json.loads(response.read())
+        assert view["queue"] == queue_name
+        assert [row["id"] for row in view["recent"]] == [task.id]
+    finally:
+        for proc in reversed(started):
+            terminate(proc)

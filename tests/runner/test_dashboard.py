@@ -34,7 +34,7 @@ import pytest
 import redis.asyncio
 from websockets.datastructures import Headers
 
-from runner import events
+from runner import clock, keys
 from runner.agents.claude import ClaudeTranscript as Transcript
 from runner.client import Runner
 from runner.dashboard import auth as auth_module
@@ -53,9 +53,11 @@ from runner.dashboard.auth import (
     Verdict,
     token_matches,
 )
-from runner.dashboard.server import LIVE_PATH, DashboardConfig, DashboardError, login_url
+from runner.dashboard.server import LIVE_PATH, DashboardConfig, login_url
+from runner.errors import DashboardError
 from runner.follow.aio import read_page
 from runner.stack import LocalStack
+from runner.vocabulary import PauseKind
 from tests.support.processes import pids_with_marker, wait_until
 from tests.support.rawhttp import WEBSOCKET_UPGRADE, send_twice
 
@@ -573,7 +575,7 @@ def test_tasks_for_later_and_schedules_show_and_a_task_for_later_cancels_from_th
     from playwright.sync_api import expect
     from rq.registry import ScheduledJobRegistry
 
-    from runner import events, schedules
+    from runner import schedules
 
     page = browser_page
     queue = runner.settings.queue
@@ -604,7 +606,7 @@ def test_tasks_for_later_and_schedules_show_and_a_task_for_later_cancels_from_th
         expect(recurring).to_contain_text("0 3 * * *")
         expect(recurring).to_contain_text("true")
         expect(recurring.locator(".next")).to_have_text(
-            re.compile(rf"^next run in .+ · ({events.iso(entry.next_at)[:10]} )?03:00 UTC$")
+            re.compile(rf"^next run in .+ · ({clock.iso(entry.next_at)[:10]} )?03:00 UTC$")
         )
         expect(recurring).to_contain_text("not run yet")
         assert page.locator("#queued [data-task-id]").count() == 0
@@ -626,12 +628,12 @@ def test_tasks_for_later_and_schedules_show_and_a_task_for_later_cancels_from_th
         expect(page.locator(f'#scheduled [data-task-id="{sooner.id}"]')).to_have_count(0)
         wait_until(lambda: runner.get(sooner.id).status == "cancelled", 20, what="the task for later to be cancelled")
         # The cancel took it out of the tasks for later, too.
-        assert runner.redis.zscore(events.scheduled_key(queue), sooner.id) is None
+        assert runner.redis.zscore(keys.scheduled_key(queue), sooner.id) is None
 
         # The later one comes due now: the worker puts it in line (a `queued` event) and the section goes.
         due_now = int(time.time()) - 1
         runner.redis.zadd(ScheduledJobRegistry(queue, connection=runner.redis).key, {later.id: due_now})
-        runner.redis.zadd(events.scheduled_key(queue), {later.id: due_now})
+        runner.redis.zadd(keys.scheduled_key(queue), {later.id: due_now})
         expect(page.locator(f'#queued [data-task-id="{later.id}"]')).to_be_visible()
         expect(page.locator("#scheduled-card")).to_be_hidden()
 
@@ -642,7 +644,7 @@ def test_tasks_for_later_and_schedules_show_and_a_task_for_later_cancels_from_th
     last = recurring.locator("a.last")
     expect(last).to_have_attribute("href", f"/tasks/{fired}")
     expect(last).to_contain_text(fired[:8])
-    expect(recurring.locator(".next")).to_contain_text(events.iso(entry.next_at + 86400)[:10])
+    expect(recurring.locator(".next")).to_contain_text(clock.iso(entry.next_at + 86400)[:10])
     assert runner.handle(later.id).result(timeout=60).output == "later\n"
     last.click()
     expect(page).to_have_url(task_url(dashboard, fired))
@@ -673,7 +675,7 @@ def test_a_paused_queue_shows_a_banner_with_its_reason_and_end_and_the_costs(
     page.goto(signed(dashboard, dashboard.url))
     expect(page.locator("#pause")).to_be_hidden()
     until = (int(time.time()) // 86400 + 1) * 86400 + 19 * 3600 + 21 * 60  # 19:21 UTC tomorrow
-    queue_state.pause(runner.redis, runner.settings.queue, queue_state.USAGE_LIMIT, "five-hour usage limit", until)
+    queue_state.pause(runner.redis, runner.settings.queue, PauseKind.USAGE_LIMIT, "five-hour usage limit", until)
     expect(page.locator("#pause")).to_have_text("Paused until 19:21 UTC — five-hour usage limit")
     runner.redis.hincrbyfloat(f"ccx:queue:{runner.settings.queue}:costs", f"day:{queue_state.today()}", 1.25)
     runner.redis.hincrbyfloat(f"ccx:queue:{runner.settings.queue}:costs", "total", 3.5)
@@ -732,7 +734,7 @@ def test_the_queue_view_has_tasks_for_later_soonest_first_and_the_schedules(redi
 
     import redis.asyncio
 
-    from runner import events, schedules
+    from runner import schedules
     from runner.dashboard.data import Reader
 
     runner = Runner(redis_url=redis_url, queue=queue_name)
@@ -785,15 +787,15 @@ def test_the_queue_view_has_tasks_for_later_soonest_first_and_the_schedules(redi
                 "cron": "0 3 * * *",
                 "agent": "command",
                 "title": "true",
-                "next_at": events.iso(entry.next_at),
+                "next_at": clock.iso(entry.next_at),
                 "last_at": None,
                 "last_task": None,
                 "last_status": None,
             }
         ]
         [fired_entry] = after_firing["schedules"]
-        assert fired_entry["next_at"] == events.iso(entry.next_at + 86400)
-        assert fired_entry["last_at"] == events.iso(entry.next_at)
+        assert fired_entry["next_at"] == clock.iso(entry.next_at + 86400)
+        assert fired_entry["last_at"] == clock.iso(entry.next_at)
         assert fired_entry["last_task"] == fired and after_firing["queued"][-1]["id"] == fired
         assert fired_entry["last_status"] == "queued"
     finally:
@@ -902,7 +904,7 @@ def test_long_entries_are_split_into_chunks_and_older_pages_resume_mid_entry(red
         try:
             for seq, data in enumerate(frames):
                 event = {"type": "output", "task_id": task_id, "seq": seq, "stream": "stdout", "data": data}
-                await client.xadd(events.log_key(task_id), {"e": json.dumps(event)})
+                await client.xadd(keys.log_key(task_id), {"e": json.dumps(event)})
             entries, more = await read_page(client, task_id, None)
             assert [e[1]["seq"] for e in entries] == [2] and more
             chunks = logview.make_chunks(entries, None)
@@ -916,7 +918,7 @@ def test_long_entries_are_split_into_chunks_and_older_pages_resume_mid_entry(red
             assert kept[0]["offset"] > 0
             assert (before + shown).endswith(frames[1] + frames[2])
         finally:
-            await client.delete(events.log_key(task_id))
+            await client.delete(keys.log_key(task_id))
             await client.aclose()
 
     asyncio.run(run())

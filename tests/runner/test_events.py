@@ -10,7 +10,7 @@ import pytest
 import redis
 import redis.asyncio.client
 
-from runner import events
+from runner import events, keys
 from runner.config import async_redis_client
 
 
@@ -32,7 +32,7 @@ def test_a_batch_refused_with_noscript_is_sent_again_with_the_script_loaded(
         writer = events.EventWriter(client, task_id)
         writer.start()
         await writer.output("stdout", 0, "before\n")
-        while not admin.exists(events.log_key(task_id)):
+        while not admin.exists(keys.log_key(task_id)):
             await asyncio.sleep(0.01)
         monkeypatch.setattr(redis.asyncio.client.Pipeline, "load_scripts", no_loading)
         admin.script_flush()
@@ -41,6 +41,6 @@ def test_a_batch_refused_with_noscript_is_sent_again_with_the_script_loaded(
         await client.aclose()
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
-    logged = [orjson.loads(fields[b"e"])["data"] for _, fields in admin.xrange(events.log_key(task_id))]
-    admin.delete(events.log_key(task_id))
+    logged = [orjson.loads(fields[b"e"])["data"] for _, fields in admin.xrange(keys.log_key(task_id))]
+    admin.delete(keys.log_key(task_id))
     assert logged == ["before\n", "after\n"]

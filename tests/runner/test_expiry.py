@@ -17,9 +17,10 @@ from rq.job import Job
 from rq.registry import CanceledJobRegistry
 from rq.serializers import JSONSerializer
 
-from runner import events, lifecycle
+from runner import keys
 from runner.client import Runner, TaskHandle
 from runner.config import Settings
+from runner.vocabulary import CancelOutcome, Status
 from tests.support.processes import wait_until
 
 PY = sys.executable
@@ -30,14 +31,14 @@ SLACK = 120
 def permanent_keys(queue: str) -> dict[str, str]:
     """Per-queue keys that have no TTL on purpose (one each per queue, never per task), and why."""
     return {
-        events.fence_key(queue): "the fencing token only ever grows: a reset would let a stale worker's run count",
-        events.metrics_key(queue): "Prometheus counters: they must never go back",
-        events.costs_key(queue): "the queue's spend (total, per day): what the budget is checked against",
-        events.queue_state_key(queue): "the queue's pause and budget, set by a person or a limit",
-        events.webhook_config_key(queue): "the queue's webhook settings",
-        events.schedules_key(queue): "the queue's recurring tasks",
-        events.index_key(queue): "the queue's task index: a task leaves it as its record expires",
-        events.index_expiry_key(queue): "when the index's ended tasks expire: each leaves it then",
+        keys.fence_key(queue): "the fencing token only ever grows: a reset would let a stale worker's run count",
+        keys.metrics_key(queue): "Prometheus counters: they must never go back",
+        keys.costs_key(queue): "the queue's spend (total, per day): what the budget is checked against",
+        keys.queue_state_key(queue): "the queue's pause and budget, set by a person or a limit",
+        keys.webhook_config_key(queue): "the queue's webhook settings",
+        keys.schedules_key(queue): "the queue's recurring tasks",
+        keys.index_key(queue): "the queue's task index: a task leaves it as its record expires",
+        keys.index_expiry_key(queue): "when the index's ended tasks expire: each leaves it then",
         f"rq:queue:{queue}": "RQ's queue itself (a list; empty when idle)",
         f"rq:finished:{queue}": "RQ's registry: each entry's score is its expiry",
         f"rq:failed:{queue}": "RQ's registry: each entry's score is its expiry",
@@ -46,12 +47,12 @@ def permanent_keys(queue: str) -> dict[str, str]:
         f"rq:scheduled:{queue}": "RQ's registry of tasks for later: an ended task leaves it",
         f"rq:wip:{queue}": "RQ's registry of running jobs: an ended task leaves it",
         f"rq:workers:{queue}": "RQ's set of the workers serving the queue: each leaves it as it stops",
-        events.scheduled_key(queue): "tasks for later: an ended task leaves it",
+        keys.scheduled_key(queue): "tasks for later: an ended task leaves it",
     }
 
 
 # Registries whose scores are expiry times (RQ's convention): every entry must have a finite one.
-EXPIRING_REGISTRIES = ("rq:finished:{}", "rq:failed:{}", "rq:canceled:{}", events.index_expiry_key("{}"))
+EXPIRING_REGISTRIES = ("rq:finished:{}", "rq:failed:{}", "rq:canceled:{}", keys.index_expiry_key("{}"))
 
 
 def command(runner: Runner, argv: list[str], **options: object) -> TaskHandle:
@@ -64,7 +65,7 @@ def sleeper(runner: Runner, **options: object) -> TaskHandle:
 
 
 def running(runner: Runner, handle: TaskHandle) -> Callable[[], bool]:
-    return lambda: handle.status() == events.RUNNING
+    return lambda: handle.status() == Status.RUNNING
 
 
 def submit_mix(runner: Runner) -> tuple[list[TaskHandle], list[TaskHandle]]:
@@ -82,7 +83,7 @@ def submit_mix(runner: Runner) -> tuple[list[TaskHandle], list[TaskHandle]]:
     to_stop = [sleeper(runner) for _ in range(3)]
     after += [command(runner, ["true"], after=to_stop[0].id, after_any=True) for _ in range(3)]
     for handle in queued_cancel + later:
-        assert handle.cancel() == lifecycle.CANCELLED
+        assert handle.cancel() == CancelOutcome.CANCELLED
     # Submitted after their predecessor was cancelled: cancelled at once (runner.lifecycle.settle_new_dependent).
     after += [command(runner, ["true"], after=queued_cancel[1].id, after_any=True) for _ in range(3)]
     return ok + failed + queued_cancel + after + due + later + to_stop, to_stop
@@ -112,7 +113,7 @@ def problems(client: redis.Redis, queue: str, ids: set[str], ttl: int, began: fl
             for member, score in client.zrange(key, 0, -1, withscores=True)
             if not (math.isfinite(score) and lowest <= score <= highest)
         ]
-    for key in (f"rq:deferred:{queue}", f"rq:scheduled:{queue}", f"rq:wip:{queue}", events.scheduled_key(queue)):
+    for key in (f"rq:deferred:{queue}", f"rq:scheduled:{queue}", f"rq:wip:{queue}", keys.scheduled_key(queue)):
         found += [f"{key}: lists ended task {m.decode()}" for m in client.zrange(key, 0, -1) if m.decode() in ids]
     found += [f"rq:queue:{queue}: lists ended task {m.decode()}" for m in client.lrange(f"rq:queue:{queue}", 0, -1)]
     return found
@@ -126,7 +127,7 @@ def test_no_key_of_a_hundred_mixed_tasks_is_kept_forever(runner: Runner) -> None
     handles.append(gate)
     for handle in [gate, *to_stop]:  # each holds the line until it is cancelled while running
         wait_until(running(runner, handle), 60, what=f"task {handle.id} to run")
-        assert handle.cancel() == lifecycle.CANCELLING
+        assert handle.cancel() == CancelOutcome.CANCELLING
     deadline = time.monotonic() + 60
     results = {h.id: h.result(timeout=max(1.0, deadline - time.monotonic())) for h in handles}
     # After a task that failed, or was cancelled while running, once it has ended: cancelled at once.
@@ -161,13 +162,13 @@ def test_an_end_trims_the_index_and_rqs_canceled_registry(redis_url: str, queue_
     itself never cleans that registry). No worker is needed."""
     runner = Runner(settings=Settings(redis_url=redis_url, queue=queue_name, log_ttl=600))
     client, now = runner.redis, time.time()
-    index, expiry = events.index_key(queue_name), events.index_expiry_key(queue_name)
+    index, expiry = keys.index_key(queue_name), keys.index_expiry_key(queue_name)
     canceled = CanceledJobRegistry(queue_name, client, serializer=JSONSerializer)
     client.zadd(index, {"expired": now - 700, "waiting-for-a-year": now - 700})
     client.zadd(expiry, {"expired": now - 1})
     client.zadd(canceled.key, {"expired": now - 1})
     task = runner.submit(agent="command", argv=["true"])
-    assert task.cancel() == lifecycle.CANCELLED
+    assert task.cancel() == CancelOutcome.CANCELLED
     assert client.zscore(index, "expired") is None and client.zscore(expiry, "expired") is None
     assert client.zscore(index, "waiting-for-a-year") is not None
     assert client.zscore(index, task.id) is not None
@@ -178,4 +179,4 @@ def test_an_end_trims_the_index_and_rqs_canceled_registry(redis_url: str, queue_
     for key in (job.key, job.dependents_key, job.dependencies_key):
         assert client.ttl(key) in (-2, *range(540, 601)), key
     assert 540 <= client.ttl(job.key) <= 600
-    assert 540 <= client.ttl(events.info_key(task.id)) <= 600
+    assert 540 <= client.ttl(keys.info_key(task.id)) <= 600

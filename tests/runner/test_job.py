@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from runner import events
-from runner.job import STALE, _unread_runs
+from runner.job import _unread_runs
+from runner.vocabulary import AttemptKind
 
 
 def test_an_attempt_collects_the_unread_runs_since_the_last_answered_one() -> None:
     attempts = [
-        {"kind": events.INTERRUPTED, "run": "R1"},  # answered later by R2's failure: nothing left to collect
+        {"kind": AttemptKind.INTERRUPTED, "run": "R1"},  # answered later by R2's failure: nothing left to collect
         {"kind": "retry", "error": "failed"},
-        {"kind": events.INTERRUPTED, "run": "R3"},
-        {"kind": STALE},  # refused before it started
-        {"kind": events.INTERRUPTED},  # a run of an older worker that recorded no name
-        {"kind": events.INTERRUPTED, "run": "R5"},
+        {"kind": AttemptKind.INTERRUPTED, "run": "R3"},
+        {"kind": AttemptKind.STALE},  # refused before it started
+        {"kind": AttemptKind.INTERRUPTED},  # a run of an older worker that recorded no name
+        {"kind": AttemptKind.INTERRUPTED, "run": "R5"},
     ]
     assert _unread_runs(attempts) == ["R3", "R5"]
     assert _unread_runs([]) == []

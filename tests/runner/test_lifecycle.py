@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import pytest
 
-from runner import events, lifecycle, queue_state
 from runner import job as job_module
+from runner import lifecycle, queue_state
 from runner.client import Runner
 from runner.config import Settings
 from runner.spec import TaskResult, TaskSpec
+from runner.vocabulary import AttemptKind, PauseKind
 
 
 def chain(runner: Runner) -> tuple[str, str, str]:
@@ -95,14 +96,14 @@ def test_past_the_interruption_limit_a_task_gets_one_last_look_for_an_outcome_le
     job = lifecycle.fetch_job(runner.redis, task)
     assert job is not None
     spec, settings = TaskSpec(agent="command", argv=["true"]), Settings()
-    earlier = [{"started_at": "s", "ended_at": "e", "error": "x", "kind": events.INTERRUPTED, "run": "0:a"}]
+    earlier = [{"started_at": "s", "ended_at": "e", "error": "x", "kind": AttemptKind.INTERRUPTED, "run": "0:a"}]
 
     def attempt(run: str, attempts: list[dict]) -> str | None:
         assert lifecycle.start(runner.store, task, queue_name, run, None, 5000).code == 1
         cut = TaskResult(id=task, error="The handler closed the connection.", interrupted=True)
         return lifecycle.conclude(runner.store, job, spec, cut, attempts, settings, run)
 
-    assert attempt("1:b", list(earlier)) == events.INTERRUPTED
+    assert attempt("1:b", list(earlier)) == AttemptKind.INTERRUPTED
     attempts = runner.store.attempts(task)
     assert attempts[-1]["run"] == "1:b" and attempts[-1][lifecycle.LAST_LOOK] == (
         "The handler closed the connection. It was tried 2 time(s); resubmit it to try again."
@@ -122,7 +123,7 @@ def test_an_unreachable_handler_holds_the_queue_and_folds_its_attempts_into_one(
     attempt entry that counts against no limit (an earlier interruption's run is still there to collect)."""
     runner = Runner(redis_url=redis_url, queue=queue_name)
     task = runner.submit(agent="command", argv=["true"]).id
-    earlier = [{"started_at": "s", "ended_at": "e", "error": "x", "kind": events.INTERRUPTED, "run": "0:a"}]
+    earlier = [{"started_at": "s", "ended_at": "e", "error": "x", "kind": AttemptKind.INTERRUPTED, "run": "0:a"}]
     error = "Could not reach the handler at ws://127.0.0.1:9/ws for 30 s (CCX_HANDLER_WAIT; refused)."
     attempts = list(earlier)
     for run in ("1:b", "2:c", "3:d"):
@@ -132,15 +133,15 @@ def test_an_unreachable_handler_holds_the_queue_and_folds_its_attempts_into_one(
         assert status(runner, task) == "queued"
     assert attempts[0] == earlier[0] and len(attempts) == 2
     held = attempts[1]
-    assert (held["kind"], held["times"], held["started_at"], held["error"]) == (queue_state.HANDLER, 3, "at 1:b", error)
+    assert (held["kind"], held["times"], held["started_at"], held["error"]) == (PauseKind.HANDLER, 3, "at 1:b", error)
     state = runner.queue_state()
-    assert (state.kind, state.until) == (queue_state.HANDLER, None)
+    assert (state.kind, state.until) == (PauseKind.HANDLER, None)
     assert state.reason == f"{error} The queue waits for it and goes on by itself once the handler answers."
     assert job_module._unread_runs(attempts) == ["0:a"]
     # Only the handler's own pause is lifted by the worker's probe; a person's pause is not.
     runner.pause("maintenance")
-    assert not queue_state.resume(runner.redis, queue_name, "back", only_kind=queue_state.HANDLER)
-    assert runner.queue_state().kind == queue_state.MANUAL
+    assert not queue_state.resume(runner.redis, queue_name, "back", only_kind=PauseKind.HANDLER)
+    assert runner.queue_state().kind == PauseKind.MANUAL
 
 
 def test_holding_for_the_handler_is_refused_for_a_run_that_is_no_longer_the_tasks(

@@ -17,7 +17,7 @@ from rq.exceptions import StopRequested
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from runner import events, lifecycle
+from runner import clock, keys, lifecycle
 from runner.client import Runner
 from runner.config import Settings
 from runner.lineup import Reclaimer, fenced_queue_class
@@ -65,7 +65,7 @@ def test_a_thawed_horse_never_fails_the_run_its_successor_started(parts: tuple[R
     handle = runner.submit(agent="command", argv=["true"])
     job = _take(runner.redis, queue)
     assert lifecycle.start(store, handle.id, queue.name, "old-run", None, 30_000).code == 1
-    abandoned = {"started_at": events.now_iso(), "ended_at": events.now_iso(), "error": "x", "kind": "interrupted"}
+    abandoned = {"started_at": clock.now_iso(), "ended_at": clock.now_iso(), "error": "x", "kind": "interrupted"}
     assert lifecycle.interrupt(store, handle.id, queue.name, "old-run", [abandoned])  # the standby's recovery
     assert lifecycle.start(store, handle.id, queue.name, "successor-run", None, 30_000).code == 1
 
@@ -77,7 +77,7 @@ def test_a_thawed_horse_never_fails_the_run_its_successor_started(parts: tuple[R
     record = store.get(handle.id)
     assert record is not None and (record.status, record.result) == ("running", None)
     assert runner.redis.lrange(queue.key, 0, -1) == [], "the job is not put in line a second time"
-    real = TaskResult(id=handle.id, success=True, output="real\n", ended_at=events.now_iso())
+    real = TaskResult(id=handle.id, success=True, output="real\n", ended_at=clock.now_iso())
     assert lifecycle.end(store, real, queue.name, job, "successor-run")
     assert handle.result(timeout=5).output == "real\n"
 
@@ -147,7 +147,7 @@ def test_a_frozen_idle_worker_swallows_no_task_and_order_holds(redis_url: str, q
         try:
             holder = f":{standby.pid}:"
             wait_until(
-                lambda: holder in (runner.redis.get(events.lock_key(queue_name)) or b"").decode(),
+                lambda: holder in (runner.redis.get(keys.lock_key(queue_name)) or b"").decode(),
                 Settings().lock_ttl + 30,
                 what="the standby to take the queue",
             )

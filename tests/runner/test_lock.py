@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from runner import events, lifecycle
+from runner import keys, lifecycle
 from runner.client import Runner
-from runner.lock import QueueLock, WorkerLocked, holder_is_dead_here, parse_holder, process_identity
+from runner.errors import WorkerLocked
+from runner.lock import QueueLock, holder_is_dead_here, parse_holder, process_identity
 from runner.stack import LocalStack
 from tests.runner.test_worker import start_worker, stop
 from tests.support.processes import wait_until
@@ -46,7 +47,7 @@ def test_each_acquisition_gets_a_higher_fencing_token_and_a_second_holder_is_ref
     second.acquire()
     try:
         assert second.fence > first.fence
-        assert redis_client.get(events.fence_key(queue_name)) == str(second.fence).encode()
+        assert redis_client.get(keys.fence_key(queue_name)) == str(second.fence).encode()
     finally:
         second.release()
 
@@ -118,7 +119,7 @@ def test_a_holder_whose_lock_and_fence_redis_lost_takes_them_back_with_its_token
 def test_a_run_starts_under_a_fence_redis_lost_but_never_under_an_older_one(redis_url: str, queue_name: str) -> None:
     runner = Runner(redis_url=redis_url, queue=queue_name)
     first, second = (runner.submit(agent="command", argv=["true"]).id for _ in range(2))
-    fence = events.fence_key(queue_name)
+    fence = keys.fence_key(queue_name)
     runner.redis.delete(fence)  # no token issued since Redis lost its data: the holder's still counts
     assert lifecycle.start(runner.store, first, queue_name, "1796000000000:a", 1796000000000, 5000).code == 1
     runner.redis.set(fence, 1796000000001)
@@ -176,7 +177,7 @@ def test_a_dead_holder_in_this_pid_namespace_is_taken_over_at_once_one_elsewhere
     elsewhere = {"host": "elsewhere", "boot_id": "another-boot", "pid_namespace": "4026531999"}
     for field, value in elsewhere.items():  # the pid is gone here, but it is not a pid of ours
         assert not holder_is_dead_here(_holder(dead.pid, **{field: value})), field
-    key = events.lock_key(queue_name)
+    key = keys.lock_key(queue_name)
     redis_client.set(key, _holder(dead.pid), px=60_000)
     lock = QueueLock(redis_client, queue_name, 5)
     assert lock.try_acquire(), "the holder's process is gone: no need to wait for its TTL"
@@ -236,13 +237,13 @@ def test_a_live_worker_in_another_pid_namespace_of_this_host_is_not_taken_over(
             pytest.skip(f"cannot make a PID namespace here: {holder.communicate(timeout=10)[1].strip()}")
         assert int(line[0]) == pid and not os.path.exists(f"/proc/{pid}"), "the holder's pid is not one of ours"
         owner = line[1]
-        assert redis_client.get(events.lock_key(queue_name)) == owner.encode()
+        assert redis_client.get(keys.lock_key(queue_name)) == owner.encode()
         assert not holder_is_dead_here(owner)
         assert not QueueLock(redis_client, queue_name, 5).try_acquire(), "a live worker was taken over"
-        assert redis_client.get(events.lock_key(queue_name)) == owner.encode()
+        assert redis_client.get(keys.lock_key(queue_name)) == owner.encode()
     finally:
         holder.communicate(timeout=30)
-    assert holder.returncode == 0 and redis_client.get(events.lock_key(queue_name)) is None
+    assert holder.returncode == 0 and redis_client.get(keys.lock_key(queue_name)) is None
 
 
 def test_a_holder_in_the_old_format_is_waited_out_even_when_its_pid_is_gone_here(
@@ -253,10 +254,10 @@ def test_a_holder_in_the_old_format_is_waited_out_even_when_its_pid_is_gone_here
     dead.wait()
     old = f"{socket.gethostname()}:{dead.pid}:abc"
     assert not holder_is_dead_here(old)
-    redis_client.set(events.lock_key(queue_name), old, px=60_000)
+    redis_client.set(keys.lock_key(queue_name), old, px=60_000)
     assert not QueueLock(redis_client, queue_name, 5).try_acquire()
-    assert redis_client.get(events.lock_key(queue_name)) == old.encode()
-    redis_client.delete(events.lock_key(queue_name))
+    assert redis_client.get(keys.lock_key(queue_name)) == old.encode()
+    redis_client.delete(keys.lock_key(queue_name))
 
 
 def test_a_standby_survives_redis_errors_while_it_waits(redis_client: redis.Redis, queue_name: str) -> None:
@@ -314,7 +315,7 @@ def test_a_paused_worker_with_a_standby_never_lets_two_runs_overlap_and_its_real
         try:
             holder = f":{standby.pid}:"
             wait_until(
-                lambda: holder in (runner.redis.get(events.lock_key(queue_name)) or b"").decode(),
+                lambda: holder in (runner.redis.get(keys.lock_key(queue_name)) or b"").decode(),
                 20,
                 what="the standby to take the queue",
             )

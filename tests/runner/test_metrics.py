@@ -22,11 +22,12 @@ import redis
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from runner import events, lifecycle, metrics, queue_state
+from runner import clock, keys, lifecycle, metrics, queue_state
 from runner.client import Runner
 from runner.keys import rq_deferred_key, rq_queue_key, rq_started_key
 from runner.spec import TaskResult
 from runner.stack import LocalStack, free_port
+from runner.vocabulary import END_STATUSES, AttemptKind, PauseKind, Status
 from tests.support.processes import first_line, wait_until
 
 PY = sys.executable
@@ -65,7 +66,7 @@ def test_an_idle_queue_reports_every_metric_at_zero(redis_client: redis.Redis, q
     assert value(found, "ccx_running_task_age_seconds", queue=q) == 0
     for kind in metrics.PAUSE_KINDS:
         assert value(found, "ccx_queue_paused", queue=q, kind=kind) == 0
-    for status in events.END_STATUSES:
+    for status in END_STATUSES:
         assert value(found, "ccx_tasks_ended_total", queue=q, status=status) == 0
     for reason in metrics.RETRY_REASONS:
         assert value(found, "ccx_task_retries_total", queue=q, reason=reason) == 0
@@ -94,9 +95,9 @@ def test_ends_fill_the_outcome_counters_and_the_duration_histogram(redis_client:
     times = TaskResult(id="e", error="died", started_at="2025-01-01T00:00:00.000Z", ended_at="2025-01-01T00:00:40.000Z")
     _count_end(redis_client, q, times)
     found = collect(redis_client, q)
-    assert value(found, "ccx_tasks_ended_total", queue=q, status=events.FINISHED) == 1
-    assert value(found, "ccx_tasks_ended_total", queue=q, status=events.FAILED) == 3
-    assert value(found, "ccx_tasks_ended_total", queue=q, status=events.CANCELLED) == 1
+    assert value(found, "ccx_tasks_ended_total", queue=q, status=Status.FINISHED) == 1
+    assert value(found, "ccx_tasks_ended_total", queue=q, status=Status.FAILED) == 3
+    assert value(found, "ccx_tasks_ended_total", queue=q, status=Status.CANCELLED) == 1
     buckets = {le: value(found, "ccx_task_duration_seconds_bucket", queue=q, le=le) for le in ("1.0", "5.0", "60.0")}
     assert buckets == {"1.0": 1, "5.0": 2, "60.0": 3}, "buckets are cumulative"
     assert value(found, "ccx_task_duration_seconds_bucket", queue=q, le="3600.0") == 3
@@ -107,13 +108,13 @@ def test_ends_fill_the_outcome_counters_and_the_duration_histogram(redis_client:
 
 def test_retries_are_counted_by_reason(redis_client: redis.Redis, queue_name: str) -> None:
     q = queue_name
-    metrics.record_retry(redis_client, q, queue_state.RETRY)
-    metrics.record_retry(redis_client, q, queue_state.RETRY)
+    metrics.record_retry(redis_client, q, PauseKind.RETRY)
+    metrics.record_retry(redis_client, q, PauseKind.RETRY)
     metrics.record_retry(redis_client, q, "stale")  # not a known reason: it appears once seen
     found = collect(redis_client, q)
-    assert value(found, "ccx_task_retries_total", queue=q, reason=queue_state.RETRY) == 2
+    assert value(found, "ccx_task_retries_total", queue=q, reason=PauseKind.RETRY) == 2
     assert value(found, "ccx_task_retries_total", queue=q, reason="stale") == 1
-    assert value(found, "ccx_task_retries_total", queue=q, reason=events.INTERRUPTED) == 0
+    assert value(found, "ccx_task_retries_total", queue=q, reason=AttemptKind.INTERRUPTED) == 0
 
 
 def test_gauges_read_the_queue_the_pause_and_the_costs(redis_client: redis.Redis, queue_name: str) -> None:
@@ -122,9 +123,9 @@ def test_gauges_read_the_queue_the_pause_and_the_costs(redis_client: redis.Redis
     redis_client.zadd(rq_deferred_key(q), {"t4": 1})
     redis_client.zadd(rq_started_key(q), {"t0:exec1": 1})
     now = time.time()
-    redis_client.hset(events.info_key("t0"), mapping={"status": events.RUNNING, "started_at": events.iso(now - 42)})
-    queue_state.pause(redis_client, q, queue_state.MANUAL, "by hand")
-    redis_client.hset(events.costs_key(q), mapping={queue_state.TOTAL: 1.25, queue_state.day_field(): 1.25})
+    redis_client.hset(keys.info_key("t0"), mapping={"status": Status.RUNNING, "started_at": clock.iso(now - 42)})
+    queue_state.pause(redis_client, q, PauseKind.MANUAL, "by hand")
+    redis_client.hset(keys.costs_key(q), mapping={queue_state.TOTAL: 1.25, queue_state.day_field(): 1.25})
     queue_state.set_budget(redis_client, q, 10)
     found = parse(
         generate_latest(_Families(metrics.read_snapshot(redis_client, q, now=now))).decode()  # a fixed "now"
@@ -133,13 +134,13 @@ def test_gauges_read_the_queue_the_pause_and_the_costs(redis_client: redis.Redis
     assert value(found, "ccx_queue_depth", queue=q, state="deferred") == 1
     assert value(found, "ccx_tasks_running", queue=q) == 1
     assert value(found, "ccx_running_task_age_seconds", queue=q) == pytest.approx(42, abs=0.01)
-    assert value(found, "ccx_queue_paused", queue=q, kind=queue_state.MANUAL) == 1
-    assert value(found, "ccx_queue_paused", queue=q, kind=queue_state.USAGE_LIMIT) == 0
+    assert value(found, "ccx_queue_paused", queue=q, kind=PauseKind.MANUAL) == 1
+    assert value(found, "ccx_queue_paused", queue=q, kind=PauseKind.USAGE_LIMIT) == 0
     assert value(found, "ccx_cost_usd_total", queue=q) == 1.25
     assert value(found, "ccx_cost_today_usd", queue=q) == 1.25
     assert value(found, "ccx_budget_per_day_usd", queue=q) == 10
     # A task in RQ's registry whose record no longer says running (it just ended) is not running.
-    redis_client.hset(events.info_key("t0"), "status", events.FINISHED)
+    redis_client.hset(keys.info_key("t0"), "status", Status.FINISHED)
     found = collect(redis_client, q)
     assert value(found, "ccx_tasks_running", queue=q) == 0
     assert value(found, "ccx_running_task_age_seconds", queue=q) == 0
@@ -170,8 +171,8 @@ def test_a_task_end_is_counted_once_by_lifecycle(redis_url: str, queue_name: str
         found = collect(runner.redis, queue_name)
     finally:
         runner.redis.close()
-    assert value(found, "ccx_tasks_ended_total", queue=queue_name, status=events.FINISHED) == 1
-    assert value(found, "ccx_tasks_ended_total", queue=queue_name, status=events.FAILED) == 0
+    assert value(found, "ccx_tasks_ended_total", queue=queue_name, status=Status.FINISHED) == 1
+    assert value(found, "ccx_tasks_ended_total", queue=queue_name, status=Status.FAILED) == 0
     assert value(found, "ccx_task_duration_seconds_count", queue=queue_name) == 1
 
 
@@ -272,13 +273,13 @@ def test_metrics_move_as_real_tasks_run(metrics_stack: LocalStack, tmp_path: Pat
 
     before = scrape(board, token)
     assert value(before, "ccx_redis_up") == 1
-    assert value(before, "ccx_tasks_ended_total", queue=q, status=events.FINISHED) == 0
+    assert value(before, "ccx_tasks_ended_total", queue=q, status=Status.FINISHED) == 0
     assert value(before, "ccx_task_duration_seconds_count", queue=q) == 0
 
     runner = Runner(redis_url=stack.redis_url, queue=q)
     try:
         runner.pause("metrics test")
-        assert value(scrape(board, token), "ccx_queue_paused", queue=q, kind=queue_state.MANUAL) == 1
+        assert value(scrape(board, token), "ccx_queue_paused", queue=q, kind=PauseKind.MANUAL) == 1
         ok = runner.submit(agent="command", argv=[PY, "-c", "print('ok')"])
         # Fails with exit code 3, is tried once more (a retry), and fails again.
         bad = runner.submit(
@@ -291,7 +292,7 @@ def test_metrics_move_as_real_tasks_run(metrics_stack: LocalStack, tmp_path: Pat
         wait_until(
             lambda: (
                 (s := scrape(worker))
-                and value(s, "ccx_queue_paused", queue=q, kind=queue_state.MANUAL) == 1
+                and value(s, "ccx_queue_paused", queue=q, kind=PauseKind.MANUAL) == 1
                 and value(s, "ccx_queue_depth", queue=q, state="queued") == 2
             ),
             timeout=30,
@@ -303,19 +304,19 @@ def test_metrics_move_as_real_tasks_run(metrics_stack: LocalStack, tmp_path: Pat
         assert not failed.success and failed.exit_code == 3
         ended = wait_until(
             lambda: (
-                (s := scrape(worker)) and value(s, "ccx_tasks_ended_total", queue=q, status=events.FAILED) == 1 and s
+                (s := scrape(worker)) and value(s, "ccx_tasks_ended_total", queue=q, status=Status.FAILED) == 1 and s
             ),
             timeout=30,
             what="the worker's scrape to count the failed task",
         )
         for found in (ended, scrape(board, token)):  # the worker and the dashboard say the same
-            assert value(found, "ccx_tasks_ended_total", queue=q, status=events.FINISHED) == 1
-            assert value(found, "ccx_tasks_ended_total", queue=q, status=events.FAILED) == 1
-            assert value(found, "ccx_tasks_ended_total", queue=q, status=events.CANCELLED) == 0
+            assert value(found, "ccx_tasks_ended_total", queue=q, status=Status.FINISHED) == 1
+            assert value(found, "ccx_tasks_ended_total", queue=q, status=Status.FAILED) == 1
+            assert value(found, "ccx_tasks_ended_total", queue=q, status=Status.CANCELLED) == 0
             assert value(found, "ccx_task_duration_seconds_count", queue=q) == 2
             assert value(found, "ccx_task_duration_seconds_bucket", queue=q, le="+Inf") == 2
             assert value(found, "ccx_task_duration_seconds_sum", queue=q) > 0
-            assert value(found, "ccx_task_retries_total", queue=q, reason=queue_state.RETRY) == 1
+            assert value(found, "ccx_task_retries_total", queue=q, reason=PauseKind.RETRY) == 1
             assert value(found, "ccx_queue_depth", queue=q, state="queued") == 0
             assert all(value(found, "ccx_queue_paused", queue=q, kind=kind) == 0 for kind in metrics.PAUSE_KINDS)
 
@@ -337,7 +338,7 @@ def test_metrics_move_as_real_tasks_run(metrics_stack: LocalStack, tmp_path: Pat
         after = wait_until(
             lambda: (
                 (s := scrape(worker))
-                and value(s, "ccx_tasks_ended_total", queue=q, status=events.FINISHED) == 2
+                and value(s, "ccx_tasks_ended_total", queue=q, status=Status.FINISHED) == 2
                 and value(s, "ccx_tasks_running", queue=q) == 0
                 and s
             ),

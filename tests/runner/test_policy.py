@@ -6,9 +6,10 @@ from typing import Any
 
 import pytest
 
-from runner import policy, queue_state
+from runner import policy
 from runner.config import Settings
 from runner.spec import TaskResult, TaskSpec
+from runner.vocabulary import PauseKind
 
 NOW = 1_800_000_000.0
 SESSION = "0b6c3a4e-session-with-the-work-so-far"
@@ -28,7 +29,7 @@ def limited(resets_at: float, tool_calls: int = 0, session_id: str | None = "new
 
 def limit_attempt() -> dict[str, Any]:
     """An earlier attempt of the task, as job.py records it when a usage limit paused the queue."""
-    return {"started_at": "…", "ended_at": "…", "error": "usage limit", "kind": queue_state.USAGE_LIMIT}
+    return {"started_at": "…", "ended_at": "…", "error": "usage limit", "kind": PauseKind.USAGE_LIMIT}
 
 
 def test_the_margin_after_a_reset_is_seconds_by_default() -> None:
@@ -44,7 +45,7 @@ def test_a_limit_met_again_right_after_a_resume_pauses_again_and_keeps_the_task(
     settings = Settings()
     attempts = [limit_attempt(), limit_attempt(), limit_attempt()]
     decision = policy.decide(TaskSpec(task="t"), limited(NOW + 3 * 3600), attempts, settings, now=NOW)
-    assert decision.action == policy.AGAIN and decision.kind == queue_state.USAGE_LIMIT
+    assert decision.action == policy.AGAIN and decision.kind == PauseKind.USAGE_LIMIT
     assert decision.until == NOW + 3 * 3600 + settings.pause_margin
 
 
@@ -132,7 +133,7 @@ def exited(code: int) -> TaskResult:
 
 def retried(n: int) -> list[dict[str, Any]]:
     """``n`` earlier attempts held back by a retry (what counts against ``retries``)."""
-    return [{"error": "API error", "kind": queue_state.RETRY}] * n
+    return [{"error": "API error", "kind": PauseKind.RETRY}] * n
 
 
 def limits(n: int) -> list[dict[str, Any]]:
@@ -143,7 +144,7 @@ AGENT = TaskSpec(task="t")
 COMMAND = TaskSpec(agent="command", argv=["make"], retry_on_exit_codes=[75], retries=1)
 CONTINUING = TaskSpec(task=policy.CONTINUE_PROMPT, resume=SESSION)
 FAIL = policy.Decision(policy.FAIL)
-USAGE, RETRY, BACKOFF = queue_state.USAGE_LIMIT, queue_state.RETRY, queue_state.BACKOFF
+USAGE, RETRY, BACKOFF = PauseKind.USAGE_LIMIT, PauseKind.RETRY, PauseKind.BACKOFF
 
 
 def again(kind: str, reason: str, until: float | None = None, session: str | None = None) -> policy.Decision:
@@ -151,7 +152,7 @@ def again(kind: str, reason: str, until: float | None = None, session: str | Non
 
 
 CREDENTIALS = again(
-    queue_state.CREDENTIALS,
+    PauseKind.CREDENTIALS,
     "credentials rejected (401): fix the agent's login on the handler's machine, then `ccx resume`",
 )
 

@@ -21,7 +21,7 @@ from handler.protocol import (
     SHUTTING_DOWN,
     STALE_FENCE,
 )
-from runner import events
+from runner import keys
 from runner.agents import get_agent
 from runner.config import Settings
 from runner.errors import HandlerError, HandlerUnreachable
@@ -107,7 +107,7 @@ def test_a_cancel_whose_answer_is_lost_with_the_connection_ends_the_task_cancell
             try:
                 running = asyncio.create_task(relay("t-cancelled", TaskSpec(agent="command", argv=["true"]), settings))
                 await eventually(lambda: asked == ["execute"], 10, what="the run to start")
-                await client.set(events.cancel_key("t-cancelled"), "cancelled by the test")
+                await client.set(keys.cancel_key("t-cancelled"), "cancelled by the test")
                 result = await asyncio.wait_for(running, 30)
             finally:
                 await client.aclose()

@@ -12,10 +12,11 @@ import orjson
 import pytest
 from rq.registry import ScheduledJobRegistry
 
-from runner import events, schedules
+from runner import clock, keys, schedules
 from runner.client import Runner
 from runner.errors import SpecError
 from runner.stack import LocalStack
+from runner.vocabulary import Status
 from tests.support.processes import wait_until
 
 CCX = [sys.executable, "-m", "runner.cli"]
@@ -61,19 +62,19 @@ def _order_task(log: Path, name: str, gate: Path | None = None) -> dict:
 def test_a_task_for_later_joins_the_end_of_the_line_when_due(runner: Runner, tmp_path: Path) -> None:
     log, gate = tmp_path / "order.log", tmp_path / "go"
     first = runner.submit(_order_task(log, "first", gate))
-    wait_until(lambda: first.status() == events.RUNNING, 30, what="the first task to run")
+    wait_until(lambda: first.status() == Status.RUNNING, 30, what="the first task to run")
     queued = runner.submit(_order_task(log, "queued"))
     before = time.time()
     later = runner.submit(_order_task(log, "later"), in_=3)
     after = time.time()
     record = runner.get(later.id)
     assert record is not None and record.scheduled_for is not None
-    assert before + 3 - 0.001 <= events.epoch(record.scheduled_for) <= after + 3  # (kept to the millisecond)
-    if time.time() < events.epoch(record.scheduled_for) - 0.5:  # (a very busy machine may be past it)
-        assert record.status == events.SCHEDULED
+    assert before + 3 - 0.001 <= clock.epoch(record.scheduled_for) <= after + 3  # (kept to the millisecond)
+    if time.time() < clock.epoch(record.scheduled_for) - 0.5:  # (a very busy machine may be past it)
+        assert record.status == Status.SCHEDULED
         assert later.id in ScheduledJobRegistry(runner.settings.queue, connection=runner.redis).get_job_ids()
     # Due while the first task still runs: it goes to the end of the line, behind the task queued before it.
-    wait_until(lambda: later.status() == events.QUEUED, 30, what="the task for later to join the line")
+    wait_until(lambda: later.status() == Status.QUEUED, 30, what="the task for later to join the line")
     assert runner.queue.get_job_ids() == [queued.id, later.id]
     gate.touch()
     for handle in (first, queued, later):
@@ -88,7 +89,7 @@ def test_cancelling_a_task_for_later_means_it_never_runs(runner: Runner, tmp_pat
     assert runner.cancel(later.id) == "cancelled"
     assert later.result(timeout=10).cancelled
     assert later.id not in ScheduledJobRegistry(runner.settings.queue, connection=runner.redis).get_job_ids()
-    assert runner.redis.zscore(events.scheduled_key(runner.settings.queue), later.id) is None
+    assert runner.redis.zscore(keys.scheduled_key(runner.settings.queue), later.id) is None
     assert not marker.exists()
 
 
@@ -130,7 +131,7 @@ def test_each_slot_fires_once_even_when_two_firers_race(runner: Runner) -> None:
     late = entry.next_at + 5
     first = schedules.fire_due(runner, now=late)
     # A second firer that read the schedule before the first one moved it on: the slot's key says "done".
-    runner.redis.hset(events.schedules_key(runner.settings.queue), entry.id, orjson.dumps({**entry.__dict__}))
+    runner.redis.hset(keys.schedules_key(runner.settings.queue), entry.id, orjson.dumps({**entry.__dict__}))
     second = schedules.fire_due(runner, now=late)
     assert len(first) == 1 and second == first
     [moved] = schedules.all_of(runner.redis, runner.settings.queue)
@@ -170,7 +171,7 @@ def test_a_worker_back_after_missed_slots_fires_the_latest_once(runner: Runner) 
 
 def test_one_unreadable_schedule_stops_no_other(runner: Runner) -> None:
     good = schedules.add(runner.redis, runner.settings.queue, "0 3 * * *", {"agent": "command", "argv": ["true"]})
-    runner.redis.hset(events.schedules_key(runner.settings.queue), "broken", b'{"id": "broken", "cron": 5}')
+    runner.redis.hset(keys.schedules_key(runner.settings.queue), "broken", b'{"id": "broken", "cron": 5}')
     assert [entry.id for entry in schedules.all_of(runner.redis, runner.settings.queue)] == [good.id]
     assert len(schedules.fire_due(runner, now=good.next_at + 1)) == 1
 
@@ -260,7 +261,7 @@ def test_two_firers_at_different_seconds_of_one_slot_submit_once(redis_url: str,
     entry = schedules.add(runner.redis, queue_name, "0 3 * * *", {"agent": "command", "argv": ["true"]})
     first = schedules.fire_due(runner, now=entry.next_at + 5)
     # A second firer (another worker, or this one again) that read the entry before the first moved it on.
-    runner.redis.hset(events.schedules_key(queue_name), entry.id, orjson.dumps({**entry.__dict__}))
+    runner.redis.hset(keys.schedules_key(queue_name), entry.id, orjson.dumps({**entry.__dict__}))
     second = schedules.fire_due(runner, now=entry.next_at + 40)
     assert len(first) == 1 and second == first
     assert [record.id for record in runner.list(10)] == first
@@ -273,7 +274,7 @@ def test_a_ticker_whose_process_no_longer_serves_the_queue_fires_nothing(redis_u
     runner = Runner(redis_url=redis_url, queue=queue_name)
     entry = schedules.add(runner.redis, queue_name, "0 3 * * *", {"agent": "command", "argv": ["true"]})
     entry.next_at = time.time() - 60  # due now
-    runner.redis.hset(events.schedules_key(queue_name), entry.id, orjson.dumps({**entry.__dict__}))
+    runner.redis.hset(keys.schedules_key(queue_name), entry.id, orjson.dumps({**entry.__dict__}))
     serving = False
     ticker = schedules.Ticker(runner, serving=lambda: serving)
     ticker.tick()

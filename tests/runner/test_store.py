@@ -17,9 +17,10 @@ import pytest
 import redis
 from rq.registry import CanceledJobRegistry
 
-from runner import events, queue_state
+from runner import clock, keys, queue_state
 from runner.spec import TaskResult, TaskSpec
 from runner.store import Started, TaskStore, lifecycle
+from runner.vocabulary import END_STATUSES, PauseKind, Status
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -35,7 +36,7 @@ def store(redis_client: redis.Redis) -> TaskStore:
     return TaskStore(redis_client, log_maxlen=1000, log_ttl=LOG_TTL, idempotency_ttl=IDEMPOTENCY_TTL)
 
 
-def submit(store: TaskStore, queue: str, status: str = events.QUEUED, key: str | None = None) -> str:
+def submit(store: TaskStore, queue: str, status: str = Status.QUEUED, key: str | None = None) -> str:
     """A task's record as Runner.submit writes it (without its RQ job: nothing here runs it)."""
     task_id = f"task-{uuid.uuid4().hex}"
     with store.client.pipeline() as pipe:
@@ -46,14 +47,14 @@ def submit(store: TaskStore, queue: str, status: str = events.QUEUED, key: str |
 
 def record(store: TaskStore, task_id: str) -> dict[str, str]:
     """Every field of the task's record, as stored."""
-    return {k.decode(): v.decode() for k, v in store.client.hgetall(events.info_key(task_id)).items()}
+    return {k.decode(): v.decode() for k, v in store.client.hgetall(keys.info_key(task_id)).items()}
 
 
 def logged(store: TaskStore, task_id: str) -> list[dict[str, Any]]:
-    return [orjson.loads(fields[b"e"]) for _, fields in store.client.xrange(events.log_key(task_id))]
+    return [orjson.loads(fields[b"e"]) for _, fields in store.client.xrange(keys.log_key(task_id))]
 
 
-def created(task_id: str, queue: str, status: str = events.QUEUED) -> dict[str, str]:
+def created(task_id: str, queue: str, status: str = Status.QUEUED) -> dict[str, str]:
     """The fields :meth:`TaskStore.create` writes."""
     return {
         "id": task_id,
@@ -66,7 +67,7 @@ def created(task_id: str, queue: str, status: str = events.QUEUED) -> dict[str, 
 
 def a_moment_ago(iso_time: str, before: float) -> bool:
     """``iso_time`` (milliseconds, truncated) was taken between ``before`` and now."""
-    return before - 0.001 <= events.epoch(iso_time) <= time.time()
+    return before - 0.001 <= clock.epoch(iso_time) <= time.time()
 
 
 class Channels:
@@ -75,7 +76,7 @@ class Channels:
     def __init__(self, client: redis.Redis, task_id: str) -> None:
         self.client, self.task_id = client, task_id
         self.pubsub = client.pubsub()
-        self.names = (events.task_channel(task_id), events.LIFECYCLE_CHANNEL)
+        self.names = (keys.task_channel(task_id), keys.LIFECYCLE_CHANNEL)
         self.pubsub.subscribe(*self.names)
         self._collect(lambda message: message["type"] == "subscribe", len(self.names))
 
@@ -147,7 +148,7 @@ def test_start_takes_a_queued_task_to_running_with_its_run_and_lease(
     store: TaskStore, queue_name: str, channels: Callable[[str], Channels]
 ) -> None:
     task_id = submit(store, queue_name)
-    store.client.set(events.fence_key(queue_name), 5)
+    store.client.set(keys.fence_key(queue_name), 5)
     watch = channels(task_id)
     before = time.time()
     started: list[Started] = []
@@ -161,8 +162,8 @@ def test_start_takes_a_queued_task_to_running_with_its_run_and_lease(
         "started_at": fields["started_at"],
         "run": "5:w",
     }
-    assert store.client.get(events.lease_key(task_id)) == b"5:w"
-    assert 0 < store.client.pttl(events.lease_key(task_id)) <= LEASE_MS
+    assert store.client.get(keys.lease_key(task_id)) == b"5:w"
+    assert 0 < store.client.pttl(keys.lease_key(task_id)) <= LEASE_MS
     started_event = {"type": "started", "task_id": task_id, "at": fields["started_at"]}
     assert logged(store, task_id) == [started_event]
     assert on_task == [started_event]
@@ -182,7 +183,7 @@ def test_start_is_allowed_when_no_newer_worker_took_the_queue(
 ) -> None:
     task_id = submit(store, queue_name)
     if queue_fence is not None:
-        store.client.set(events.fence_key(queue_name), queue_fence)
+        store.client.set(keys.fence_key(queue_name), queue_fence)
     assert store.start(task_id, queue_name, "run-b", ours, LEASE_MS) == Started(1, [], None)
     fields = record(store, task_id)
     assert fields == {
@@ -191,7 +192,7 @@ def test_start_is_allowed_when_no_newer_worker_took_the_queue(
         "started_at": fields["started_at"],
         "run": "run-b",
     }
-    assert store.client.get(events.lease_key(task_id)) == b"run-b"
+    assert store.client.get(keys.lease_key(task_id)) == b"run-b"
 
 
 def test_start_with_a_stale_fencing_token_changes_nothing(
@@ -199,13 +200,13 @@ def test_start_with_a_stale_fencing_token_changes_nothing(
 ) -> None:
     """A newer worker holds the queue (its token is above ours): this worker's start is refused."""
     task_id = submit(store, queue_name)
-    store.client.set(events.fence_key(queue_name), 7)
+    store.client.set(keys.fence_key(queue_name), 7)
     watch = channels(task_id)
     started: list[Started] = []
     on_task, on_lifecycle = watch.during(lambda: started.append(store.start(task_id, queue_name, "6:w", 6, LEASE_MS)))
     assert started == [Started(-1)]
     assert record(store, task_id) == created(task_id, queue_name)
-    assert not store.client.exists(events.lease_key(task_id), events.log_key(task_id))
+    assert not store.client.exists(keys.lease_key(task_id), keys.log_key(task_id))
     assert (on_task, on_lifecycle) == ([], [])
 
 
@@ -222,7 +223,7 @@ def test_start_of_an_ended_task_changes_nothing(
     assert started == [Started(0)]
     assert record(store, task_id) == before and before["status"] == "finished"
     assert logged(store, task_id) == log
-    assert not store.client.exists(events.lease_key(task_id))
+    assert not store.client.exists(keys.lease_key(task_id))
     assert (on_task, on_lifecycle) == ([], [])
 
 
@@ -232,7 +233,7 @@ def test_start_hands_over_the_earlier_attempts_and_the_session_to_continue_once(
     """The next attempt after a usage limit gets the attempts so far and the session to go on with; the session is
     taken by that start (a later start begins afresh unless a new one is set)."""
     task_id = running(store, queue_name, "1:a")
-    attempts = [{"started_at": "s", "ended_at": "e", "error": "usage limit", "kind": queue_state.USAGE_LIMIT}]
+    attempts = [{"started_at": "s", "ended_at": "e", "error": "usage limit", "kind": PauseKind.USAGE_LIMIT}]
     assert store.interrupt(task_id, queue_name, "1:a", attempts)
     store.continue_session(task_id, "session-with-progress")
     assert store.start(task_id, queue_name, "1:b", None, LEASE_MS) == Started(1, attempts, "session-with-progress")
@@ -254,7 +255,7 @@ def test_start_of_a_running_task_makes_the_new_run_current(store: TaskStore, que
     task_id = running(store, queue_name, "1:old")
     assert store.start(task_id, queue_name, "2:new", None, LEASE_MS) == Started(1, [], None)
     assert record(store, task_id)["run"] == "2:new"
-    assert store.client.get(events.lease_key(task_id)) == b"2:new"
+    assert store.client.get(keys.lease_key(task_id)) == b"2:new"
     assert not store.finalize(TaskResult(id=task_id, error="late"), queue_name, "1:old")
     assert not store.interrupt(task_id, queue_name, "1:old", [{"error": "late"}])
     assert record(store, task_id)["status"] == "running"
@@ -284,7 +285,7 @@ def test_interrupt_puts_a_running_task_back_to_queued_with_its_attempts(
         "started_at": started_at,
         "attempts": orjson.dumps([ATTEMPT, ATTEMPT]).decode(),
     }  # no "run": none is current until the next start
-    assert not store.client.exists(events.lease_key(task_id))
+    assert not store.client.exists(keys.lease_key(task_id))
     assert store.attempts(task_id) == [ATTEMPT, ATTEMPT]
     interrupted = {"type": "interrupted", "task_id": task_id, "attempt": 2, **ATTEMPT}
     assert logged(store, task_id)[1:] == [interrupted]
@@ -311,7 +312,7 @@ def test_interrupt_by_a_run_that_is_not_current_changes_nothing(
     assert outcome == [False]
     assert record(store, task_id) == before and before["status"] == "running"
     assert logged(store, task_id) == log
-    assert store.client.get(events.lease_key(task_id)) == b"2:b"
+    assert store.client.get(keys.lease_key(task_id)) == b"2:b"
     assert (on_task, on_lifecycle) == ([], [])
 
 
@@ -327,7 +328,7 @@ def test_interrupt_of_an_ended_task_changes_nothing(store: TaskStore, queue_name
 # --------------------------------------------------------------------------- released
 
 
-@pytest.mark.parametrize("status", [events.DEFERRED, events.SCHEDULED])
+@pytest.mark.parametrize("status", [Status.DEFERRED, Status.SCHEDULED])
 def test_release_queues_a_deferred_or_scheduled_task(
     store: TaskStore, queue_name: str, channels: Callable[[str], Channels], status: str
 ) -> None:
@@ -337,16 +338,16 @@ def test_release_queues_a_deferred_or_scheduled_task(
     before = time.time()
     on_task, on_lifecycle = watch.during(lambda: outcome.append(store.released(task_id, queue_name)))
     assert outcome == [True]
-    assert record(store, task_id) == created(task_id, queue_name, events.QUEUED)
+    assert record(store, task_id) == created(task_id, queue_name, Status.QUEUED)
     assert on_task == []  # a release is no event of the task's own log
     assert [{k: v for k, v in event.items() if k != "at"} for event in on_lifecycle] == [
         {"type": "queued", "task_id": task_id, "queue": queue_name}
     ]
     assert a_moment_ago(on_lifecycle[0]["at"], before)
-    assert not store.client.exists(events.log_key(task_id))
+    assert not store.client.exists(keys.log_key(task_id))
 
 
-@pytest.mark.parametrize("status", [events.QUEUED, events.RUNNING, *events.END_STATUSES])
+@pytest.mark.parametrize("status", [Status.QUEUED, Status.RUNNING, *END_STATUSES])
 def test_release_of_a_task_neither_deferred_nor_scheduled_changes_nothing(
     store: TaskStore, queue_name: str, channels: Callable[[str], Channels], status: str
 ) -> None:
@@ -363,7 +364,7 @@ def test_release_of_a_task_neither_deferred_nor_scheduled_changes_nothing(
 
 def test_release_of_a_task_with_no_record_creates_none(store: TaskStore, queue_name: str) -> None:
     assert not store.released("no-such-task", queue_name)
-    assert not store.client.exists(events.info_key("no-such-task"))
+    assert not store.client.exists(keys.info_key("no-such-task"))
 
 
 # --------------------------------------------------------------------------- finalize
@@ -387,7 +388,7 @@ def test_finalize_ends_a_running_task_once_with_everything_its_end_owes(
     outcome: list[bool] = []
     on_task, on_lifecycle = watch.during(lambda: outcome.append(store.finalize(result, queue_name, "1:a")))
     assert outcome == [True]
-    assert result.log_key == events.log_key(task_id)
+    assert result.log_key == keys.log_key(task_id)
     stored = result.to_dict()
     fields = record(store, task_id)
     assert fields == {
@@ -398,8 +399,8 @@ def test_finalize_ends_a_running_task_once_with_everything_its_end_owes(
     }
     got = store.get(task_id)
     assert got is not None and (got.status, got.ended_at, got.result) == ("finished", result.ended_at, result)
-    assert not store.client.exists(events.lease_key(task_id))
-    assert [f for _, f in store.client.xrange(events.done_key(task_id))] == [{b"status": b"finished"}]
+    assert not store.client.exists(keys.lease_key(task_id))
+    assert [f for _, f in store.client.xrange(keys.done_key(task_id))] == [{b"status": b"finished"}]
     result_event = {"type": "result", "task_id": task_id, "result": stored}
     assert logged(store, task_id)[1:] == [result_event]
     assert on_task == [result_event]
@@ -407,11 +408,11 @@ def test_finalize_ends_a_running_task_once_with_everything_its_end_owes(
         {"type": "finished", "task_id": task_id, "queue": queue_name, "at": result.ended_at, "success": True,
          "duration_ms": 1250.0, "cost_usd": 0.25}
     ]  # fmt: skip
-    costs = store.client.hgetall(events.costs_key(queue_name))
+    costs = store.client.hgetall(keys.costs_key(queue_name))
     assert {k.decode(): float(v) for k, v in costs.items()} == {queue_state.TOTAL: 0.25, queue_state.day_field(): 0.25}
-    for key in (events.info_key(task_id), events.log_key(task_id), events.done_key(task_id)):
+    for key in (keys.info_key(task_id), keys.log_key(task_id), keys.done_key(task_id)):
         assert LOG_TTL - 5 < store.client.ttl(key) <= LOG_TTL, f"{key} expires with the task"
-    expiry = store.client.zscore(events.index_expiry_key(queue_name), task_id)
+    expiry = store.client.zscore(keys.index_expiry_key(queue_name), task_id)
     assert expiry is not None and time.time() + LOG_TTL - 5 < expiry <= time.time() + LOG_TTL
 
 
@@ -436,7 +437,7 @@ def test_finalize_records_a_failed_or_cancelled_end(
         "result": orjson.dumps(result.to_dict()).decode(),
         "ended_at": result.ended_at,
     }
-    assert [f for _, f in store.client.xrange(events.done_key(task_id))] == [{b"status": status.encode()}]
+    assert [f for _, f in store.client.xrange(keys.done_key(task_id))] == [{b"status": status.encode()}]
 
 
 def test_finalize_of_a_queued_task_by_any_run_ends_it(store: TaskStore, queue_name: str) -> None:
@@ -460,7 +461,7 @@ def test_finalize_of_an_ended_task_changes_nothing(
     task_id = running(store, queue_name, "1:a")
     assert store.finalize(result_of(task_id, agent={"total_cost_usd": 0.5}), queue_name, "1:a")
     before, log = record(store, task_id), logged(store, task_id)
-    costs = store.client.hgetall(events.costs_key(queue_name))
+    costs = store.client.hgetall(keys.costs_key(queue_name))
     watch = channels(task_id)
     outcomes: list[bool] = []
     late = TaskResult(id=task_id, cancelled=True, error="cancelled", agent={"total_cost_usd": 0.5})
@@ -470,8 +471,8 @@ def test_finalize_of_an_ended_task_changes_nothing(
     assert outcomes == [False, False]
     assert record(store, task_id) == before and before["status"] == "finished"
     assert logged(store, task_id) == log
-    assert store.client.hgetall(events.costs_key(queue_name)) == costs
-    assert store.client.xlen(events.done_key(task_id)) == 1
+    assert store.client.hgetall(keys.costs_key(queue_name)) == costs
+    assert store.client.xlen(keys.done_key(task_id)) == 1
     assert (on_task, on_lifecycle) == ([], [])
 
 
@@ -487,9 +488,9 @@ def test_finalize_by_a_run_that_is_not_current_changes_nothing(
     on_task, on_lifecycle = watch.during(lambda: outcome.append(store.finalize(stale, queue_name, "1:old")))
     assert outcome == [False]
     assert record(store, task_id) == before and before["status"] == "running"
-    assert store.client.get(events.lease_key(task_id)) == b"2:new"
-    assert not store.client.exists(events.done_key(task_id), events.costs_key(queue_name))
-    assert store.client.ttl(events.info_key(task_id)) == -1, "a running task's record does not expire"
+    assert store.client.get(keys.lease_key(task_id)) == b"2:new"
+    assert not store.client.exists(keys.done_key(task_id), keys.costs_key(queue_name))
+    assert store.client.ttl(keys.info_key(task_id)) == -1, "a running task's record does not expire"
     assert (on_task, on_lifecycle) == ([], [])
 
 
@@ -498,13 +499,13 @@ def test_finalize_counts_only_a_positive_number_as_a_cost(store: TaskStore, queu
     task_id = running(store, queue_name)
     agent = {} if cost is None else {"total_cost_usd": cost}
     assert store.finalize(result_of(task_id, agent=agent), queue_name, "1:run-a")
-    assert store.client.hgetall(events.costs_key(queue_name)) == {}
+    assert store.client.hgetall(keys.costs_key(queue_name)) == {}
 
 
 def test_finalize_shortens_the_idempotency_key_to_the_window(store: TaskStore, queue_name: str) -> None:
     """While the task may still run its key is held long; from its end, for the idempotency window only."""
     task_id = submit(store, queue_name, key="nightly")
-    key = events.idempotency_key(queue_name, "nightly")
+    key = keys.idempotency_key(queue_name, "nightly")
     assert 86_400 - 5 < store.client.ttl(key) <= 86_400
     assert store.start(task_id, queue_name, "1:a", None, LEASE_MS).code == 1
     assert store.finalize(result_of(task_id), queue_name, "1:a")
@@ -518,7 +519,7 @@ def test_finalize_trims_the_index_and_rqs_canceled_registry_of_what_has_expired(
 ) -> None:
     """Tasks whose record has expired leave the queue's index with the next end; so do RQ's canceled entries."""
     now = time.time()
-    index, expiry = events.index_key(queue_name), events.index_expiry_key(queue_name)
+    index, expiry = keys.index_key(queue_name), keys.index_expiry_key(queue_name)
     canceled = CanceledJobRegistry(queue_name, store.client).key
     store.client.zadd(index, {"expired-task": now - 100, "live-task": now - 50})
     store.client.zadd(expiry, {"expired-task": now - 1, "live-task": now + 1000})

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from runner import events
+from runner import keys
 from runner.client import Runner
 from tests.runner.test_client import IDEMPOTENT_SUBMIT
 
@@ -17,7 +17,7 @@ from tests.runner.test_client import IDEMPOTENT_SUBMIT
 def _dead_submitters_key(runner: Runner, key: str) -> str:
     """What a submitter of the old code left when it died between claiming the key and writing the task."""
     phantom = str(uuid.uuid4())
-    runner.redis.set(events.idempotency_key(runner.settings.queue, key), phantom, ex=3600)
+    runner.redis.set(keys.idempotency_key(runner.settings.queue, key), phantom, ex=3600)
     return phantom
 
 
@@ -27,7 +27,7 @@ def test_a_key_left_by_a_dead_submitter_is_taken_over_and_its_task_runs(runner: 
     phantom = _dead_submitters_key(runner, key)
     handle = runner.submit(agent="command", argv=["echo", "real"], key=key)
     assert handle.id != phantom, "the retry got the id of a task that was never written"
-    assert runner.redis.get(events.idempotency_key(runner.settings.queue, key)) == handle.id.encode()
+    assert runner.redis.get(keys.idempotency_key(runner.settings.queue, key)) == handle.id.encode()
     assert handle.result(timeout=30).output == "real\n"
     assert runner.submit(agent="command", argv=["echo", "real"], key=key).id == handle.id  # and keeps it
 
@@ -66,9 +66,9 @@ def test_the_key_the_record_and_the_job_are_written_together(redis_url: str, que
         ("later", later, "scheduled"),
         ("after", after, "deferred"),
     ):
-        assert runner.redis.get(events.idempotency_key(queue_name, key)) == handle.id.encode()
+        assert runner.redis.get(keys.idempotency_key(queue_name, key)) == handle.id.encode()
         record, job = runner.get(handle.id), runner.job(handle.id)
         assert record is not None and record.status == status and job is not None
-        assert runner.redis.ttl(events.idempotency_key(queue_name, key)) > 7 * 24 * 3600
+        assert runner.redis.ttl(keys.idempotency_key(queue_name, key)) > 7 * 24 * 3600
     assert runner.job(after.id).get_status() == "deferred"
     assert runner.submit(agent="command", argv=["true"], key="after", after=first.id).id == after.id

@@ -22,12 +22,13 @@ import orjson
 import pytest
 import redis
 
-from runner import events
+from runner import clock, keys
 from runner.client import Runner
 from runner.config import Settings
 from runner.errors import ConfigError, SpecError
 from runner.spec import TaskResult, TaskSpec
 from runner.store import TaskStore
+from runner.vocabulary import Status
 from runner.webhooks import destination, http_post, outbox, queue_setting
 from runner.webhooks.delivery import Deliverer, backoff, url_for_log
 from runner.webhooks.payload import QUEUE_RESUMED, cut_utf8, request_headers, sign, task_payload, verify
@@ -78,7 +79,7 @@ def test_a_task_payload_has_the_outcome_and_no_part_of_the_spec() -> None:
         "event": "task.ended",
         "id": "t1",
         "queue": "q",
-        "status": events.FAILED,
+        "status": Status.FAILED,
         "success": False,
         "exit_code": 3,
         "error": "The command exited with status 3.",
@@ -88,7 +89,7 @@ def test_a_task_payload_has_the_outcome_and_no_part_of_the_spec() -> None:
         "duration": 1.234,
         "ended_at": "2026-01-01T00:00:00.000Z",
     }
-    assert task_payload(TaskResult(id="t2", cancelled=True), "q")["status"] == events.CANCELLED
+    assert task_payload(TaskResult(id="t2", cancelled=True), "q")["status"] == Status.CANCELLED
     assert task_payload(TaskResult(id="t3", success=True, output_truncated=True), "q")["output_truncated"]
 
 
@@ -130,11 +131,11 @@ def test_a_bad_webhook_in_a_spec_is_one_sentence_naming_it(bad: object) -> None:
 
 
 def _record_with_spec(client: redis.Redis, task_id: str, **spec: Any) -> None:
-    client.hset(events.info_key(task_id), mapping={"spec": orjson.dumps(TaskSpec(**spec).to_dict()), "id": task_id})
+    client.hset(keys.info_key(task_id), mapping={"spec": orjson.dumps(TaskSpec(**spec).to_dict()), "id": task_id})
 
 
 def _due(client: redis.Redis, queue: str) -> list[str]:
-    return [item.decode() for item in client.zrange(events.webhook_due_key(queue), 0, -1)]
+    return [item.decode() for item in client.zrange(keys.webhook_due_key(queue), 0, -1)]
 
 
 def _end(client: redis.Redis, queue: str, result: TaskResult) -> bool:
@@ -161,7 +162,7 @@ def test_nothing_is_queued_without_a_url_and_a_tasks_own_url_wins(redis_client: 
         assert delivery is not None and delivery.attempts == 0 and delivery.payload["event"] == "task.ended"
         urls[delivery.task_id] = delivery.url
     assert urls == {"own": "http://own.example/hook", "plain": "http://queue.example/hook"}
-    pending = orjson.loads(redis_client.hget(events.info_key("own"), "webhook"))
+    pending = orjson.loads(redis_client.hget(keys.info_key("own"), "webhook"))
     assert pending["status"] == outbox.PENDING and pending["url"] == "http://own.example/…"  # never its path
     record = TaskStore(redis_client).get("own")  # what `ccx status ID --json` and Runner.get() show
     assert record is not None and record.to_dict()["webhook"] == pending
@@ -176,7 +177,7 @@ def test_pauses_are_sent_only_when_the_queue_asks(redis_client: redis.Redis, que
     (delivery_id,) = _due(redis_client, queue_name)
     delivery = outbox.Delivery.load(redis_client, delivery_id)
     assert delivery is not None and delivery.event == "queue.paused" and delivery.task_id == ""
-    assert delivery.payload["kind"] == "usage_limit" and delivery.payload["until"] == events.iso(1_800_000_000.0)
+    assert delivery.payload["kind"] == "usage_limit" and delivery.payload["until"] == clock.iso(1_800_000_000.0)
 
 
 def test_the_secret_is_made_once_and_clearing_the_url_keeps_it(redis_client: redis.Redis, queue_name: str) -> None:
@@ -220,14 +221,14 @@ def test_a_failed_attempt_is_retried_with_backoff_and_recorded(redis_client: red
 
     outcome = deliverer.attempt(delivery_id)
     assert outcome is not None and outcome["status"] == outbox.RETRYING and outcome["last_status_code"] == 500
-    score = redis_client.zscore(events.webhook_due_key(queue_name), delivery_id)
+    score = redis_client.zscore(keys.webhook_due_key(queue_name), delivery_id)
     assert score is not None and score > time.time() + 3  # next try in about 5 s, not now
     deliverer.attempt(delivery_id)
-    record = orjson.loads(redis_client.hget(events.info_key("t"), "webhook"))
+    record = orjson.loads(redis_client.hget(keys.info_key("t"), "webhook"))
     assert record["status"] == outbox.RETRYING and record["attempts"] == 2 and record["last_error"] == "refused"
     outcome = deliverer.attempt(delivery_id)
     assert outcome is not None and outcome["status"] == outbox.DELIVERED and outcome["attempts"] == 3
-    assert _due(redis_client, queue_name) == [] and not redis_client.exists(events.webhook_delivery_key(delivery_id))
+    assert _due(redis_client, queue_name) == [] and not redis_client.exists(keys.webhook_delivery_key(delivery_id))
 
     bodies = [body for _, body, _ in sender.calls]
     assert bodies[0] == bodies[1] == bodies[2]  # the same body every time; only the timestamp changes
@@ -244,9 +245,9 @@ def test_a_delivery_is_given_up_after_its_retry_window(redis_client: redis.Redis
     _record_with_spec(redis_client, "t")
     _end(redis_client, queue_name, TaskResult(id="t"))
     _deliver_all(deliverer, queue_name, redis_client)  # then 10 s: still inside 15 s
-    assert orjson.loads(redis_client.hget(events.info_key("t"), "webhook"))["status"] == outbox.RETRYING
+    assert orjson.loads(redis_client.hget(keys.info_key("t"), "webhook"))["status"] == outbox.RETRYING
     _deliver_all(deliverer, queue_name, redis_client)  # then 20 s: past the window, so it ends here
-    record = orjson.loads(redis_client.hget(events.info_key("t"), "webhook"))
+    record = orjson.loads(redis_client.hget(keys.info_key("t"), "webhook"))
     assert record["status"] == outbox.FAILED and record["attempts"] == 2 and record["last_status_code"] == 503
     assert _due(redis_client, queue_name) == []
 
@@ -265,7 +266,7 @@ def test_a_claim_is_a_lease_another_deliverer_cannot_take_until_it_expires(
     assert first._work.qsize() == 1
     second.dispatch()
     assert second._work.qsize() == 0
-    assert redis_client.zscore(events.webhook_due_key(queue_name), _due(redis_client, queue_name)[0]) > time.time()
+    assert redis_client.zscore(keys.webhook_due_key(queue_name), _due(redis_client, queue_name)[0]) > time.time()
 
 
 # --- a real stack and a real receiver ------------------------------------------------------------------
@@ -415,7 +416,7 @@ def test_ccx_webhook_set_show_clear(redis_url: str) -> None:
     shown = ccx("webhook", "show", "--json", env=env)
     data = orjson.loads(shown.stdout)
     assert data["url"] == "https://hooks.example/in" and data["on_pause"] is True and "secret" not in data
-    assert data["secret_in"] == f"Redis hash {events.webhook_config_key(queue)}, field secret"
+    assert data["secret_in"] == f"Redis hash {keys.webhook_config_key(queue)}, field secret"
     secret = ccx("webhook", "show", "--secret", env=env).stdout.strip()
     client = redis.Redis.from_url(redis_url)
     assert secret == queue_setting.queue_secret(client, queue)
@@ -468,16 +469,16 @@ def test_a_stale_attempt_neither_overwrites_the_outcome_nor_brings_a_delivery_ba
     stale_lease = "12345.0"  # not the delivery's score: the lease it was sent under has passed
     outcome = deliverer.attempt(delivery_id, stale_lease)
     assert outcome is not None and outcome["status"] == outbox.RETRYING  # what it would have said…
-    record = orjson.loads(redis_client.hget(events.info_key("t"), "webhook"))
+    record = orjson.loads(redis_client.hget(keys.info_key("t"), "webhook"))
     assert record["status"] == outbox.PENDING and record["attempts"] == 0  # …but the record is untouched
-    assert redis_client.hget(events.webhook_delivery_key(delivery_id), "attempts") == b"0"
+    assert redis_client.hget(keys.webhook_delivery_key(delivery_id), "attempts") == b"0"
 
     ok = Deliverer(settings, client=redis_client, sender=ScriptedSender([200]))
     assert ok.attempt(delivery_id)["status"] == outbox.DELIVERED  # type: ignore[index]
     deliverer.attempt(delivery_id, stale_lease)  # the old attempt reports late: the delivery is gone
-    assert not redis_client.exists(events.webhook_delivery_key(delivery_id))
+    assert not redis_client.exists(keys.webhook_delivery_key(delivery_id))
     assert _due(redis_client, queue_name) == []
-    assert orjson.loads(redis_client.hget(events.info_key("t"), "webhook"))["status"] == outbox.DELIVERED
+    assert orjson.loads(redis_client.hget(keys.info_key("t"), "webhook"))["status"] == outbox.DELIVERED
 
 
 def test_a_receiver_that_answers_a_byte_at_a_time_gets_the_whole_timeout_not_more() -> None:

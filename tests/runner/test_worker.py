@@ -16,7 +16,7 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from handler.secretfile import new_secret
-from runner import events
+from runner import keys
 from runner.client import Runner
 from runner.config import NO_REDIS, Settings
 from runner.stack import LocalStack, free_port
@@ -133,7 +133,7 @@ def test_worker_killed_mid_task_the_task_runs_again_first_and_the_next_one_after
     token = uuid.uuid4().hex
     handle = runner.submit(agent="command", argv=[PY, "-c", ONCE, str(tmp_path / "flag"), token])
     following = runner.submit(agent="command", argv=["echo", "next"])
-    log = events.log_key(handle.id)
+    log = keys.log_key(handle.id)
     wait_until(
         lambda: any(b"before-kill" in f[b"e"] for _, f in runner.redis.xrange(log)), 30, what="output before the kill"
     )
@@ -389,7 +389,7 @@ def test_a_task_whose_worker_died_right_after_its_end_was_recorded_still_settles
     runner.redis.zadd(StartedJobRegistry(queue=queue).key, {f"{first}:exec": 9e9})
     end = TaskResult(id=first, success=True) if succeeded else TaskResult(id=first, error="exit 1")
     assert runner.store.finalize(end, queue_name, "1:a")  # ...which recorded the end, and died
-    runner.redis.delete(events.lease_key(first))
+    runner.redis.delete(keys.lease_key(first))
     assert [runner.get(t).status for t in (plain, anyway)] == ["deferred", "deferred"]  # type: ignore[union-attr]
 
     recover_abandoned(runner.redis, queue_name, runner.store, Settings(redis_url=redis_url, queue=queue_name))

@@ -9,14 +9,14 @@ from contextlib import contextmanager
 import orjson
 import redis
 
-from runner import events
+from runner import keys
 
 
 @contextmanager
 def subscribed(client: redis.Redis) -> Iterator[redis.client.PubSub]:
     """A subscription to the lifecycle channel, confirmed before the block runs: from there on nothing is missed."""
     pubsub = client.pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(events.LIFECYCLE_CHANNEL)
+    pubsub.subscribe(keys.LIFECYCLE_CHANNEL)
     pubsub.get_message(timeout=1.0)  # the subscribe confirmation
     try:
         yield pubsub

@@ -16,10 +16,11 @@ from typing import Any
 import pytest
 import redis
 
-from runner import events
+from runner import clock
 from runner.client import Runner, TaskHandle
 from runner.spec import TaskResult
 from runner.stack import LocalStack
+from runner.vocabulary import EventType
 from tests.conftest import running_stack
 from tests.runner.agents import test_claude_real_cli
 from tests.runner.agents.test_claude_real_cli import task_env, user_texts
@@ -92,10 +93,10 @@ def test_a_usage_limit_pauses_the_queue_and_the_chain_goes_on_when_it_resets(
         first = runner.submit("the first task", env=env)
         second = runner.submit("the second task", env=env, after=first.id)
         third = runner.submit("the third task", env=env, after=second.id)
-        paused, resumed = queue_events(lifecycle, queue_name, 2, 60, types=(events.PAUSED, events.RESUMED))
-        assert paused["type"] == events.PAUSED and resumed["type"] == events.RESUMED, (paused, resumed)
+        paused, resumed = queue_events(lifecycle, queue_name, 2, 60, types=(EventType.PAUSED, EventType.RESUMED))
+        assert paused["type"] == EventType.PAUSED and resumed["type"] == EventType.RESUMED, (paused, resumed)
         assert paused["kind"] == resumed["kind"] == "usage_limit" and paused["reason"] == "five-hour usage limit"
-        until = events.epoch(paused["until"])
+        until = clock.epoch(paused["until"])
         assert abs(until - (int(limited["resets_at"]) + 0.5)) < 1
         results = [result_of(handle) for handle in (first, second, third)]
     assert [r.success for r in results] == [True, True, True], [r.error for r in results]

@@ -29,9 +29,9 @@ from typing import Any
 import pytest
 
 from runner.client import Runner, TaskHandle, execute_task_via_websocket
-from runner.events import END_STATUSES
 from runner.spec import TaskResult
 from runner.stack import LocalStack
+from runner.vocabulary import END_STATUSES
 from tests.conftest import running_stack
 from tests.support.claude_cli import claude_env, ensure_claude_cli, not_logged_in_env, unavailable_reason
 from tests.support.fake_anthropic import FakeAnthropic, Reply

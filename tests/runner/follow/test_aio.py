@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import redis.asyncio
 
-from runner import events
+from runner import keys
 from runner.follow.aio import Batch, Follower, Pace, read_page
 
 FAST = Pace(block_ms=50, max_rate=1e12)
@@ -27,7 +27,7 @@ def result(task_id: str) -> dict[str, Any]:
 
 async def add(client: redis.asyncio.Redis, task_id: str, *items: dict[str, Any]) -> None:
     for item in items:
-        await client.xadd(events.log_key(task_id), {"e": orjson.dumps(item)})
+        await client.xadd(keys.log_key(task_id), {"e": orjson.dumps(item)})
 
 
 def scenario(redis_url: str, body: Callable[[redis.asyncio.Redis, str], Awaitable[None]]) -> None:
@@ -38,7 +38,7 @@ def scenario(redis_url: str, body: Callable[[redis.asyncio.Redis, str], Awaitabl
         try:
             await asyncio.wait_for(body(client, task_id), 30)
         finally:
-            await client.delete(events.log_key(task_id), events.info_key(task_id))
+            await client.delete(keys.log_key(task_id), keys.info_key(task_id))
             await client.aclose()
 
     asyncio.run(run())
@@ -87,7 +87,7 @@ def test_a_follow_that_stays_behind_skips_to_the_newest_page_and_counts_what_it_
 
 def test_a_task_whose_log_expired_shows_an_empty_page_that_says_so(redis_url: str) -> None:
     async def body(client: redis.asyncio.Redis, task_id: str) -> None:
-        await client.hset(events.info_key(task_id), "result", orjson.dumps({"id": task_id, "success": True}))
+        await client.hset(keys.info_key(task_id), "result", orjson.dumps({"id": task_id, "success": True}))
         batches = [batch async for batch in Follower(client, task_id, FAST).batches()]
         assert [(b.reset, b.expired, b.ended, b.entries) for b in batches] == [(True, True, True, [])]
 

@@ -12,7 +12,7 @@ import orjson
 import pytest
 import redis
 
-from runner import events
+from runner import keys
 from runner.errors import UnknownTask
 from runner.follow.cursor import LogCursor
 from runner.follow.sync import entries, follow, wait_for_result
@@ -22,11 +22,11 @@ from runner.follow.sync import entries, follow, wait_for_result
 def task_id(redis_client: redis.Redis) -> Iterator[str]:
     name = f"follow-{uuid.uuid4().hex}"
     yield name
-    redis_client.delete(events.log_key(name), events.info_key(name), events.done_key(name))
+    redis_client.delete(keys.log_key(name), keys.info_key(name), keys.done_key(name))
 
 
 def add(client: redis.Redis, task_id: str, *items: dict[str, Any]) -> list[str]:
-    return [client.xadd(events.log_key(task_id), {"e": orjson.dumps(item)}).decode() for item in items]
+    return [client.xadd(keys.log_key(task_id), {"e": orjson.dumps(item)}).decode() for item in items]
 
 
 def out(task_id: str, seq: int, data: str = "x\n") -> dict[str, Any]:
@@ -60,7 +60,7 @@ def test_a_log_trimmed_at_its_start_begins_with_a_gap(redis_client: redis.Redis,
 
 def test_a_task_whose_log_is_gone_ends_with_the_result_of_its_record(redis_client: redis.Redis, task_id: str) -> None:
     stored = {"id": task_id, "success": False}
-    redis_client.hset(events.info_key(task_id), mapping={"id": task_id, "result": orjson.dumps(stored)})
+    redis_client.hset(keys.info_key(task_id), mapping={"id": task_id, "result": orjson.dumps(stored)})
     assert list(follow(redis_client, task_id, timeout=10, block_ms=10)) == [
         {"type": "result", "task_id": task_id, "result": stored}
     ]
@@ -72,7 +72,7 @@ def test_no_such_task_and_a_deadline_are_said(redis_client: redis.Redis, task_id
         list(follow(redis_client, task_id, timeout=10, block_ms=10))
     with pytest.raises(UnknownTask):
         wait_for_result(redis_client, task_id, timeout=10, block_ms=10)
-    redis_client.hset(events.info_key(task_id), "id", task_id)
+    redis_client.hset(keys.info_key(task_id), "id", task_id)
     add(redis_client, task_id, out(task_id, 0))
     began = time.monotonic()
     with pytest.raises(TimeoutError, match=r"did not finish within 0\.3 s"):

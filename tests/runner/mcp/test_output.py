@@ -6,10 +6,12 @@ import fakeredis
 import orjson
 import pytest
 
-from runner import events
+from runner import keys
 from runner.agents import get_agent
 from runner.agents.base import Transcript
-from runner.mcp.output import MIN_PAGE_BYTES, BadCursor, read_page
+from runner.errors import BadCursor
+from runner.mcp.output import MIN_PAGE_BYTES, read_page
+from runner.vocabulary import AttemptKind, EventType
 
 TASK = "t-1"
 CLAUDE = get_agent("claude").transcript()
@@ -18,11 +20,11 @@ CLAUDE = get_agent("claude").transcript()
 
 def _log(client: fakeredis.FakeRedis, *items: dict) -> None:
     for item in items:
-        client.xadd(events.log_key(TASK), {"e": orjson.dumps(item)})
+        client.xadd(keys.log_key(TASK), {"e": orjson.dumps(item)})
 
 
 def _out(data: str, stream: str = "stdout") -> dict:
-    return {"type": events.OUTPUT, "task_id": TASK, "stream": stream, "data": data, "seq": 0}
+    return {"type": EventType.OUTPUT, "task_id": TASK, "stream": stream, "data": data, "seq": 0}
 
 
 def _read_all(
@@ -44,7 +46,7 @@ def test_raw_pages_are_bounded_and_join_to_the_whole_output_exactly() -> None:
     chunks = [f"line {i} " + "é" * (i % 7) + "\n" for i in range(3000)]
     _log(
         client,
-        {"type": events.STARTED, "task_id": TASK},
+        {"type": EventType.STARTED, "task_id": TASK},
         *(_out("".join(chunks[i : i + 37])) for i in range(0, 3000, 37)),
     )
     pages = _read_all(client, 1000, transcript=None)
@@ -104,7 +106,7 @@ def test_interruptions_are_noted_in_the_text() -> None:
     _log(
         client,
         _out("one\n"),
-        {"type": events.INTERRUPTED, "task_id": TASK, "attempt": 1, "error": "The handler stopped."},
+        {"type": AttemptKind.INTERRUPTED, "task_id": TASK, "attempt": 1, "error": "The handler stopped."},
         _out("two\n"),
     )
     text = "".join(_read_all(client, 8000, transcript=None))
@@ -119,7 +121,7 @@ def test_a_cursor_not_handed_out_is_refused_with_a_sentence(cursor: str) -> None
 
 def test_a_long_line_after_a_cursor_inside_the_log_is_cut_and_paging_moves_on() -> None:
     client = fakeredis.FakeRedis()
-    _log(client, {"type": events.STARTED, "task_id": TASK}, _out(_claude_line("short")))
+    _log(client, {"type": EventType.STARTED, "task_id": TASK}, _out(_claude_line("short")))
     first = read_page(client, TASK, "0", 8000, transcript=CLAUDE, ended=False)
     assert "short" in first.text and not first.more
     long_line = _claude_line("L" * 9000)

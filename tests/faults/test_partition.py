@@ -46,15 +46,6 @@ for task_id in ids:
     print(orjson.dumps({"at": time.time(), "result": result}).decode(), flush=True)
 """
 
-# Whether the first task has started, read from inside a machine.
-STARTED = """
-import sys, redis
-from runner import events
-client = redis.Redis.from_url(sys.argv[1])
-print(client.hget(keys.info_key(sys.argv[2]), "status").decode())
-"""
-
-
 # 120 s is the cut that left the work-horse spinning (redis-py's keepalive kills the idle subscription after
 # about 45 s); 45 s, right at that edge, runs too with CCX_LONG_FAULTS=1 (and in `python -m bench chaos`).
 LENGTHS = [45, 120] if os.environ.get("CCX_LONG_FAULTS") == "1" else [120]

@@ -268,7 +268,7 @@ def test_a_worker_partitioned_longer_than_its_lock_ttl_keeps_its_queue_and_the_n
 def _ticks_so_far(machine: Machine, redis_url: str) -> str:
     """The output so far of the queue's newest running task, read from inside ``machine``."""
     code = (
-        "import sys, redis; from runner import events; c = redis.Redis.from_url(sys.argv[1]); "
+        "import sys, redis; from runner import keys; c = redis.Redis.from_url(sys.argv[1]); "
         "ids = c.zrevrange(keys.index_key('remote'), 0, -1); "
         "print(b''.join(f[b'e'] for i in ids for _, f in c.xrange(keys.log_key(i.decode()))).decode())"
     )

@@ -18,6 +18,7 @@ from runner import keys
 from runner.client import Runner
 from runner.config import NO_REDIS
 from runner.errors import ConfigError, RedisUnavailable, SpecError
+from runner.vocabulary import EventType
 from tests.conftest import no_password, passwordless_redis
 from tests.support.processes import pids_with_marker, wait_until
 
@@ -330,7 +331,6 @@ def test_a_dependent_is_queued_not_deferred_once_its_predecessor_succeeded(runne
 def test_a_reader_of_a_trimmed_log_is_told_how_much_is_gone(redis_url: str, queue_name: str) -> None:
     """With CCX_LOG_MAXLEN small, the log keeps only its newest entries; events() starts with a gap event
     saying how many output frames are gone, and `ccx follow` prints a notice instead of starting silently mid-way."""
-    from runner import events as names
     from runner.stack import LocalStack
 
     # Lines a millisecond apart: hundreds of frames even when a busy machine coalesces several into one,
@@ -341,8 +341,8 @@ def test_a_reader_of_a_trimmed_log_is_told_how_much_is_gone(redis_url: str, queu
         handle = runner.submit(agent="command", argv=[sys.executable, "-c", code])
         assert handle.result(timeout=60).success
         seen = list(handle.events(timeout=10))
-        outputs = [e for e in seen if e["type"] == names.OUTPUT]
-        assert seen[0]["type"] == names.GAP
+        outputs = [e for e in seen if e["type"] == EventType.OUTPUT]
+        assert seen[0]["type"] == EventType.GAP
         assert seen[0]["missing"] == outputs[0]["seq"] > 0
         assert [e["seq"] for e in outputs] == list(range(outputs[0]["seq"], outputs[-1]["seq"] + 1))
         followed = subprocess.run(

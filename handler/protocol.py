@@ -123,12 +123,17 @@ class ExecuteResult:
         return cls(**{name: data.get(name) for name in cls.__dataclass_fields__})
 
 
-def parse_request(message: str | bytes) -> Request:
-    """Parse one frame into a request, or raise :class:`ProtocolError`."""
+def _loads(frame: str | bytes) -> Any:
+    """A frame's JSON, or the JSON-RPC parse error, whichever side reads it."""
     try:
-        data = orjson.loads(message)
+        return orjson.loads(frame)
     except orjson.JSONDecodeError as exc:
         raise ProtocolError(PARSE_ERROR, f"Parse error: the message is not valid JSON ({exc}).") from None
+
+
+def parse_request(message: str | bytes) -> Request:
+    """Parse one frame into a request, or raise :class:`ProtocolError`."""
+    data = _loads(message)
     if not isinstance(data, dict):
         raise ProtocolError(INVALID_REQUEST, "Invalid request: a JSON-RPC request must be a JSON object.")
     request_id = data.get("id")
@@ -330,10 +335,7 @@ def _bad_message(message: str) -> ProtocolError:
 
 def parse_server_message(raw: str | bytes) -> ServerMessage:
     """One frame from the handler as a typed message, or raise :class:`ProtocolError` saying what is wrong."""
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise ProtocolError(PARSE_ERROR, f"Parse error: the message is not valid JSON ({exc}).") from None
+    data = _loads(raw)
     if not isinstance(data, dict):
         raise _bad_message("a JSON-RPC message must be a JSON object.")
     if data.get("jsonrpc") != JSONRPC_VERSION:

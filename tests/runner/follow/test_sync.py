@@ -16,6 +16,7 @@ from runner import keys
 from runner.errors import UnknownTask
 from runner.follow.cursor import LogCursor
 from runner.follow.sync import entries, follow, wait_for_result
+from tests.support.processes import wait_until
 
 
 @pytest.fixture
@@ -33,6 +34,10 @@ def out(task_id: str, seq: int, data: str = "x\n") -> dict[str, Any]:
     return {"type": "output", "task_id": task_id, "seq": seq, "stream": "stdout", "data": data}
 
 
+def _blocked_in_xread(client: redis.Redis) -> bool:
+    return any(entry.get("cmd") == "xread" and "b" in entry.get("flags", "") for entry in client.client_list())
+
+
 def result(task_id: str) -> dict[str, Any]:
     return {"type": "result", "task_id": task_id, "result": {"id": task_id, "success": True}}
 
@@ -41,7 +46,8 @@ def test_a_follow_replays_the_log_then_goes_live_until_the_result(redis_client: 
     add(redis_client, task_id, {"type": "started", "task_id": task_id}, out(task_id, 0))
 
     def later() -> None:
-        time.sleep(0.3)
+        # Once the follower has replayed and waits in a blocking XREAD: what comes now, it must get live.
+        wait_until(lambda: _blocked_in_xread(redis_client), 10, what="the follower to wait for new entries")
         add(redis_client, task_id, out(task_id, 1), result(task_id))
 
     writer = threading.Thread(target=later)
